@@ -1,0 +1,112 @@
+//! The one shutdown signal every thread of the daemon watches.
+//!
+//! A `Shutdown` is cheap to clone. `trigger` is idempotent. Loops either poll `is_triggered`,
+//! sleep through `wait_timeout` (which wakes early when shutdown is triggered), or put
+//! `receiver()` into a crossbeam `select!`: the channel never carries a message, it is
+//! disconnected on shutdown, so a `recv` arm fires with `Err` exactly then.
+
+use crossbeam_channel::{Receiver, Sender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Clone)]
+pub struct Shutdown {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    flag: AtomicBool,
+    lock: Mutex<Option<Sender<()>>>,
+    cond: Condvar,
+    rx: Receiver<()>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> Shutdown {
+        let (tx, rx) = crossbeam_channel::bounded(0);
+        Shutdown {
+            inner: Arc::new(Inner {
+                flag: AtomicBool::new(false),
+                lock: Mutex::new(Some(tx)),
+                cond: Condvar::new(),
+                rx,
+            }),
+        }
+    }
+
+    /// Ask every thread to stop. Safe to call more than once and from any thread.
+    pub fn trigger(&self) {
+        self.inner.flag.store(true, Ordering::SeqCst);
+        let mut guard = self.inner.lock.lock().unwrap_or_else(|p| p.into_inner());
+        guard.take();
+        self.inner.cond.notify_all();
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        self.inner.flag.load(Ordering::SeqCst)
+    }
+
+    /// Sleep for `d` or until shutdown, whichever comes first. Returns true when shutdown was
+    /// triggered.
+    pub fn wait_timeout(&self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        let mut guard = self.inner.lock.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if self.is_triggered() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            guard = match self.inner.cond.wait_timeout(guard, deadline - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    /// A receiver that is disconnected when shutdown is triggered; use it in `select!`.
+    pub fn receiver(&self) -> Receiver<()> {
+        self.inner.rx.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_returns_early_on_trigger() {
+        let s = Shutdown::new();
+        let s2 = s.clone();
+        let t = std::thread::spawn(move || s2.wait_timeout(Duration::from_secs(60)));
+        s.trigger();
+        assert!(t.join().unwrap());
+    }
+
+    #[test]
+    fn wait_times_out_without_trigger() {
+        let s = Shutdown::new();
+        assert!(!s.wait_timeout(Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn receiver_disconnects_on_trigger() {
+        let s = Shutdown::new();
+        let rx = s.receiver();
+        assert!(rx.try_recv().is_err());
+        s.trigger();
+        assert!(matches!(
+            rx.recv_timeout(Duration::from_secs(5)),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        ));
+    }
+}
