@@ -1,5 +1,18 @@
-//! temporary
+//! The CSI volume health monitor sidecar as a library: every concern in its own module, wired
+//! together by `app` and driven from `main`.
+#![forbid(unsafe_code)]
+
+pub mod app;
 pub mod config;
 pub mod csi;
+pub mod events;
+pub mod flags;
+pub mod http;
+pub mod kube;
+pub mod leader;
+pub mod logging;
+pub mod metrics;
+pub mod monitor;
 pub mod shutdown;
 pub mod timeutil;
+pub mod watch;

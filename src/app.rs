@@ -1,0 +1,419 @@
+//! Wiring: the startup sequence of upstream §2 (with DESIGN's fixes), the threads it starts,
+//! the one event loop that reacts to signals, leadership changes and CSI connection loss, and
+//! the orderly shutdown. Returns to `main`, which owns the exit code.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{select, Receiver, Sender};
+
+use crate::config::Config;
+use crate::csi::{self, Connection, HealthSource, Mode};
+use crate::events::{self, RecorderOptions};
+use crate::kube::{self, Client};
+use crate::leader::{self, LeaderEvent, LeaderSettings, LeaderStatus};
+use crate::metrics::Metrics;
+use crate::monitor::{self, get::GetLoop, list::ListLoop, Monitor};
+use crate::shutdown::Shutdown;
+use crate::{flags, http, watch};
+
+/// How long queued events may take to reach the API server on a graceful shutdown.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the CSI channel is checked for a lost connection.
+const LOSS_POLL: Duration = Duration::from_millis(200);
+/// The message kubelet shows as the container's termination reason (upstream §2 step 9).
+pub const TERMINATION_MESSAGE: &str = "Lost connection to CSI driver, exiting";
+
+/// A fatal condition: logged at error level by main, exit code 1.
+#[derive(Debug)]
+pub struct Fatal {
+    pub message: String,
+}
+
+impl fmt::Display for Fatal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+fn fatal(what: &str, err: impl fmt::Display) -> Fatal {
+    Fatal { message: format!("{what} err=\"{err}\"") }
+}
+
+/// What the main loop reacts to.
+enum AppEvent {
+    Signal,
+    CsiLost,
+    Leader(LeaderEvent),
+    ControllerExited(Result<(), String>),
+}
+
+/// Everything the controller (the leader's work) needs.
+struct Shared {
+    cfg: Config,
+    client: Client,
+    driver: String,
+    mode: Mode,
+    source: Arc<dyn HealthSource>,
+    recorder: events::Recorder,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+}
+
+pub fn run(cfg: Config) -> Result<(), Fatal> {
+    log::info!("Version version=\"{}\"", flags::VERSION);
+    let metrics = Arc::new(Metrics::new());
+    let shutdown = Shutdown::new();
+    let (app_tx, app_rx) = crossbeam_channel::unbounded::<AppEvent>();
+    let signals = spawn_signal_thread(app_tx.clone()).map_err(|e| fatal("Failed to install signal handlers", e))?;
+
+    let kube_cfg =
+        kube::load_config(cfg.kubeconfig.as_deref()).map_err(|e| fatal("Failed to build a Kubernetes config", e))?;
+    let user_agent = format!("csi-external-health-monitor-controller/{}", flags::VERSION);
+    let client = Client::new(kube_cfg, cfg.kube_api_qps, cfg.kube_api_burst, &user_agent)
+        .map_err(|e| fatal("Failed to create a Clientset", e))?;
+    {
+        let m = metrics.clone();
+        let host = client.server().to_string();
+        client.set_request_observer(Arc::new(move |method: &str, code: &str| m.observe_rest_request(code, method, &host)));
+    }
+
+    let observer: csi::CallObserver = {
+        let m = metrics.clone();
+        Arc::new(move |method: &str, code: &str, secs: f64| m.observe_csi_call(method, code, secs))
+    };
+    let conn = Connection::connect(&cfg.csi_address, cfg.timeout, observer, &shutdown)
+        .map_err(|e| fatal("Failed to connect to the CSI driver", e))?;
+    conn.probe_until_ready(&shutdown).map_err(|e| fatal("Failed to probe the CSI driver", format!("CSI driver probe failed: {e}")))?;
+    let driver = conn.driver_name().map_err(|e| fatal("Failed to get the CSI driver name", e))?;
+    crate::vlog!(2, "CSI driver name driver=\"{driver}\"");
+    metrics.set_driver_name(&driver);
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let leader_status = cfg.leader_election.as_ref().map(|_| Arc::new(LeaderStatus::new()));
+    let http_server = match &cfg.http {
+        Some(h) => {
+            let health = http::Health {
+                leader: leader_status
+                    .clone()
+                    .zip(cfg.leader_election.as_ref().map(|l| l.lease_duration)),
+                ready: ready.clone(),
+            };
+            let server = http::serve(h, metrics.clone(), health, shutdown.clone()).map_err(|e| Fatal {
+                message: format!(
+                    "Failed to start HTTP server at specified address and metrics path address=\"{}\" path=\"{}\" err=\"{e}\"",
+                    h.address, h.metrics_path
+                ),
+            })?;
+            log::info!("ServeMux listening address=\"{}\"", server.local_addr());
+            Some(server)
+        }
+        None => None,
+    };
+
+    let caps = conn.capabilities().map_err(|e| {
+        fatal("Failed to check whether the CSI driver supports the Plugin Controller Service and its ListVolumes, GetVolume and VolumeCondition capabilities", e)
+    })?;
+    let mode = csi::select_mode(&caps).map_err(|u| Fatal { message: u.to_string() })?;
+    log::info!(
+        "Monitoring mode selected driver=\"{driver}\" mode=\"{}\"",
+        if mode == Mode::ListVolumes { "ListVolumes" } else { "ControllerGetVolume" }
+    );
+
+    let conn = Arc::new(conn);
+    let loss_watch = {
+        let conn = conn.clone();
+        let tx = app_tx.clone();
+        let sd = shutdown.clone();
+        spawn_named("csi-connection", move || {
+            if conn.wait_for_loss(&sd, LOSS_POLL) {
+                let _ = tx.send(AppEvent::CsiLost);
+            }
+        })
+        .map_err(|e| fatal("Failed to start a thread", e))?
+    };
+
+    let (recorder, recorder_thread) = events::spawn(
+        client.clone(),
+        RecorderOptions::new(monitor::event_component(&driver)),
+        shutdown.clone(),
+    )
+    .map_err(|e| fatal("Failed to start the event recorder", e))?;
+
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        client: client.clone(),
+        driver: driver.clone(),
+        mode,
+        source: conn.clone(),
+        recorder,
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    });
+
+    let (leader_tx, leader_rx) = crossbeam_channel::unbounded::<LeaderEvent>();
+    let mut leader_thread = None;
+    let mut controller: Option<JoinHandle<()>> = None;
+    match (&cfg.leader_election, &leader_status) {
+        (Some(le), Some(status)) => {
+            let settings = LeaderSettings {
+                lease_name: leader::lease_name(&driver),
+                namespace: leader::resolve_namespace(&le.namespace),
+                identity: leader::identity(),
+                labels: le.labels.clone(),
+                lease_duration: le.lease_duration,
+                renew_deadline: le.renew_deadline,
+                retry_period: le.retry_period,
+            };
+            // Its own rate limiter, so event writes and relists cannot starve lease renewals.
+            let lease_client = client.with_own_limiter(cfg.kube_api_qps, cfg.kube_api_burst);
+            let forward = app_tx.clone();
+            spawn_named("leader-events", move || {
+                for ev in leader_rx {
+                    if forward.send(AppEvent::Leader(ev)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| fatal("Failed to start a thread", e))?;
+            leader_thread = Some(
+                leader::spawn(lease_client, settings, status.clone(), leader_tx, shutdown.clone())
+                    .map_err(|e| fatal("Failed to start leader election", e))?,
+            );
+        }
+        _ => {
+            drop(leader_tx);
+            controller = Some(start_controller(shared.clone(), app_tx.clone(), shutdown.clone())?);
+        }
+    }
+
+    let result = event_loop(&app_rx, &shared, &app_tx, &shutdown, &mut controller);
+
+    // Orderly stop: loops first, then what they queued, then the lease.
+    shutdown.trigger();
+    if let Some(c) = controller {
+        join_within(c, Duration::from_secs(30));
+    }
+    if result.is_ok() && !recorder_thread.flush(FLUSH_TIMEOUT) {
+        log::warn!("Timed out flushing queued events after {}s", FLUSH_TIMEOUT.as_secs());
+    }
+    recorder_thread.join();
+    if let Some(l) = leader_thread {
+        join_within(l, Duration::from_secs(10));
+    }
+    if let Some(h) = http_server {
+        h.join();
+    }
+    join_within(loss_watch, Duration::from_secs(2));
+    drop(signals);
+    result
+}
+
+fn event_loop(
+    app_rx: &Receiver<AppEvent>,
+    shared: &Arc<Shared>,
+    app_tx: &Sender<AppEvent>,
+    shutdown: &Shutdown,
+    controller: &mut Option<JoinHandle<()>>,
+) -> Result<(), Fatal> {
+    loop {
+        let ev = select! {
+            recv(app_rx) -> ev => match ev { Ok(ev) => ev, Err(_) => return Ok(()) },
+        };
+        match ev {
+            AppEvent::Signal => {
+                log::info!("Received SIGTERM or SIGINT signal, shutting down controller.");
+                return Ok(());
+            }
+            AppEvent::CsiLost => {
+                log::error!("Lost connection address=\"{}\"", shared.cfg.csi_address.display());
+                if let Err(e) = std::fs::write(&shared.cfg.termination_log_path, TERMINATION_MESSAGE) {
+                    log::error!(
+                        "Failed to write termination message path=\"{}\" err=\"{e}\"",
+                        shared.cfg.termination_log_path.display()
+                    );
+                }
+                shutdown.trigger();
+                return Err(Fatal { message: TERMINATION_MESSAGE.to_string() });
+            }
+            AppEvent::Leader(LeaderEvent::StartedLeading) => {
+                crate::vlog!(2, "became leader, starting");
+                if controller.is_none() {
+                    *controller = Some(start_controller(shared.clone(), app_tx.clone(), shutdown.clone())?);
+                }
+            }
+            AppEvent::Leader(LeaderEvent::StoppedLeading) => {
+                // Stop the monitor before anything else so no event is written without the lease.
+                shutdown.trigger();
+                return Err(Fatal { message: "Stopped leading".to_string() });
+            }
+            AppEvent::Leader(LeaderEvent::NewLeader(id)) => crate::vlog!(3, "New leader detected leader=\"{id}\""),
+            AppEvent::ControllerExited(Ok(())) => {
+                if shutdown.is_triggered() {
+                    return Ok(());
+                }
+                return Err(Fatal { message: "the controller stopped unexpectedly".into() });
+            }
+            AppEvent::ControllerExited(Err(e)) => return Err(Fatal { message: e }),
+        }
+    }
+}
+
+fn start_controller(shared: Arc<Shared>, app_tx: Sender<AppEvent>, shutdown: Shutdown) -> Result<JoinHandle<()>, Fatal> {
+    spawn_named("controller", move || {
+        let result = run_controller(&shared, &shutdown);
+        let _ = app_tx.send(AppEvent::ControllerExited(result));
+    })
+    .map_err(|e| fatal("Failed to start the controller thread", e))
+}
+
+/// The leader's work: caches, seeding, then the mode's loop until shutdown.
+fn run_controller(shared: &Shared, shutdown: &Shutdown) -> Result<(), String> {
+    log::info!("Starting CSI External PV Health Monitor Controller");
+    let (pvs, pv_thread) = watch::spawn_pv_reflector(shared.client.clone(), shared.driver.clone(), shutdown.clone())
+        .map_err(|e| format!("Cannot start the PersistentVolume watch err=\"{e}\""))?;
+    if !wait_synced(|t| pvs.wait_synced(t, shutdown), shutdown, "PersistentVolumes") {
+        return Ok(());
+    }
+    let (pvcs, pvc_thread) = watch::spawn_pvc_reflector(shared.client.clone(), pvs.clone(), shutdown.clone())
+        .map_err(|e| format!("Cannot start the PersistentVolumeClaim watch err=\"{e}\""))?;
+    if !wait_synced(|t| pvcs.wait_synced(t, shutdown), shutdown, "PersistentVolumeClaims") {
+        return Ok(());
+    }
+    let component = monitor::event_component(&shared.driver);
+    let seed = seed_with_retry(&shared.client, &component, shutdown);
+    if shutdown.is_triggered() {
+        return Ok(());
+    }
+    let node_threads = if shared.cfg.enable_node_watcher {
+        monitor::nodes::NodeWatcher::spawn(
+            shared.client.clone(),
+            pvs.clone(),
+            pvcs.clone(),
+            shared.recorder.clone(),
+            shared.cfg.node_not_ready_timeout,
+            monitor::nodes::DEFAULT_TICK,
+            shutdown.clone(),
+        )
+        .map_err(|e| format!("Cannot start the node watcher err=\"{e}\""))?
+    } else {
+        Vec::new()
+    };
+    shared.ready.store(true, Ordering::SeqCst);
+    let mon = Arc::new(Monitor::new(
+        shared.driver.clone(),
+        pvs,
+        pvcs,
+        shared.client.clone(),
+        shared.recorder.clone(),
+        shared.metrics.clone(),
+        shared.cfg.report_missing_volumes,
+        seed,
+    ));
+    match shared.mode {
+        Mode::ListVolumes => ListLoop::new(
+            mon,
+            shared.source.clone(),
+            shared.cfg.list_volumes_interval,
+            shared.cfg.list_volumes_max_entries,
+        )
+        .run(shutdown.clone()),
+        Mode::GetVolume => GetLoop {
+            monitor: mon,
+            source: shared.source.clone(),
+            interval: shared.cfg.monitor_interval,
+            add_interval: shared.cfg.volume_list_add_interval,
+            workers: shared.cfg.worker_threads,
+        }
+        .run(shutdown.clone())
+        .map_err(|e| format!("Cannot start the worker pool err=\"{e}\""))?,
+    }
+    log::info!("Shutting down CSI External PV Health Monitor Controller");
+    // node_threads[0] is the watcher itself (stops within a tick); the rest are reflectors.
+    for (i, h) in node_threads.into_iter().enumerate() {
+        if i == 0 {
+            join_within(h, Duration::from_secs(5));
+        }
+    }
+    // A reflector blocked in a watch read only sees shutdown when the read returns (at most
+    // the watch timeout); it holds nothing to flush, so it is left to end with the process.
+    drop(pv_thread);
+    drop(pvc_thread);
+    Ok(())
+}
+
+/// Wait for a cache, saying every 30 s that we still are (an unreachable API server shows up
+/// here, with the reflector logging why).
+fn wait_synced(wait: impl Fn(Duration) -> bool, shutdown: &Shutdown, what: &str) -> bool {
+    loop {
+        if wait(Duration::from_secs(30)) {
+            return true;
+        }
+        if shutdown.is_triggered() {
+            return false;
+        }
+        log::warn!("Still waiting for the {what} cache to sync");
+    }
+}
+
+fn seed_with_retry(client: &Client, component: &str, shutdown: &Shutdown) -> HashMap<String, monitor::decide::Reported> {
+    let mut delay = Duration::from_millis(500);
+    for attempt in 1..=5 {
+        match monitor::seed_reported(client, component) {
+            Ok(seed) => {
+                log::debug!("Seeded abnormal volumes from existing events count={}", seed.len());
+                return seed;
+            }
+            Err(e) => {
+                log::warn!("Cannot list existing VolumeConditionAbnormal events attempt={attempt} err=\"{e}\"");
+                if shutdown.wait_timeout(delay) {
+                    break;
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    // Without the seed a recovery that happens across a restart goes unreported; everything
+    // else works, so carry on.
+    HashMap::new()
+}
+
+fn spawn_signal_thread(tx: Sender<AppEvent>) -> std::io::Result<signal_hook::iterator::Handle> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    let handle = signals.handle();
+    spawn_named("signals", move || {
+        for _ in signals.forever() {
+            if tx.send(AppEvent::Signal).is_err() {
+                return;
+            }
+        }
+    })?;
+    Ok(handle)
+}
+
+pub fn spawn_named<F: FnOnce() + Send + 'static>(name: &str, f: F) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(name.to_string()).spawn(f)
+}
+
+/// Join a thread, but give up after `timeout` (a thread blocked in a socket read may take
+/// until its read timeout; the process is exiting anyway). A panic in the thread is logged.
+pub fn join_within(handle: JoinHandle<()>, timeout: Duration) {
+    let name = handle.thread().name().unwrap_or("unnamed").to_string();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let joiner = std::thread::Builder::new().name(format!("join-{name}")).spawn(move || {
+        let _ = tx.send(handle.join().is_err());
+    });
+    if joiner.is_err() {
+        return;
+    }
+    match rx.recv_timeout(timeout) {
+        Ok(true) => log::error!("Thread panicked thread=\"{name}\""),
+        Ok(false) => {}
+        Err(_) => log::warn!("Thread did not stop in time thread=\"{name}\" timeout=\"{timeout:?}\""),
+    }
+}

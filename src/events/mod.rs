@@ -1,0 +1,480 @@
+//! The event recorder: client-go's legacy recorder and correlator (upstream §7.2, §7.3) on one
+//! named thread. `Recorder::event` never blocks: it builds the Event (name, timestamps) and puts
+//! it on a bounded queue of 1000, dropping it with client-go's log line when full. The
+//! "event-recorder" thread takes events in order, correlates them (`correlator`: aggregate,
+//! de-duplicate, spam-filter) and writes them through an `EventSink`: POST for new events,
+//! strategic-merge PATCH for repeats (404 → POST), transport errors retried 12 times 10 s apart,
+//! API rejections never retried.
+//!
+//! Shutdown: main first calls `RecorderThread::flush(timeout)`, which waits (bounded) until
+//! every queued event has been written or given up, retries included. Then it triggers the
+//! shared `Shutdown`: a retry sleep wakes at once and abandons its event, and whatever is still
+//! queued is discarded with one warning. So the flush timeout is the only wait on exit; `join`
+//! after the trigger returns as soon as an in-flight request returns.
+
+mod correlator;
+mod event;
+
+pub use correlator::{
+    Correlator, Decision, Lru, TokenBucket, AGGREGATE_INTERVAL, AGGREGATE_MAX_EVENTS,
+    AGGREGATE_PREFIX, LRU_CAPACITY, SPAM_BURST,
+};
+pub use event::{generate_event_name, is_dns_subdomain, Event, Involved};
+
+use crate::kube;
+use crate::shutdown::Shutdown;
+use crate::timeutil::{self, Clock, SystemClock};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use serde_json::Value;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Events waiting for the recorder thread (client-go `maxQueuedEvents`).
+pub const QUEUE_CAPACITY: usize = 1000;
+/// Write attempts per event (client-go `maxTriesPerEvent`).
+pub const MAX_TRIES: usize = 12;
+/// Sleep between write attempts (client-go `defaultSleepDuration`).
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(10);
+/// Logged when the queue is full and an event is dropped.
+pub const DROPPED_MESSAGE: &str = "Unable to record event: too many queued events, dropped event";
+
+/// Where events are written: the API server in production, a recording fake in tests.
+pub trait EventSink: Send + 'static {
+    /// `POST /api/v1/namespaces/<namespace>/events`.
+    fn create(&self, namespace: &str, event: &Value) -> Result<Value, kube::Error>;
+    /// `PATCH /api/v1/namespaces/<namespace>/events/<name>`, strategic merge.
+    fn patch(&self, namespace: &str, name: &str, patch: &Value) -> Result<Value, kube::Error>;
+}
+
+impl EventSink for kube::Client {
+    fn create(&self, namespace: &str, event: &Value) -> Result<Value, kube::Error> {
+        self.post(&format!("/api/v1/namespaces/{namespace}/events"), event)
+    }
+
+    fn patch(&self, namespace: &str, name: &str, patch: &Value) -> Result<Value, kube::Error> {
+        kube::Client::patch(
+            self,
+            &format!("/api/v1/namespaces/{namespace}/events/{name}"),
+            kube::PatchKind::StrategicMerge,
+            patch,
+        )
+    }
+}
+
+/// The object an event is about (`involvedObject`); fieldPath is always empty for us.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObjectRef {
+    pub kind: String,
+    pub api_version: String,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub resource_version: String,
+}
+
+/// The only two types the legacy recorder accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+/// Sleep for the duration or until shutdown; true when shutdown interrupted it.
+pub type SleepFn = Arc<dyn Fn(Duration, &Shutdown) -> bool + Send + Sync>;
+
+pub struct RecorderOptions {
+    /// `source.component` and `reportingComponent`.
+    pub component: String,
+    pub clock: Arc<dyn Clock>,
+    pub sleep: SleepFn,
+    pub retry_interval: Duration,
+    pub max_tries: usize,
+}
+
+impl RecorderOptions {
+    /// Real clock, real interruptible sleep, client-go's 10 s and 12 tries.
+    pub fn new(component: String) -> Self {
+        RecorderOptions {
+            component,
+            clock: Arc::new(SystemClock),
+            sleep: Arc::new(|d, shutdown: &Shutdown| shutdown.wait_timeout(d)),
+            retry_interval: RETRY_INTERVAL,
+            max_tries: MAX_TRIES,
+        }
+    }
+}
+
+/// Events queued or being written, so `flush` can wait for zero.
+struct Pending {
+    state: Mutex<PendingState>,
+    cond: Condvar,
+    dropped: AtomicU64,
+}
+
+#[derive(Default)]
+struct PendingState {
+    count: usize,
+    /// The thread has stopped; later events are not queued.
+    closed: bool,
+    /// Events were thrown away at shutdown instead of written.
+    discarded: bool,
+}
+
+impl Pending {
+    fn new() -> Pending {
+        Pending {
+            state: Mutex::new(PendingState::default()),
+            cond: Condvar::new(),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PendingState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserve a slot; false once the thread has stopped.
+    fn begin(&self) -> bool {
+        let mut s = self.lock();
+        if s.closed {
+            return false;
+        }
+        s.count += 1;
+        true
+    }
+
+    fn done(&self, n: usize) {
+        let mut s = self.lock();
+        s.count = s.count.saturating_sub(n);
+        if s.count == 0 {
+            self.cond.notify_all();
+        }
+    }
+
+    fn close(&self, discarded: bool) {
+        let mut s = self.lock();
+        s.closed = true;
+        s.discarded |= discarded;
+        s.count = 0;
+        self.cond.notify_all();
+    }
+
+    fn wait_empty(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.lock();
+        loop {
+            if s.count == 0 {
+                return !s.discarded;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            s = match self.cond.wait_timeout(s, deadline - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+}
+
+/// Cheap handle for emitting events; clone it into every thread that reports.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: Sender<Event>,
+    pending: Arc<Pending>,
+    component: Arc<str>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Recorder {
+    /// Queue an event about `object`. Never blocks; when 1000 events are already waiting the
+    /// event is dropped and logged.
+    pub fn event(&self, object: &ObjectRef, kind: EventType, reason: &str, message: &str) {
+        let event = Event::new(
+            &self.component,
+            object,
+            kind,
+            reason,
+            message,
+            self.clock.now(),
+        );
+        self.enqueue(event);
+    }
+
+    /// Events dropped so far because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.pending.dropped.load(Ordering::Relaxed)
+    }
+
+    fn enqueue(&self, event: Event) -> bool {
+        if !self.pending.begin() {
+            log::debug!(
+                "Event recorder has stopped, dropped event {}",
+                describe(&event)
+            );
+            return false;
+        }
+        match self.tx.try_send(event) {
+            Ok(()) => true,
+            Err(TrySendError::Full(event)) => {
+                self.pending.done(1);
+                self.pending.dropped.fetch_add(1, Ordering::Relaxed);
+                log::error!("{DROPPED_MESSAGE} {}", describe(&event));
+                false
+            }
+            Err(TrySendError::Disconnected(event)) => {
+                self.pending.done(1);
+                log::debug!(
+                    "Event recorder has stopped, dropped event {}",
+                    describe(&event)
+                );
+                false
+            }
+        }
+    }
+}
+
+/// The running recorder thread.
+pub struct RecorderThread {
+    handle: JoinHandle<()>,
+    pending: Arc<Pending>,
+}
+
+impl RecorderThread {
+    /// Wait until the queue is empty and the in-flight event is written or given up, at most
+    /// `timeout`. True if everything queued was handled (false on timeout, or when shutdown
+    /// discarded queued events).
+    pub fn flush(&self, timeout: Duration) -> bool {
+        self.pending.wait_empty(timeout)
+    }
+
+    /// Wait for the thread to stop (trigger shutdown first); re-raises its panic.
+    pub fn join(self) {
+        if let Err(panic) = self.handle.join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+/// Start the "event-recorder" thread writing to `sink`.
+pub fn spawn(
+    sink: impl EventSink,
+    opts: RecorderOptions,
+    shutdown: Shutdown,
+) -> std::io::Result<(Recorder, RecorderThread)> {
+    let (recorder, rx) = queue(&opts, QUEUE_CAPACITY);
+    let pending = recorder.pending.clone();
+    let writer = Writer::new(sink, &opts, shutdown.clone());
+    let thread_pending = pending.clone();
+    let handle = std::thread::Builder::new()
+        .name("event-recorder".into())
+        .spawn(move || run(rx, writer, &thread_pending, &shutdown))?;
+    Ok((recorder, RecorderThread { handle, pending }))
+}
+
+fn queue(opts: &RecorderOptions, capacity: usize) -> (Recorder, Receiver<Event>) {
+    let (tx, rx) = crossbeam_channel::bounded(capacity);
+    let recorder = Recorder {
+        tx,
+        pending: Arc::new(Pending::new()),
+        component: Arc::from(opts.component.as_str()),
+        clock: opts.clock.clone(),
+    };
+    (recorder, rx)
+}
+
+fn run<S: EventSink>(
+    rx: Receiver<Event>,
+    mut writer: Writer<S>,
+    pending: &Pending,
+    shutdown: &Shutdown,
+) {
+    let stop = shutdown.receiver();
+    while !shutdown.is_triggered() {
+        crossbeam_channel::select! {
+            recv(rx) -> msg => match msg {
+                Ok(event) => {
+                    writer.record(event);
+                    pending.done(1);
+                }
+                // Every Recorder handle is gone: nothing more can arrive.
+                Err(_) => break,
+            },
+            recv(stop) -> _ => break,
+        }
+    }
+    let left = rx.try_iter().count();
+    if left > 0 {
+        log::warn!("Event recorder shutting down, discarded {left} queued events");
+    }
+    pending.close(left > 0);
+}
+
+/// How one event ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Created or patched.
+    Written,
+    /// Suppressed by the spam filter.
+    Skipped,
+    /// The API server (or request construction) refused it; not retried.
+    Rejected,
+    /// Every try failed in transport.
+    GaveUp,
+    /// Shutdown interrupted the retry sleep.
+    ShutDown,
+}
+
+/// Correlation plus the write/retry loop; owned by the recorder thread.
+struct Writer<S> {
+    sink: S,
+    correlator: Correlator,
+    clock: Arc<dyn Clock>,
+    sleep: SleepFn,
+    retry_interval: Duration,
+    max_tries: usize,
+    shutdown: Shutdown,
+}
+
+impl<S: EventSink> Writer<S> {
+    fn new(sink: S, opts: &RecorderOptions, shutdown: Shutdown) -> Writer<S> {
+        Writer {
+            sink,
+            correlator: Correlator::new(),
+            clock: opts.clock.clone(),
+            sleep: opts.sleep.clone(),
+            retry_interval: opts.retry_interval,
+            max_tries: opts.max_tries.max(1),
+            shutdown,
+        }
+    }
+
+    /// client-go `recordToSink`.
+    fn record(&mut self, event: Event) -> Outcome {
+        let (mut event, patch) = match self.correlator.correlate(event, self.clock.now()) {
+            Decision::Skip => return Outcome::Skipped,
+            Decision::Create(event) => (event, None),
+            Decision::Patch { event, patch } => (event, Some(patch)),
+        };
+        let mut tries = 0;
+        loop {
+            if let Some(outcome) = self.attempt(&mut event, patch.as_ref()) {
+                return outcome;
+            }
+            tries += 1;
+            if tries >= self.max_tries {
+                log::error!(
+                    "Unable to write event (retry limit exceeded!) {}",
+                    describe(&event)
+                );
+                return Outcome::GaveUp;
+            }
+            // The first sleep is randomised so that clients do not retry in lockstep after an
+            // API server outage.
+            let delay = if tries == 1 {
+                self.retry_interval.mul_f64(timeutil::random_f64())
+            } else {
+                self.retry_interval
+            };
+            if (self.sleep)(delay, &self.shutdown) {
+                log::error!(
+                    "Unable to write event (broadcaster is shut down) {}",
+                    describe(&event)
+                );
+                return Outcome::ShutDown;
+            }
+        }
+    }
+
+    /// client-go `recordEvent`: one try; `None` means retry after sleeping.
+    fn attempt(&mut self, event: &mut Event, patch: Option<&Value>) -> Option<Outcome> {
+        let result = match patch {
+            Some(p) => match self.sink.patch(&event.namespace, &event.name, p) {
+                // The repeated Event was deleted (or never written): create it afresh, keeping
+                // its count and firstTimestamp.
+                Err(err) if err.is_not_found() => self.create(event),
+                other => other,
+            },
+            None => self.create(event),
+        };
+        let err = match result {
+            Ok(answer) => {
+                self.correlator.update_state(&Event::from_server(&answer));
+                log::debug!("Event written {}", describe(event));
+                return Some(Outcome::Written);
+            }
+            Err(err) => err,
+        };
+        match &err {
+            kube::Error::Config { .. } => {
+                log::error!(
+                    "Unable to construct event (will not retry!) {} err=\"{err}\"",
+                    describe(event)
+                );
+                Some(Outcome::Rejected)
+            }
+            kube::Error::Api { status, .. } => {
+                if err.is_already_exists() || is_namespace_terminating(status) {
+                    log::trace!(
+                        "Server rejected event (will not retry!) {} err=\"{err}\"",
+                        describe(event)
+                    );
+                } else {
+                    log::error!(
+                        "Server rejected event (will not retry!) {} err=\"{err}\"",
+                        describe(event)
+                    );
+                }
+                Some(Outcome::Rejected)
+            }
+            kube::Error::Transport { .. } | kube::Error::Decode { .. } => {
+                log::warn!(
+                    "Unable to write event (may retry after sleeping) {} err=\"{err}\"",
+                    describe(event)
+                );
+                None
+            }
+        }
+    }
+
+    fn create(&self, event: &mut Event) -> Result<Value, kube::Error> {
+        event.resource_version.clear();
+        self.sink.create(&event.namespace, &event.create_body())
+    }
+}
+
+/// client-go checks for the `NamespaceTerminating` status cause; our Status carries no causes,
+/// so recognise the API server's message for it.
+fn is_namespace_terminating(status: &kube::Status) -> bool {
+    status.code == 403 && status.message.contains("because it is being terminated")
+}
+
+fn describe(e: &Event) -> String {
+    format!(
+        "event=\"{}/{}\" object=\"{}/{}\" kind={:?} type={} reason={:?} message={:?} count={}",
+        e.namespace,
+        e.name,
+        e.involved.namespace,
+        e.involved.name,
+        e.involved.kind,
+        e.event_type,
+        e.reason,
+        e.message,
+        e.count
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1184 @@
+//! The Kubernetes REST client: one shared ureq agent (rustls, the cluster CA, client certificate,
+//! proxy as client-go picks it), credentials attached per request, the QPS/burst limiter,
+//! `Status` bodies turned into typed errors, and watch streams read line by line.
+
+use super::config::{self, ClientConfig, Credentials, Identity};
+use super::error::{Error, Status};
+use super::ratelimit::RateLimiter;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read};
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use ureq::http;
+
+/// Time to set up a connection (TCP + TLS), as client-go's dialer (30 s) but a bit shorter so a
+/// dead server is noticed sooner.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Whole budget of a normal (non-watch) request, body included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// A watch's per-read timeout is its `timeoutSeconds` plus this: the server ends a healthy watch
+/// itself by then, so a read that takes longer means the server or the path to it is gone.
+pub const WATCH_READ_SLACK: Duration = Duration::from_secs(30);
+/// Per-read timeout for a watch without `timeoutSeconds`.
+pub const WATCH_DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(600);
+/// A response body larger than this is refused rather than exhausting memory. Lists are paged,
+/// but an unpaged LIST of 100,000 PVs is a few hundred MB; this leaves room for that.
+pub const MAX_BODY: u64 = 2 << 30;
+/// How much of a non-Status error body ends up in the error message.
+const ERROR_BODY_EXCERPT: usize = 256;
+
+/// Called after every request with the method and the HTTP code (`"200"`) or `"<error>"`.
+pub type RequestObserver = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+/// Patch content types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchKind {
+    /// `application/merge-patch+json` (RFC 7386).
+    Merge,
+    /// `application/strategic-merge-patch+json` (built-in types only).
+    StrategicMerge,
+    /// `application/json-patch+json` (RFC 6902).
+    Json,
+}
+
+impl PatchKind {
+    fn content_type(self) -> &'static str {
+        match self {
+            PatchKind::Merge => "application/merge-patch+json",
+            PatchKind::StrategicMerge => "application/strategic-merge-patch+json",
+            PatchKind::Json => "application/json-patch+json",
+        }
+    }
+}
+
+/// One line of a watch stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchEvent {
+    Added(Value),
+    Modified(Value),
+    Deleted(Value),
+    Bookmark {
+        resource_version: String,
+    },
+    /// An `ERROR` event: usually 410 Expired (relist) or a server-side failure.
+    Error(Status),
+}
+
+struct Shared {
+    agent: ureq::Agent,
+    server: String,
+    host: String,
+    creds: Arc<Credentials>,
+    observer: RwLock<Option<RequestObserver>>,
+}
+
+/// A cheap-to-clone handle; clones share the connection pool, credentials, observer and limiter.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    limiter: RateLimiter,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("server", &self.shared.server)
+            .finish()
+    }
+}
+
+fn transport(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Transport {
+        what: what.to_string(),
+        message: e.to_string(),
+    }
+}
+
+impl Client {
+    /// Build the agent. Runs an exec credential plugin once when it may supply the client
+    /// certificate. `qps`/`burst` as client-go (`qps < 0` = unlimited, 0 = defaults).
+    pub fn new(cfg: ClientConfig, qps: f64, burst: u32, user_agent: &str) -> Result<Client, Error> {
+        let creds = Credentials::new(cfg.auth.clone());
+        let mut identity = cfg.identity.clone();
+        if identity.is_none() {
+            identity = creds.exec_identity()?;
+            if let Some(id) = &identity {
+                config::check_identity(&id.cert_pem, &id.key_pem).map_err(|m| Error::Config {
+                    source: cfg.source.clone(),
+                    field: "exec clientCertificateData".into(),
+                    message: m,
+                })?;
+            }
+        }
+        let tls = tls_config(&cfg, identity.as_ref())?;
+        let proxy_url = match &cfg.proxy_url {
+            Some(p) => Some(p.clone()),
+            None => proxy_from_env(&cfg.server, &|k| std::env::var(k).ok()),
+        };
+        let proxy = match proxy_url {
+            Some(p) => Some(ureq::Proxy::new(&p).map_err(|e| Error::Config {
+                source: cfg.source.clone(),
+                field: "proxy".into(),
+                message: format!("bad proxy URL {p:?}: {e}"),
+            })?),
+            None => None,
+        };
+        let agent_cfg = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_global(Some(REQUEST_TIMEOUT))
+            .user_agent(user_agent)
+            .accept("application/json")
+            .proxy(proxy)
+            .tls_config(tls)
+            .build();
+        let agent = ureq::Agent::new_with_config(agent_cfg);
+        let host = host_of(&cfg.server);
+        Ok(Client {
+            shared: Arc::new(Shared {
+                agent,
+                server: cfg.server,
+                host,
+                creds,
+                observer: RwLock::new(None),
+            }),
+            limiter: RateLimiter::new(qps, burst),
+        })
+    }
+
+    /// Same agent and credentials, a separate limiter (the lease loop must not starve).
+    pub fn with_own_limiter(&self, qps: f64, burst: u32) -> Client {
+        Client {
+            shared: self.shared.clone(),
+            limiter: RateLimiter::new(qps, burst),
+        }
+    }
+
+    pub fn server(&self) -> &str {
+        &self.shared.server
+    }
+
+    /// `host[:port]` of the server, for the `host` label of request metrics.
+    pub fn host(&self) -> &str {
+        &self.shared.host
+    }
+
+    pub fn set_request_observer(&self, f: RequestObserver) {
+        *self
+            .shared
+            .observer
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+
+    fn observe(&self, method: &str, code: &str) {
+        let obs = self
+            .shared
+            .observer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(f) = obs {
+            f(method, code);
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Result<Value, Error> {
+        self.request("GET", path, None)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Result<Value, Error> {
+        self.request("POST", path, Some(("application/json", body)))
+    }
+
+    pub fn put(&self, path: &str, body: &Value) -> Result<Value, Error> {
+        self.request("PUT", path, Some(("application/json", body)))
+    }
+
+    pub fn patch(&self, path: &str, kind: PatchKind, body: &Value) -> Result<Value, Error> {
+        self.request("PATCH", path, Some((kind.content_type(), body)))
+    }
+
+    pub fn delete(&self, path: &str) -> Result<Value, Error> {
+        self.request("DELETE", path, None)
+    }
+
+    /// Send one request (after a limiter token) and return the response; a 401 with a
+    /// refreshable credential is retried once with a fresh one (client-go's exec authenticator
+    /// refreshes on 401 too).
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+        read_timeout: Option<Duration>,
+    ) -> Result<http::Response<ureq::Body>, Error> {
+        let what = format!("{method} {path}");
+        let url = format!("{}{}", self.shared.server, path);
+        let mut retried = false;
+        loop {
+            self.limiter.acquire();
+            let auth = self.shared.creds.authorization()?;
+            let mut b = http::Request::builder().method(method).uri(&url);
+            if let Some(a) = &auth {
+                b = b.header("Authorization", a);
+            }
+            let result = match body {
+                Some((ctype, bytes)) => {
+                    let req = b
+                        .header("Content-Type", ctype)
+                        .body(bytes.to_vec())
+                        .map_err(|e| transport(&what, e))?;
+                    self.shared.agent.run(req)
+                }
+                None => {
+                    let req = b.body(()).map_err(|e| transport(&what, e))?;
+                    match read_timeout {
+                        Some(t) => {
+                            // Watches: no overall budget (a healthy watch lasts minutes), but
+                            // a bound on each read so a silent dead connection is noticed.
+                            let req = self
+                                .shared
+                                .agent
+                                .configure_request(req)
+                                .timeout_global(None)
+                                .timeout_per_read(Some(t))
+                                .build();
+                            self.shared.agent.run(req)
+                        }
+                        None => self.shared.agent.run(req),
+                    }
+                }
+            };
+            let resp = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    self.observe(method, "<error>");
+                    return Err(transport(&what, e));
+                }
+            };
+            let code = resp.status().as_u16();
+            self.observe(method, &code.to_string());
+            if code == 401 && !retried && self.shared.creds.invalidate() {
+                retried = true;
+                continue;
+            }
+            return Ok(resp);
+        }
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &Value)>,
+    ) -> Result<Value, Error> {
+        let what = format!("{method} {path}");
+        let bytes = body.map(|(ct, v)| (ct, serde_json::to_vec(v).unwrap_or_default()));
+        let resp = self.send(
+            method,
+            path,
+            bytes.as_ref().map(|(ct, b)| (*ct, &b[..])),
+            None,
+        )?;
+        let code = resp.status().as_u16();
+        if !(200..300).contains(&code) {
+            return Err(api_error(&what, resp));
+        }
+        let reader = resp.into_body().into_with_config().limit(MAX_BODY).reader();
+        let mut buf = Vec::new();
+        BufReader::new(reader)
+            .read_to_end(&mut buf)
+            .map_err(|e| read_error(&what, e))?;
+        if buf.iter().all(|b| b.is_ascii_whitespace()) {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&buf).map_err(|e| Error::Decode {
+            what,
+            message: e.to_string(),
+        })
+    }
+
+    /// Start a watch; `path_and_query` must include `watch=true` (or be a `/watch/` path).
+    pub fn watch(&self, path_and_query: &str) -> Result<WatchStream, Error> {
+        let what = format!("WATCH {path_and_query}");
+        let read_timeout = query_param(path_and_query, "timeoutSeconds")
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s) + WATCH_READ_SLACK)
+            .unwrap_or(WATCH_DEFAULT_READ_TIMEOUT);
+        let resp = self.send("GET", path_and_query, None, Some(read_timeout))?;
+        if !resp.status().is_success() {
+            return Err(api_error(&what, resp));
+        }
+        let reader = resp.into_body().into_with_config().limit(u64::MAX).reader();
+        Ok(WatchStream {
+            lines: BufReader::with_capacity(64 * 1024, Box::new(reader)),
+            what,
+            done: false,
+        })
+    }
+}
+
+fn read_error(what: &str, e: std::io::Error) -> Error {
+    // ureq reports a body over the limit and a cut-short chunked body as io errors; the first
+    // is the server's doing, not the network's.
+    let msg = e.to_string();
+    if msg.contains("limit") {
+        Error::Decode {
+            what: what.to_string(),
+            message: msg,
+        }
+    } else {
+        transport(what, format!("reading response: {msg}"))
+    }
+}
+
+fn tls_config(
+    cfg: &ClientConfig,
+    identity: Option<&Identity>,
+) -> Result<ureq::tls::TlsConfig, Error> {
+    let bad = |field: &str, m: String| Error::Config {
+        source: cfg.source.clone(),
+        field: field.to_string(),
+        message: m,
+    };
+    let mut b = ureq::tls::TlsConfig::builder();
+    if cfg.insecure_skip_tls_verify {
+        b = b.disable_verification(true);
+    } else if let Some(ca) = &cfg.ca_pem {
+        config::check_ca(ca).map_err(|m| bad("certificate-authority", m))?;
+        let certs = config::pem_certs(ca).map_err(|m| bad("certificate-authority", m))?;
+        b = b.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+    }
+    if let Some(id) = identity {
+        // ureq panics on a certificate rustls refuses; check first.
+        config::check_identity(&id.cert_pem, &id.key_pem)
+            .map_err(|m| bad("client-certificate", m))?;
+        let certs = config::pem_certs(&id.cert_pem).map_err(|m| bad("client-certificate", m))?;
+        let key = config::pem_key(&id.key_pem).map_err(|m| bad("client-key", m))?;
+        b = b.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&certs, key)));
+    }
+    Ok(b.build())
+}
+
+/// Turn a non-2xx response into `Error::Api`, from its `Status` body when it has one.
+fn api_error(what: &str, resp: http::Response<ureq::Body>) -> Error {
+    let code = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let canonical = resp.status().canonical_reason().unwrap_or("").to_string();
+    let mut buf = Vec::new();
+    let _ = resp
+        .into_body()
+        .into_with_config()
+        .limit(1 << 20)
+        .reader()
+        .take(1 << 20)
+        .read_to_end(&mut buf);
+    let mut status = status_from_body(code, &buf, &canonical);
+    status.retry_after = retry_after;
+    Error::Api {
+        what: what.to_string(),
+        status,
+    }
+}
+
+/// A `metav1.Status` from a body, or a synthesised one (code, HTTP reason, body excerpt).
+pub fn status_from_body(code: u16, body: &[u8], canonical: &str) -> Status {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        if v.get("kind").and_then(Value::as_str) == Some("Status") {
+            return status_from_value(&v, code);
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    let message = if text.is_empty() {
+        canonical.to_string()
+    } else {
+        let mut t: String = text.chars().take(ERROR_BODY_EXCERPT).collect();
+        if t.len() < text.len() {
+            t.push_str("...");
+        }
+        t
+    };
+    Status {
+        code,
+        reason: reason_for(code).to_string(),
+        message,
+        retry_after: None,
+    }
+}
+
+fn status_from_value(v: &Value, fallback_code: u16) -> Status {
+    let code = v
+        .get("code")
+        .and_then(Value::as_u64)
+        .and_then(|c| u16::try_from(c).ok())
+        .filter(|c| *c != 0)
+        .unwrap_or(fallback_code);
+    let reason = v
+        .get("reason")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let reason = if reason.is_empty() {
+        reason_for(code).to_string()
+    } else {
+        reason
+    };
+    let retry_after = v
+        .pointer("/details/retryAfterSeconds")
+        .and_then(Value::as_u64)
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs);
+    Status {
+        code,
+        reason,
+        message: v
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        retry_after,
+    }
+}
+
+/// apimachinery's `reasonForError` defaults for a bare code.
+fn reason_for(code: u16) -> &'static str {
+    match code {
+        400 => "BadRequest",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "NotFound",
+        405 => "MethodNotAllowed",
+        406 => "NotAcceptable",
+        409 => "Conflict",
+        410 => "Gone",
+        413 => "RequestEntityTooLarge",
+        415 => "UnsupportedMediaType",
+        422 => "Invalid",
+        429 => "TooManyRequests",
+        500 => "InternalError",
+        503 => "ServiceUnavailable",
+        504 => "Timeout",
+        _ => "",
+    }
+}
+
+/// A running watch: an iterator of events. It ends (`None`) when the server closes the stream
+/// normally; a transport or decode failure yields one `Err` and then ends.
+pub struct WatchStream {
+    lines: BufReader<Box<dyn Read + Send>>,
+    what: String,
+    done: bool,
+}
+
+impl std::fmt::Debug for WatchStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchStream")
+            .field("what", &self.what)
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl WatchStream {
+    /// A stream over any reader of JSON lines (tests, replays).
+    pub fn from_reader(what: &str, r: Box<dyn Read + Send>) -> WatchStream {
+        WatchStream {
+            lines: BufReader::new(r),
+            what: what.to_string(),
+            done: false,
+        }
+    }
+}
+
+impl Iterator for WatchStream {
+    type Item = Result<WatchEvent, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut line = Vec::new();
+        loop {
+            if self.done {
+                return None;
+            }
+            line.clear();
+            match self.lines.read_until(b'\n', &mut line) {
+                Ok(0) => {
+                    self.done = true;
+                    return None;
+                }
+                Ok(_) => {
+                    let complete = line.ends_with(b"\n");
+                    if line.iter().all(|b| b.is_ascii_whitespace()) {
+                        if !complete {
+                            self.done = true;
+                        }
+                        continue;
+                    }
+                    let ev = parse_watch_line(&line).map_err(|m| Error::Decode {
+                        what: self.what.clone(),
+                        message: if complete {
+                            m
+                        } else {
+                            format!("truncated watch event: {m}")
+                        },
+                    });
+                    if ev.is_err() || !complete {
+                        self.done = true;
+                    }
+                    return Some(ev);
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(read_error(&self.what, e)));
+                }
+            }
+        }
+    }
+}
+
+/// Decode one watch line: `{"type": "...", "object": {...}}`.
+pub fn parse_watch_line(line: &[u8]) -> Result<WatchEvent, String> {
+    let mut v: Value = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    let ty = v
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or("watch event without type")?
+        .to_string();
+    let obj = v
+        .get_mut("object")
+        .map(Value::take)
+        .ok_or("watch event without object")?;
+    if !obj.is_object() {
+        return Err("watch event object is not a JSON object".to_string());
+    }
+    Ok(match ty.as_str() {
+        "ADDED" => WatchEvent::Added(obj),
+        "MODIFIED" => WatchEvent::Modified(obj),
+        "DELETED" => WatchEvent::Deleted(obj),
+        "BOOKMARK" => WatchEvent::Bookmark {
+            resource_version: obj
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        },
+        "ERROR" => WatchEvent::Error(status_from_value(&obj, 500)),
+        other => return Err(format!("unknown watch event type {other:?}")),
+    })
+}
+
+/// `k=v&k2=v2`, percent-encoded (RFC 3986 unreserved characters kept), without a leading `?`.
+pub fn encode_query(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        percent_encode(k, &mut out);
+        out.push('=');
+        percent_encode(v, &mut out);
+    }
+    out
+}
+
+fn percent_encode(s: &str, out: &mut String) {
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+/// The raw value of `key` in the query of `path_and_query`.
+fn query_param<'a>(path_and_query: &'a str, key: &str) -> Option<&'a str> {
+    let q = path_and_query.split_once('?')?.1;
+    q.split('&').find_map(|kv| {
+        kv.split_once('=')
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    })
+}
+
+/// (scheme, host without brackets, port) of an http(s) URL.
+fn split_url(url: &str) -> Option<(&str, &str, Option<u16>)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority
+        .rsplit_once('@')
+        .map(|(_, a)| a)
+        .unwrap_or(authority);
+    let (host, port) = if let Some(r) = authority.strip_prefix('[') {
+        let (h, after) = r.split_once(']')?;
+        (h, after.strip_prefix(':').and_then(|p| p.parse().ok()))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().ok()),
+            None => (authority, None),
+        }
+    };
+    Some((scheme, host, port))
+}
+
+fn host_of(server: &str) -> String {
+    let rest = server.split_once("://").map(|(_, r)| r).unwrap_or(server);
+    rest.split(['/', '?']).next().unwrap_or("").to_string()
+}
+
+/// The proxy client-go's transport (Go's `httpproxy.FromEnvironment`) would use for `server`:
+/// `HTTPS_PROXY` for https and `HTTP_PROXY` for http (upper case first), never for localhost or
+/// a loopback address, and not when `NO_PROXY` matches (`*`, IPs, CIDRs, `host[:port]`, a
+/// domain and its subdomains, `.domain` for subdomains only). ureq's own env handling differs
+/// (it prefers `ALL_PROXY`, ignores the scheme and CIDRs), so the choice is made here.
+pub fn proxy_from_env(server: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    let get = |upper: &str| {
+        env(upper)
+            .or_else(|| env(&upper.to_ascii_lowercase()))
+            .filter(|s| !s.is_empty())
+    };
+    let (scheme, host, port) = split_url(server)?;
+    let proxy = match scheme {
+        "https" => get("HTTPS_PROXY")?,
+        "http" => get("HTTP_PROXY")?,
+        _ => return None,
+    };
+    let host = host.to_ascii_lowercase();
+    let port = port.unwrap_or(if scheme == "https" { 443 } else { 80 });
+    let ip: Option<IpAddr> = host.parse().ok();
+    if host == "localhost" || ip.is_some_and(|i| i.is_loopback()) {
+        return None;
+    }
+    if let Some(no) = get("NO_PROXY") {
+        for entry in no
+            .split(',')
+            .map(|e| e.trim().to_ascii_lowercase())
+            .filter(|e| !e.is_empty())
+        {
+            if no_proxy_matches(&entry, &host, ip, port) {
+                return None;
+            }
+        }
+    }
+    Some(proxy)
+}
+
+fn no_proxy_matches(entry: &str, host: &str, ip: Option<IpAddr>, port: u16) -> bool {
+    if entry == "*" {
+        return true;
+    }
+    if let Some((net, bits)) = entry.split_once('/') {
+        let (Ok(net), Ok(bits), Some(ip)) = (net.parse::<IpAddr>(), bits.parse::<u32>(), ip) else {
+            return false;
+        };
+        return cidr_contains(net, bits, ip);
+    }
+    if let Ok(e) = entry
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        return ip == Some(e);
+    }
+    // `host:port` or `[v6]:port`
+    let (name, eport) = match split_url(&format!("x://{entry}")) {
+        Some((_, h, p)) => (h.to_string(), p),
+        None => (entry.to_string(), None),
+    };
+    if eport.is_some_and(|p| p != port) {
+        return false;
+    }
+    if let Ok(e) = name.parse::<IpAddr>() {
+        return ip == Some(e);
+    }
+    let name = name.strip_prefix('*').unwrap_or(&name);
+    if let Some(suffix) = name.strip_prefix('.') {
+        return host.ends_with(&format!(".{suffix}"));
+    }
+    host == name || host.ends_with(&format!(".{name}"))
+}
+
+fn cidr_contains(net: IpAddr, bits: u32, ip: IpAddr) -> bool {
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) if bits <= 32 => {
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
+            u32::from(n) & mask == u32::from(i) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(i)) if bits <= 128 => {
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
+            u128::from(n) & mask == u128::from(i) & mask
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::kube::config::tests::Pki;
+    use crate::kube::config::Auth;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Mutex;
+
+    /// A canned HTTP/1.1 server: each accepted connection reads one request, records its
+    /// request line and headers, and gets the next scripted raw response.
+    pub(crate) struct Canned {
+        pub addr: String,
+        pub requests: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Canned {
+        pub(crate) fn start(responses: Vec<Vec<u8>>) -> Canned {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = format!("http://{}", l.local_addr().unwrap());
+            let requests = Arc::new(Mutex::new(Vec::new()));
+            let reqs = requests.clone();
+            std::thread::spawn(move || {
+                for resp in responses {
+                    let Ok((mut s, _)) = l.accept() else { return };
+                    let head = read_head(&mut s);
+                    reqs.lock().unwrap().push(head);
+                    let _ = s.write_all(&resp);
+                    let _ = s.flush();
+                }
+            });
+            Canned { addr, requests }
+        }
+        pub(crate) fn requests(&self) -> Vec<String> {
+            self.requests.lock().unwrap().clone()
+        }
+    }
+
+    pub(crate) fn read_head(s: &mut impl Read) -> String {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match s.read(&mut b) {
+                Ok(1) => head.push(b[0]),
+                _ => break,
+            }
+        }
+        let text = String::from_utf8_lossy(&head).to_string();
+        let len: usize = text
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap_or(0))
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        let _ = s.read_exact(&mut body);
+        format!("{text}{}", String::from_utf8_lossy(&body))
+    }
+
+    pub(crate) fn http(code: u16, extra_headers: &str, body: &str) -> Vec<u8> {
+        format!("HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nConnection: close\r\n{extra_headers}Content-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+    }
+
+    /// A chunked response whose chunks are the given strings; `end` = send the terminating chunk.
+    pub(crate) fn chunked(chunks: &[&str], end: bool) -> Vec<u8> {
+        let mut out = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for c in chunks {
+            out.extend(format!("{:x}\r\n{c}\r\n", c.len()).into_bytes());
+        }
+        if end {
+            out.extend(b"0\r\n\r\n");
+        }
+        out
+    }
+
+    pub(crate) fn plain_config(server: &str) -> ClientConfig {
+        ClientConfig {
+            server: server.to_string(),
+            ca_pem: None,
+            identity: None,
+            insecure_skip_tls_verify: false,
+            proxy_url: None,
+            auth: Auth::Token("tkn".into()),
+            source: "test".into(),
+            namespace: None,
+        }
+    }
+
+    pub(crate) fn client(server: &str) -> Client {
+        Client::new(
+            plain_config(server),
+            -1.0,
+            1,
+            "csi-external-health-monitor-controller/v-test",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn get_sends_headers_and_decodes_json() {
+        let srv = Canned::start(vec![http(200, "", r#"{"kind":"PersistentVolume"}"#)]);
+        let c = client(&srv.addr);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        c.set_request_observer(Arc::new(move |m: &str, code: &str| {
+            s2.lock().unwrap().push(format!("{m} {code}"))
+        }));
+        let v = c.get("/api/v1/persistentvolumes/pv1").unwrap();
+        assert_eq!(v["kind"], "PersistentVolume");
+        let req = &srv.requests()[0];
+        assert!(
+            req.starts_with("GET /api/v1/persistentvolumes/pv1 HTTP/1.1"),
+            "{req}"
+        );
+        let lower = req.to_ascii_lowercase();
+        assert!(lower.contains("authorization: bearer tkn"), "{req}");
+        assert!(
+            lower.contains("user-agent: csi-external-health-monitor-controller/v-test"),
+            "{req}"
+        );
+        assert_eq!(*seen.lock().unwrap(), vec!["GET 200".to_string()]);
+    }
+
+    #[test]
+    fn status_bodies_become_typed_errors() {
+        let status = |code: u16, reason: &str| {
+            format!(
+                r#"{{"kind":"Status","apiVersion":"v1","status":"Failure","message":"m{code}","reason":"{reason}","code":{code}}}"#
+            )
+        };
+        let srv = Canned::start(vec![
+            http(404, "", &status(404, "NotFound")),
+            http(409, "", &status(409, "AlreadyExists")),
+            http(410, "", &status(410, "Expired")),
+            http(429, "Retry-After: 7\r\n", &status(429, "TooManyRequests")),
+            http(503, "", "<html>upstream down</html>"),
+            http(403, "", &status(403, "Forbidden")),
+            http(422, "", &status(422, "Invalid")),
+        ]);
+        let c = client(&srv.addr);
+        let e = c.get("/a").unwrap_err();
+        assert!(e.is_not_found() && !e.is_retryable(), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "GET /a: the API server answered 404 NotFound: m404"
+        );
+        let e = c.post("/a", &serde_json::json!({})).unwrap_err();
+        assert!(e.is_already_exists(), "{e}");
+        assert!(c.get("/a").unwrap_err().is_gone());
+        let e = c.get("/a").unwrap_err();
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+        assert!(e.is_retryable());
+        match c.get("/a").unwrap_err() {
+            Error::Api { status, .. } => {
+                assert_eq!(status.code, 503);
+                assert_eq!(status.reason, "ServiceUnavailable");
+                assert!(status.message.contains("upstream down"));
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(c.get("/a").unwrap_err().code(), Some(403));
+        assert_eq!(
+            c.patch("/a", PatchKind::StrategicMerge, &serde_json::json!({}))
+                .unwrap_err()
+                .code(),
+            Some(422)
+        );
+        assert!(srv.requests()[6]
+            .to_ascii_lowercase()
+            .contains("content-type: application/strategic-merge-patch+json"));
+    }
+
+    #[test]
+    fn transport_errors_are_reported_and_observed() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}", l.local_addr().unwrap());
+        drop(l);
+        let c = client(&addr);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        c.set_request_observer(Arc::new(move |m: &str, code: &str| {
+            s2.lock().unwrap().push(format!("{m} {code}"))
+        }));
+        let e = c.delete("/x").unwrap_err();
+        assert!(e.is_transport(), "{e}");
+        assert_eq!(*seen.lock().unwrap(), vec!["DELETE <error>".to_string()]);
+    }
+
+    #[test]
+    fn malformed_json_is_a_decode_error() {
+        let srv = Canned::start(vec![http(200, "", "{not json")]);
+        assert!(matches!(
+            client(&srv.addr).get("/x"),
+            Err(Error::Decode { .. })
+        ));
+    }
+
+    #[test]
+    fn bodies_over_ten_megabytes_are_read() {
+        let big = format!(r#"{{"items":"{}"}}"#, "x".repeat(12 << 20));
+        let srv = Canned::start(vec![http(200, "", &big)]);
+        let v = client(&srv.addr).get("/big").unwrap();
+        assert_eq!(v["items"].as_str().map(str::len), Some(12 << 20));
+    }
+
+    #[test]
+    fn watch_stream_events_and_endings() {
+        let added = r#"{"type":"ADDED","object":{"metadata":{"name":"a","resourceVersion":"5"}}}"#;
+        let bookmark = r#"{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"9"}}}"#;
+        let gone = r#"{"type":"ERROR","object":{"kind":"Status","code":410,"reason":"Expired","message":"too old"}}"#;
+        let srv = Canned::start(vec![
+            // An event split across chunks, a bookmark, then a normal end.
+            chunked(
+                &[
+                    &added[..20],
+                    &format!("{}\n", &added[20..]),
+                    &format!("{bookmark}\n"),
+                ],
+                true,
+            ),
+            chunked(&[&format!("{gone}\n")], true),
+            // Truncated: the connection closes mid-event.
+            chunked(&[&added[..30]], false),
+            http(
+                410,
+                "",
+                r#"{"kind":"Status","code":410,"reason":"Expired"}"#,
+            ),
+        ]);
+        let c = client(&srv.addr);
+        let evs: Vec<_> = c
+            .watch("/api/v1/pods?watch=true&timeoutSeconds=10")
+            .unwrap()
+            .collect();
+        assert_eq!(evs.len(), 2);
+        assert!(matches!(&evs[0], Ok(WatchEvent::Added(o)) if o["metadata"]["name"] == "a"));
+        assert_eq!(
+            evs[1].as_ref().unwrap(),
+            &WatchEvent::Bookmark {
+                resource_version: "9".into()
+            }
+        );
+        let evs: Vec<_> = c.watch("/w?watch=true").unwrap().collect();
+        assert!(
+            matches!(&evs[0], Ok(WatchEvent::Error(s)) if s.code == 410 && s.reason == "Expired")
+        );
+        let evs: Vec<_> = c.watch("/w?watch=true").unwrap().collect();
+        assert_eq!(evs.len(), 1);
+        assert!(evs[0].is_err(), "{evs:?}");
+        assert!(c.watch("/w?watch=true").unwrap_err().is_gone());
+    }
+
+    #[test]
+    fn watch_line_parsing() {
+        assert!(parse_watch_line(b"{}").is_err());
+        assert!(parse_watch_line(br#"{"type":"WHAT","object":{}}"#).is_err());
+        assert!(parse_watch_line(br#"{"type":"ADDED","object":3}"#).is_err());
+        let ev = parse_watch_line(
+            br#"{"type":"ERROR","object":{"kind":"Status","code":500,"message":"boom"}}"#,
+        )
+        .unwrap();
+        assert!(matches!(ev, WatchEvent::Error(s) if s.code == 500 && s.reason == "InternalError"));
+    }
+
+    #[test]
+    fn query_encoding() {
+        assert_eq!(
+            encode_query(&[("fieldSelector", "spec.nodeName=n1,a!=b"), ("limit", "500")]),
+            "fieldSelector=spec.nodeName%3Dn1%2Ca%21%3Db&limit=500"
+        );
+        assert_eq!(
+            query_param("/x?watch=true&timeoutSeconds=30", "timeoutSeconds"),
+            Some("30")
+        );
+        assert_eq!(query_param("/x", "timeoutSeconds"), None);
+    }
+
+    #[test]
+    fn proxy_selection_follows_go() {
+        let base = [
+            ("HTTPS_PROXY", "http://proxy:3128"),
+            ("http_proxy", "http://p2:80"),
+        ];
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+        let cases: &[Case] = &[
+            ("https://10.0.0.1:6443", &base, Some("http://proxy:3128")),
+            ("http://10.0.0.1:8080", &base, Some("http://p2:80")),
+            ("https://127.0.0.1:6443", &base, None),
+            ("https://localhost:6443", &base, None),
+            ("https://[::1]:6443", &base, None),
+            (
+                "https://10.0.0.1:6443",
+                &[("HTTPS_PROXY", "http://p:1"), ("NO_PROXY", "10.0.0.0/8")],
+                None,
+            ),
+            (
+                "https://10.0.0.1:6443",
+                &[
+                    ("HTTPS_PROXY", "http://p:1"),
+                    ("NO_PROXY", "192.168.0.0/16, 10.0.0.1"),
+                ],
+                None,
+            ),
+            (
+                "https://api.example.com",
+                &[("HTTPS_PROXY", "http://p:1"), ("no_proxy", "example.com")],
+                None,
+            ),
+            (
+                "https://example.com",
+                &[("HTTPS_PROXY", "http://p:1"), ("NO_PROXY", ".example.com")],
+                Some("http://p:1"),
+            ),
+            (
+                "https://a.example.com",
+                &[("HTTPS_PROXY", "http://p:1"), ("NO_PROXY", "*.example.com")],
+                None,
+            ),
+            (
+                "https://api.example.com:6443",
+                &[
+                    ("HTTPS_PROXY", "http://p:1"),
+                    ("NO_PROXY", "api.example.com:443"),
+                ],
+                Some("http://p:1"),
+            ),
+            (
+                "https://api.example.com:6443",
+                &[
+                    ("HTTPS_PROXY", "http://p:1"),
+                    ("NO_PROXY", "api.example.com:6443"),
+                ],
+                None,
+            ),
+            (
+                "https://[fd00::1]:443",
+                &[("HTTPS_PROXY", "http://p:1"), ("NO_PROXY", "fd00::/8")],
+                None,
+            ),
+            (
+                "https://h",
+                &[("HTTPS_PROXY", "http://p:1"), ("NO_PROXY", "*")],
+                None,
+            ),
+            (
+                "https://notexample.com",
+                &[("HTTPS_PROXY", "http://p:1"), ("NO_PROXY", "example.com")],
+                Some("http://p:1"),
+            ),
+            ("https://h", &[("HTTP_PROXY", "http://p:1")], None),
+        ];
+        for (server, vars, want) in cases {
+            let env = |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            };
+            assert_eq!(
+                proxy_from_env(server, &env).as_deref(),
+                *want,
+                "{server} {vars:?}"
+            );
+        }
+    }
+
+    /// TLS end to end: a rustls server with a test CA that requires a client certificate.
+    #[test]
+    fn tls_with_ca_and_client_certificate() {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let pki = Pki::new();
+        let pem_certs = |name: &str| -> Vec<CertificateDer<'static>> {
+            config::pem_certs(&pki.read(name))
+                .unwrap()
+                .iter()
+                .map(|c| CertificateDer::from(c.der().to_vec()))
+                .collect()
+        };
+        let key: PrivateKeyDer<'static> = {
+            use rustls::pki_types::pem::PemObject;
+            PrivateKeyDer::from_pem_slice(&pki.read("server.key")).unwrap()
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(pem_certs("ca.crt"));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let server_cfg = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(pem_certs("server.crt"), key)
+                .unwrap(),
+        );
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let handle = std::thread::spawn(move || {
+            let (sock, _): (TcpStream, _) = l.accept().unwrap();
+            let conn = rustls::ServerConnection::new(server_cfg).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, sock);
+            let head = read_head(&mut tls);
+            let resp = http(200, "", r#"{"ok":true}"#);
+            tls.write_all(&resp).unwrap();
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+            head
+        });
+        let mut cfg = plain_config(&format!("https://127.0.0.1:{port}"));
+        cfg.ca_pem = Some(pki.read("ca.crt"));
+        cfg.identity = Some(Identity {
+            cert_pem: pki.read("client.crt"),
+            key_pem: pki.read("client.key"),
+        });
+        let c = Client::new(cfg, -1.0, 1, "ua").unwrap();
+        assert_eq!(c.get("/version").unwrap()["ok"], true);
+        assert!(handle.join().unwrap().starts_with("GET /version"));
+
+        // A v1 client certificate is refused with an error, not a panic inside ureq.
+        let mut bad = plain_config("https://127.0.0.1:1");
+        bad.identity = Some(Identity {
+            cert_pem: pki.read("clientv1.crt"),
+            key_pem: pki.read("client.key"),
+        });
+        assert!(matches!(
+            Client::new(bad, -1.0, 1, "ua"),
+            Err(Error::Config { .. })
+        ));
+    }
+
+    #[test]
+    fn limiter_is_shared_by_clones_but_not_by_own_limiter() {
+        let srv = Canned::start((0..4).map(|_| http(200, "", "{}")).collect());
+        let c = Client::new(plain_config(&srv.addr), 10.0, 1, "ua").unwrap();
+        let lease = c.with_own_limiter(-1.0, 1);
+        let start = std::time::Instant::now();
+        lease.get("/a").unwrap();
+        lease.get("/a").unwrap();
+        assert!(
+            start.elapsed() < Duration::from_millis(90),
+            "own limiter must not throttle"
+        );
+        c.get("/a").unwrap();
+        c.clone().get("/a").unwrap();
+        assert!(
+            start.elapsed() >= Duration::from_millis(90),
+            "second token waits 100 ms"
+        );
+    }
+}

@@ -1,0 +1,1209 @@
+//! Where the API server is and how to authenticate: kubeconfig files (`--kubeconfig`) and the
+//! in-cluster service account, checked up front so a bad file is an error naming the file and
+//! field, never a panic inside the TLS stack. Also the runtime credential sources (token file
+//! re-read, exec plugins with expiry) the client asks for an `Authorization` header.
+
+use super::error::Error;
+use super::yaml;
+use crate::timeutil;
+use serde_json::Value;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// The in-cluster service-account directory (client-go's `rest.InClusterConfig`).
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// client-go re-reads a token file at most this often (`transport.NewCachedFileTokenSource`);
+/// bound service-account tokens rotate hourly, so once a minute is plenty.
+pub const TOKEN_FILE_REFRESH: Duration = Duration::from_secs(60);
+
+/// An exec credential plugin that has not answered by then is killed.
+const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Everything needed to build a client. Secrets are redacted from `Debug`.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// `https://host:port` (maybe with a path prefix), no trailing slash.
+    pub server: String,
+    /// PEM bundle of trusted CAs; `None` = the built-in web PKI roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate chain and key (PEM), already checked to be usable.
+    pub identity: Option<Identity>,
+    pub insecure_skip_tls_verify: bool,
+    /// The cluster's `proxy-url`; when `None` the client uses `HTTPS_PROXY`/`NO_PROXY`.
+    pub proxy_url: Option<String>,
+    pub auth: Auth,
+    /// Where this came from, for error messages: `kubeconfig /path` or `in-cluster config`.
+    pub source: String,
+    /// The context's namespace (`None` in-cluster: the caller reads the SA namespace file).
+    pub namespace: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Identity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+/// How requests authenticate.
+#[derive(Clone)]
+pub enum Auth {
+    None,
+    Token(String),
+    /// Re-read at most every `TOKEN_FILE_REFRESH`; the last good token is kept when a re-read
+    /// fails (kubernetes#68164: the kubelet rewrites the file, a read may catch it empty).
+    TokenFile {
+        path: PathBuf,
+        initial: Option<String>,
+    },
+    Basic {
+        username: String,
+        password: String,
+    },
+    Exec(ExecConfig),
+}
+
+/// A `client.authentication.k8s.io` exec plugin.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecConfig {
+    pub api_version: String,
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub install_hint: String,
+    /// Cluster info passed in `KUBERNETES_EXEC_INFO` when `provideClusterInfo` is set.
+    pub cluster_info: Option<Value>,
+    /// For error messages: `kubeconfig /path: users[name].user.exec`.
+    pub source: String,
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let auth = match &self.auth {
+            Auth::None => "none".to_string(),
+            Auth::Token(_) => "token (redacted)".to_string(),
+            Auth::TokenFile { path, .. } => format!("token file {}", path.display()),
+            Auth::Basic { username, .. } => format!("basic {username}"),
+            Auth::Exec(e) => format!("exec {}", e.command),
+        };
+        f.debug_struct("ClientConfig")
+            .field("server", &self.server)
+            .field("ca", &self.ca_pem.as_ref().map(|p| p.len()))
+            .field("client_cert", &self.identity.is_some())
+            .field("insecure_skip_tls_verify", &self.insecure_skip_tls_verify)
+            .field("proxy_url", &self.proxy_url)
+            .field("auth", &auth)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+fn cfg_err(source: &str, field: &str, message: impl Into<String>) -> Error {
+    Error::Config {
+        source: source.to_string(),
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Kubeconfig when a path is given, else the in-cluster service account.
+pub fn load_config(kubeconfig: Option<&Path>) -> Result<ClientConfig, Error> {
+    match kubeconfig {
+        Some(p) => load_kubeconfig(p),
+        None => load_in_cluster(&|k| std::env::var(k).ok(), Path::new(SERVICE_ACCOUNT_DIR)),
+    }
+}
+
+/// In-cluster config from `KUBERNETES_SERVICE_HOST/PORT` and the files in `sa_dir`.
+pub fn load_in_cluster(
+    env: &dyn Fn(&str) -> Option<String>,
+    sa_dir: &Path,
+) -> Result<ClientConfig, Error> {
+    let source = "in-cluster config";
+    let host = env("KUBERNETES_SERVICE_HOST").filter(|s| !s.is_empty());
+    let port = env("KUBERNETES_SERVICE_PORT").filter(|s| !s.is_empty());
+    let (Some(host), Some(port)) = (host, port) else {
+        return Err(cfg_err(
+            source,
+            "KUBERNETES_SERVICE_HOST",
+            "unable to load in-cluster configuration, KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT must be defined (or pass --kubeconfig)",
+        ));
+    };
+    // net.JoinHostPort: an IPv6 literal needs brackets in a URL.
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let token_path = sa_dir.join("token");
+    let token = read_token_file(&token_path)
+        .map_err(|m| cfg_err(source, &token_path.display().to_string(), m))?;
+    let ca_path = sa_dir.join("ca.crt");
+    let ca = std::fs::read(&ca_path).map_err(|e| {
+        cfg_err(
+            source,
+            &ca_path.display().to_string(),
+            format!("cannot read: {e}"),
+        )
+    })?;
+    check_ca(&ca).map_err(|m| cfg_err(source, &ca_path.display().to_string(), m))?;
+    Ok(ClientConfig {
+        server: format!("https://{host}:{port}"),
+        ca_pem: Some(ca),
+        identity: None,
+        insecure_skip_tls_verify: false,
+        proxy_url: None,
+        auth: Auth::TokenFile {
+            path: token_path,
+            initial: Some(token),
+        },
+        source: source.to_string(),
+        namespace: None,
+    })
+}
+
+fn read_token_file(path: &Path) -> Result<String, String> {
+    let s = std::fs::read_to_string(path).map_err(|e| format!("cannot read token: {e}"))?;
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("token file is empty".to_string());
+    }
+    Ok(t.to_string())
+}
+
+/// Load `path` and resolve its current context.
+pub fn load_kubeconfig(path: &Path) -> Result<ClientConfig, Error> {
+    let source = format!("kubeconfig {}", path.display());
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| cfg_err(&source, "", format!("cannot read: {e}")))?;
+    let doc =
+        yaml::parse(&text).map_err(|e| cfg_err(&source, "", format!("not valid YAML: {e}")))?;
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    kubeconfig_from_value(&doc, &source, &dir)
+}
+
+fn str_field<'a>(
+    v: &'a Value,
+    key: &str,
+    source: &str,
+    field: &str,
+) -> Result<Option<&'a str>, Error> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(cfg_err(
+            source,
+            &format!("{field}.{key}"),
+            "must be a string",
+        )),
+    }
+}
+
+fn bool_field(v: &Value, key: &str, source: &str, field: &str) -> Result<bool, Error> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
+        Some(_) => Err(cfg_err(
+            source,
+            &format!("{field}.{key}"),
+            "must be true or false",
+        )),
+    }
+}
+
+/// Find `name` in the kubeconfig list `list` (`clusters`, `users`, `contexts`): its inner object.
+fn named<'a>(
+    doc: &'a Value,
+    list: &str,
+    inner: &str,
+    name: &str,
+    source: &str,
+) -> Result<(&'a Value, String), Error> {
+    let items = match doc.get(list) {
+        None | Some(Value::Null) => &[][..],
+        Some(Value::Array(a)) => &a[..],
+        Some(_) => return Err(cfg_err(source, list, "must be a list")),
+    };
+    for item in items {
+        if item.get("name").and_then(Value::as_str) == Some(name) {
+            let field = format!("{list}[{name}].{inner}");
+            return match item.get(inner) {
+                Some(v @ Value::Object(_)) => Ok((v, field)),
+                None | Some(Value::Null) => Ok((&Value::Null, field)),
+                Some(_) => Err(cfg_err(source, &field, "must be a map")),
+            };
+        }
+    }
+    Err(cfg_err(source, list, format!("no entry named {name:?}")))
+}
+
+fn resolve(dir: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    }
+}
+
+/// `<key>-data` (base64) wins over `<key>` (a path), as in client-go.
+fn data_or_file(
+    v: &Value,
+    key: &str,
+    dir: &Path,
+    source: &str,
+    field: &str,
+) -> Result<Option<Vec<u8>>, Error> {
+    let data_key = format!("{key}-data");
+    if let Some(d) = str_field(v, &data_key, source, field)? {
+        let bytes =
+            base64_decode(d).map_err(|m| cfg_err(source, &format!("{field}.{data_key}"), m))?;
+        return Ok(Some(bytes));
+    }
+    if let Some(p) = str_field(v, key, source, field)? {
+        let path = resolve(dir, p);
+        let bytes = std::fs::read(&path).map_err(|e| {
+            cfg_err(
+                source,
+                &format!("{field}.{key}"),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        return Ok(Some(bytes));
+    }
+    Ok(None)
+}
+
+pub(crate) fn kubeconfig_from_value(
+    doc: &Value,
+    source: &str,
+    dir: &Path,
+) -> Result<ClientConfig, Error> {
+    if !doc.is_object() {
+        return Err(cfg_err(
+            source,
+            "",
+            "not a kubeconfig (expected a map at the top level)",
+        ));
+    }
+    let Some(ctx_name) = str_field(doc, "current-context", source, "")? else {
+        return Err(cfg_err(source, "current-context", "is not set"));
+    };
+    let (ctx, ctx_field) = named(doc, "contexts", "context", ctx_name, source)?;
+    let Some(cluster_name) = str_field(ctx, "cluster", source, &ctx_field)? else {
+        return Err(cfg_err(
+            source,
+            &format!("{ctx_field}.cluster"),
+            "is not set",
+        ));
+    };
+    let (cluster, cl_field) = named(doc, "clusters", "cluster", cluster_name, source)?;
+    let Some(server) = str_field(cluster, "server", source, &cl_field)? else {
+        return Err(cfg_err(source, &format!("{cl_field}.server"), "is not set"));
+    };
+    if !(server.starts_with("https://") || server.starts_with("http://")) {
+        return Err(cfg_err(
+            source,
+            &format!("{cl_field}.server"),
+            format!("{server:?} is not an http(s) URL"),
+        ));
+    }
+    let insecure = bool_field(cluster, "insecure-skip-tls-verify", source, &cl_field)?;
+    let ca_pem = data_or_file(cluster, "certificate-authority", dir, source, &cl_field)?;
+    if let Some(ca) = &ca_pem {
+        if insecure {
+            return Err(cfg_err(
+                source,
+                &format!("{cl_field}.insecure-skip-tls-verify"),
+                "specifying a root certificates file with the insecure flag is not allowed",
+            ));
+        }
+        check_ca(ca)
+            .map_err(|m| cfg_err(source, &format!("{cl_field}.certificate-authority"), m))?;
+    }
+    if str_field(cluster, "tls-server-name", source, &cl_field)?.is_some() {
+        log::warn!("{source}: {cl_field}.tls-server-name is not supported and is ignored");
+    }
+    let proxy_url = str_field(cluster, "proxy-url", source, &cl_field)?.map(str::to_string);
+    let namespace = str_field(ctx, "namespace", source, &ctx_field)?.map(str::to_string);
+
+    let (user, user_field) = match str_field(ctx, "user", source, &ctx_field)? {
+        Some(u) => named(doc, "users", "user", u, source)?,
+        None => (&Value::Null, String::new()),
+    };
+    let cert = data_or_file(user, "client-certificate", dir, source, &user_field)?;
+    let key = data_or_file(user, "client-key", dir, source, &user_field)?;
+    let identity = match (cert, key) {
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(cfg_err(
+                source,
+                &format!("{user_field}.client-key"),
+                "client certificate given without a key",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(cfg_err(
+                source,
+                &format!("{user_field}.client-certificate"),
+                "client key given without a certificate",
+            ))
+        }
+        (Some(cert_pem), Some(key_pem)) => {
+            check_identity(&cert_pem, &key_pem)
+                .map_err(|m| cfg_err(source, &format!("{user_field}.client-certificate"), m))?;
+            Some(Identity { cert_pem, key_pem })
+        }
+    };
+    if user.get("auth-provider").is_some_and(|v| !v.is_null()) {
+        return Err(cfg_err(
+            source,
+            &format!("{user_field}.auth-provider"),
+            "auth-provider plugins are not supported (client-go removed them too); use an exec credential plugin",
+        ));
+    }
+    let token = str_field(user, "token", source, &user_field)?.map(str::to_string);
+    let auth = if let Some(exec) = user.get("exec").filter(|v| !v.is_null()) {
+        let mut e = exec_config(exec, source, &format!("{user_field}.exec"), dir)?;
+        if exec.get("provideClusterInfo").and_then(Value::as_bool) == Some(true) {
+            e.cluster_info = Some(cluster_info(server, cluster, ca_pem.as_deref(), insecure));
+        }
+        Auth::Exec(e)
+    } else if let Some(tf) = str_field(user, "tokenFile", source, &user_field)? {
+        let path = resolve(dir, tf);
+        // client-go falls back to `token` when the file cannot be read; a missing file with no
+        // token is a configuration error worth failing on.
+        match read_token_file(&path) {
+            Ok(t) => Auth::TokenFile {
+                path,
+                initial: Some(t),
+            },
+            Err(m) if token.is_none() => {
+                return Err(cfg_err(
+                    source,
+                    &format!("{user_field}.tokenFile"),
+                    format!("{}: {m}", path.display()),
+                ))
+            }
+            Err(_) => Auth::TokenFile {
+                path,
+                initial: token.clone(),
+            },
+        }
+    } else if let Some(t) = token {
+        Auth::Token(t)
+    } else if let Some(u) = str_field(user, "username", source, &user_field)? {
+        let password = str_field(user, "password", source, &user_field)?
+            .unwrap_or("")
+            .to_string();
+        Auth::Basic {
+            username: u.to_string(),
+            password,
+        }
+    } else {
+        Auth::None
+    };
+    Ok(ClientConfig {
+        server: server.trim_end_matches('/').to_string(),
+        ca_pem,
+        identity,
+        insecure_skip_tls_verify: insecure,
+        proxy_url,
+        auth,
+        source: source.to_string(),
+        namespace,
+    })
+}
+
+fn cluster_info(server: &str, cluster: &Value, ca: Option<&[u8]>, insecure: bool) -> Value {
+    let mut c = serde_json::json!({ "server": server, "insecure-skip-tls-verify": insecure });
+    if let Some(ca) = ca {
+        c["certificate-authority-data"] = Value::String(base64_encode(ca));
+    }
+    if let Some(ext) = cluster.get("extensions").and_then(Value::as_array) {
+        if let Some(cfg) = ext.iter().find(|e| {
+            e.get("name").and_then(Value::as_str) == Some("client.authentication.k8s.io/exec")
+        }) {
+            c["config"] = cfg.get("extension").cloned().unwrap_or(Value::Null);
+        }
+    }
+    c
+}
+
+fn exec_config(v: &Value, source: &str, field: &str, dir: &Path) -> Result<ExecConfig, Error> {
+    let api_version = str_field(v, "apiVersion", source, field)?.unwrap_or("");
+    if !matches!(
+        api_version,
+        "client.authentication.k8s.io/v1" | "client.authentication.k8s.io/v1beta1"
+    ) {
+        return Err(cfg_err(
+            source,
+            &format!("{field}.apiVersion"),
+            format!(
+                "{api_version:?} is not supported (use client.authentication.k8s.io/v1 or v1beta1)"
+            ),
+        ));
+    }
+    let Some(command) = str_field(v, "command", source, field)? else {
+        return Err(cfg_err(source, &format!("{field}.command"), "is not set"));
+    };
+    // client-go resolves a command with a path separator against the kubeconfig's directory;
+    // a bare name is looked up in PATH.
+    let command = if command.contains('/') {
+        resolve(dir, command).display().to_string()
+    } else {
+        command.to_string()
+    };
+    let mut args = Vec::new();
+    match v.get("args") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) => {
+            for (i, x) in a.iter().enumerate() {
+                match x {
+                    Value::String(s) => args.push(s.clone()),
+                    Value::Number(n) => args.push(n.to_string()),
+                    Value::Bool(b) => args.push(b.to_string()),
+                    _ => {
+                        return Err(cfg_err(
+                            source,
+                            &format!("{field}.args[{i}]"),
+                            "must be a string",
+                        ))
+                    }
+                }
+            }
+        }
+        Some(_) => return Err(cfg_err(source, &format!("{field}.args"), "must be a list")),
+    }
+    let mut env = Vec::new();
+    match v.get("env") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) => {
+            for (i, e) in a.iter().enumerate() {
+                let f = format!("{field}.env[{i}]");
+                let name = str_field(e, "name", source, &f)?
+                    .ok_or_else(|| cfg_err(source, &format!("{f}.name"), "is not set"))?;
+                let value = match e.get("value") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Null) | None => String::new(),
+                    Some(other) => other.to_string(),
+                };
+                env.push((name.to_string(), value));
+            }
+        }
+        Some(_) => return Err(cfg_err(source, &format!("{field}.env"), "must be a list")),
+    }
+    if str_field(v, "interactiveMode", source, field)? == Some("Always") {
+        return Err(cfg_err(
+            source,
+            &format!("{field}.interactiveMode"),
+            "Always needs a terminal, which a controller does not have",
+        ));
+    }
+    Ok(ExecConfig {
+        api_version: api_version.to_string(),
+        command,
+        args,
+        env,
+        install_hint: str_field(v, "installHint", source, field)?
+            .unwrap_or("")
+            .to_string(),
+        cluster_info: None,
+        source: format!("{source}: {field}"),
+    })
+}
+
+/// What an exec plugin returned.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecCredential {
+    pub token: Option<String>,
+    pub client_cert_pem: Option<Vec<u8>>,
+    pub client_key_pem: Option<Vec<u8>>,
+    pub expires: Option<SystemTime>,
+}
+
+/// Run the plugin and parse its `ExecCredential`.
+pub fn run_exec(e: &ExecConfig) -> Result<ExecCredential, Error> {
+    let fail = |field: &str, m: String| {
+        let hint = if e.install_hint.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", e.install_hint.trim())
+        };
+        Error::Config {
+            source: e.source.clone(),
+            field: field.to_string(),
+            message: format!("{m}{hint}"),
+        }
+    };
+    let mut info = serde_json::json!({
+        "apiVersion": e.api_version, "kind": "ExecCredential", "spec": { "interactive": false }
+    });
+    if let Some(c) = &e.cluster_info {
+        info["spec"]["cluster"] = c.clone();
+    }
+    let mut cmd = Command::new(&e.command);
+    cmd.args(&e.args)
+        .envs(e.env.iter().map(|(k, v)| (k, v)))
+        .env("KUBERNETES_EXEC_INFO", info.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd
+        .spawn()
+        .map_err(|err| fail("command", format!("cannot run {}: {err}", e.command)))?;
+    let mut stdout = child.stdout.take();
+    let reader = std::thread::Builder::new()
+        .name("exec-credential".into())
+        .spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(s) = stdout.as_mut() {
+                let _ = s.take(16 << 20).read_to_end(&mut buf);
+            }
+            buf
+        })
+        .map_err(|err| fail("command", format!("cannot start reader thread: {err}")))?;
+    let deadline = Instant::now() + EXEC_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(
+                    "command",
+                    format!("{} did not finish within {:?}", e.command, EXEC_TIMEOUT),
+                ));
+            }
+            // Plugins normally answer in milliseconds; a short sleep keeps this simple without
+            // a second thread per wait.
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(err) => return Err(fail("command", format!("waiting for {}: {err}", e.command))),
+        }
+    };
+    let out = reader.join().unwrap_or_default();
+    if !status.success() {
+        return Err(fail(
+            "command",
+            format!("{} exited with {status}", e.command),
+        ));
+    }
+    parse_exec_credential(&out, &e.api_version)
+        .map_err(|m| fail("command", format!("{}: {m}", e.command)))
+}
+
+pub(crate) fn parse_exec_credential(
+    out: &[u8],
+    api_version: &str,
+) -> Result<ExecCredential, String> {
+    let v: Value = serde_json::from_slice(out)
+        .map_err(|err| format!("output is not an ExecCredential: {err}"))?;
+    if v.get("kind").and_then(Value::as_str) != Some("ExecCredential") {
+        return Err("output is not an ExecCredential (kind)".to_string());
+    }
+    let got = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    if got != api_version {
+        return Err(format!(
+            "output has apiVersion {got:?}, expected {api_version:?}"
+        ));
+    }
+    let status = v.get("status").ok_or("output has no status")?;
+    let s = |k: &str| {
+        status
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let expires = match s("expirationTimestamp") {
+        Some(t) => {
+            Some(timeutil::parse_rfc3339(&t).ok_or(format!("bad expirationTimestamp {t:?}"))?)
+        }
+        None => None,
+    };
+    let cred = ExecCredential {
+        token: s("token"),
+        client_cert_pem: s("clientCertificateData").map(String::into_bytes),
+        client_key_pem: s("clientKeyData").map(String::into_bytes),
+        expires,
+    };
+    if cred.client_cert_pem.is_some() != cred.client_key_pem.is_some() {
+        return Err("status needs both clientCertificateData and clientKeyData".to_string());
+    }
+    if cred.token.is_none() && cred.client_cert_pem.is_none() {
+        return Err("status has neither a token nor a client certificate".to_string());
+    }
+    Ok(cred)
+}
+
+/// The runtime side of `Auth`: hands out the current `Authorization` header value.
+pub(crate) struct Credentials {
+    auth: Auth,
+    refresh: Duration,
+    state: Mutex<CredState>,
+}
+
+#[derive(Default)]
+struct CredState {
+    token: Option<String>,
+    read_at: Option<Instant>,
+    expires: Option<SystemTime>,
+    exec_identity: Option<Identity>,
+}
+
+impl Credentials {
+    pub(crate) fn new(auth: Auth) -> Arc<Credentials> {
+        Credentials::with_refresh(auth, TOKEN_FILE_REFRESH)
+    }
+
+    pub(crate) fn with_refresh(auth: Auth, refresh: Duration) -> Arc<Credentials> {
+        let mut st = CredState::default();
+        if let Auth::TokenFile { initial, .. } = &auth {
+            st.token = initial.clone();
+            st.read_at = Some(Instant::now());
+        }
+        Arc::new(Credentials {
+            auth,
+            refresh,
+            state: Mutex::new(st),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CredState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The header value to send, running the exec plugin or re-reading the token file when due.
+    pub(crate) fn authorization(&self) -> Result<Option<String>, Error> {
+        match &self.auth {
+            Auth::None => Ok(None),
+            Auth::Token(t) => Ok(Some(format!("Bearer {t}"))),
+            Auth::Basic { username, password } => Ok(Some(format!(
+                "Basic {}",
+                base64_encode(format!("{username}:{password}").as_bytes())
+            ))),
+            Auth::TokenFile { path, .. } => {
+                let mut st = self.lock();
+                let due = st.read_at.is_none_or(|t| t.elapsed() >= self.refresh);
+                if due {
+                    st.read_at = Some(Instant::now());
+                    match read_token_file(path) {
+                        Ok(t) => st.token = Some(t),
+                        Err(m) if st.token.is_some() => {
+                            log::warn!("{}: {m}; keeping the previous token", path.display())
+                        }
+                        Err(m) => return Err(cfg_err(&path.display().to_string(), "", m)),
+                    }
+                }
+                Ok(st.token.as_ref().map(|t| format!("Bearer {t}")))
+            }
+            Auth::Exec(e) => {
+                let mut st = self.lock();
+                let expired = st.expires.is_some_and(|x| SystemTime::now() >= x);
+                if st.read_at.is_none() || expired {
+                    let cred = run_exec(e)?;
+                    st.read_at = Some(Instant::now());
+                    st.token = cred.token;
+                    st.expires = cred.expires;
+                    if let (Some(c), Some(k)) = (cred.client_cert_pem, cred.client_key_pem) {
+                        st.exec_identity = Some(Identity {
+                            cert_pem: c,
+                            key_pem: k,
+                        });
+                    }
+                }
+                Ok(st.token.as_ref().map(|t| format!("Bearer {t}")))
+            }
+        }
+    }
+
+    /// The client certificate an exec plugin returned (runs the plugin if it has not run yet).
+    pub(crate) fn exec_identity(&self) -> Result<Option<Identity>, Error> {
+        if !matches!(self.auth, Auth::Exec(_)) {
+            return Ok(None);
+        }
+        self.authorization()?;
+        Ok(self.lock().exec_identity.clone())
+    }
+
+    /// After a 401: forget a cached exec credential / re-read the token file on the next request.
+    /// Returns true when that may produce a different credential.
+    pub(crate) fn invalidate(&self) -> bool {
+        match &self.auth {
+            Auth::Exec(_) | Auth::TokenFile { .. } => {
+                self.lock().read_at = None;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The trusted CA bundle must hold at least one certificate the TLS stack accepts.
+pub fn check_ca(pem: &[u8]) -> Result<(), String> {
+    let certs = pem_certs(pem)?;
+    if certs.is_empty() {
+        return Err("no PEM certificate found".to_string());
+    }
+    let mut store = rustls::RootCertStore::empty();
+    let (added, _ignored) = store.add_parsable_certificates(
+        certs
+            .iter()
+            .map(|c| rustls::pki_types::CertificateDer::from(c.der().to_vec())),
+    );
+    if added == 0 {
+        return Err("no usable CA certificate in PEM data".to_string());
+    }
+    Ok(())
+}
+
+pub(crate) fn pem_certs(pem: &[u8]) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+    let mut out = Vec::new();
+    for item in ureq::tls::parse_pem(pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => out.push(c),
+            Ok(_) => {}
+            Err(e) => return Err(format!("bad PEM data: {e}")),
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn pem_key(pem: &[u8]) -> Result<ureq::tls::PrivateKey<'static>, String> {
+    for item in ureq::tls::parse_pem(pem) {
+        match item {
+            Ok(ureq::tls::PemItem::PrivateKey(k)) => return Ok(k),
+            Ok(_) => {}
+            Err(e) => return Err(format!("bad PEM data in key: {e}")),
+        }
+    }
+    Err("no PEM private key found".to_string())
+}
+
+/// Check a client certificate and key the way rustls will when ureq first connects: ureq panics
+/// on a certificate rustls rejects (an X.509 v1 certificate, a key that does not match), so a
+/// kubeconfig must be refused here, with a message, instead.
+pub fn check_identity(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = pem_certs(cert_pem)?;
+    if certs.is_empty() {
+        return Err("no PEM certificate found".to_string());
+    }
+    pem_key(key_pem)?;
+    let key_der =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("bad private key: {e}"))?;
+    let chain: Vec<CertificateDer<'static>> = certs
+        .iter()
+        .map(|c| CertificateDer::from(c.der().to_vec()))
+        .collect();
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(chain, key_der, &provider)
+        .map(|_| ())
+        .map_err(|e| format!("unusable client certificate or key: {e}"))
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+pub fn base64_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Standard base64; whitespace ignored, padding optional (kubeconfig `*-data` fields).
+pub fn base64_decode(s: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    let mut padding = false;
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            b'=' => {
+                padding = true;
+                continue;
+            }
+            b' ' | b'\n' | b'\r' | b'\t' => continue,
+            _ => return Err(format!("not base64 (character {:?})", c as char)),
+        };
+        if padding {
+            return Err("not base64 (data after padding)".to_string());
+        }
+        acc = acc << 6 | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    if bits >= 6 {
+        return Err("not base64 (truncated)".to_string());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A fresh temporary directory, removed on drop.
+    pub(crate) struct TempDir(pub PathBuf);
+    impl TempDir {
+        pub(crate) fn new(tag: &str) -> TempDir {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "hm-kube-{tag}-{}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst),
+                timeutil::random_u64()
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+        pub(crate) fn write(&self, name: &str, data: &[u8]) -> PathBuf {
+            let p = self.0.join(name);
+            std::fs::write(&p, data).unwrap();
+            p
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Test PKI from the `openssl` CLI: CA, server cert for 127.0.0.1/localhost, v3 client cert,
+    /// and a v1 client cert (what `openssl x509 -req` without extensions makes).
+    pub(crate) struct Pki {
+        pub dir: TempDir,
+    }
+    impl Pki {
+        pub(crate) fn new() -> Pki {
+            let dir = TempDir::new("pki");
+            let script = r#"set -e
+openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=test-ca -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > server.ext
+openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile server.ext 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN=alice 2>/dev/null
+printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n' > client.ext
+openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out client.crt -days 2 -extfile client.ext 2>/dev/null
+openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out clientv1.crt -days 2 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -keyout other.key -out other.csr -subj /CN=other 2>/dev/null
+"#;
+            let st = Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .current_dir(&dir.0)
+                .status()
+                .unwrap();
+            assert!(st.success(), "openssl failed");
+            Pki { dir }
+        }
+        pub(crate) fn read(&self, name: &str) -> Vec<u8> {
+            std::fs::read(self.dir.0.join(name)).unwrap()
+        }
+    }
+
+    fn load(dir: &TempDir, text: &str) -> Result<ClientConfig, Error> {
+        let p = dir.write("config", text.as_bytes());
+        load_kubeconfig(&p)
+    }
+
+    fn config_err(r: Result<ClientConfig, Error>) -> (String, String, String) {
+        match r {
+            Err(Error::Config {
+                source,
+                field,
+                message,
+            }) => (source, field, message),
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn base64_round_trip() {
+        for s in ["", "a", "ab", "abc", "abcd", "hello world!"] {
+            assert_eq!(
+                base64_decode(&base64_encode(s.as_bytes())).unwrap(),
+                s.as_bytes()
+            );
+        }
+        assert_eq!(base64_encode(b"ab"), "YWI=");
+        assert_eq!(base64_decode("YW\nI").unwrap(), b"ab");
+        assert!(base64_decode("YW*").is_err());
+        assert!(base64_decode("Y").is_err());
+    }
+
+    #[test]
+    fn token_user_with_relative_ca_and_namespace() {
+        let pki = Pki::new();
+        let d = TempDir::new("tok");
+        std::fs::create_dir(d.0.join("certs")).unwrap();
+        d.write("certs/ca.pem", &pki.read("ca.crt"));
+        let cfg = load(
+            &d,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://10.0.0.1:6443/\n    certificate-authority: certs/ca.pem\ncontexts:\n- name: x\n  context: {cluster: c, user: u, namespace: ns1}\ncurrent-context: x\nusers:\n- name: u\n  user:\n    token: secret\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.server, "https://10.0.0.1:6443");
+        assert_eq!(cfg.ca_pem.as_deref(), Some(&pki.read("ca.crt")[..]));
+        assert!(matches!(&cfg.auth, Auth::Token(t) if t == "secret"));
+        assert_eq!(cfg.namespace.as_deref(), Some("ns1"));
+        assert!(
+            !format!("{cfg:?}").contains("secret"),
+            "Debug must not print the token"
+        );
+    }
+
+    #[test]
+    fn client_cert_data_and_insecure_and_json() {
+        let pki = Pki::new();
+        let d = TempDir::new("cert");
+        let doc = serde_json::json!({
+            "apiVersion": "v1", "kind": "Config", "current-context": "x",
+            "clusters": [{"name": "c", "cluster": {"server": "https://h:1", "insecure-skip-tls-verify": true}}],
+            "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+            "users": [{"name": "u", "user": {
+                "client-certificate-data": base64_encode(&pki.read("client.crt")),
+                "client-key-data": base64_encode(&pki.read("client.key"))}}]
+        });
+        let cfg = load(&d, &serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+        assert!(cfg.insecure_skip_tls_verify);
+        assert!(cfg.identity.is_some());
+        assert!(matches!(cfg.auth, Auth::None));
+    }
+
+    #[test]
+    fn bad_kubeconfigs_name_file_and_field() {
+        let pki = Pki::new();
+        let d = TempDir::new("bad");
+        d.write("v1.crt", &pki.read("clientv1.crt"));
+        d.write("client.key", &pki.read("client.key"));
+        d.write("other.key", &pki.read("other.key"));
+        d.write("client.crt", &pki.read("client.crt"));
+        let head =
+            "current-context: x\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\n";
+        let cluster_ok = "clusters:\n- name: c\n  cluster:\n    server: https://h:1\n";
+        let cases: Vec<(String, &str, &str)> = vec![
+            ("clusters: []\n".to_string(), "current-context", "is not set"),
+            ("current-context: x\nclusters: []\n".to_string(), "contexts", "no entry named"),
+            (format!("{head}clusters:\n- name: c\n  cluster:\n    certificate-authority: x\nusers: [{{name: u}}]\n"), "clusters[c].cluster.server", "is not set"),
+            (format!("{head}clusters:\n- name: c\n  cluster:\n    server: https://h:1\n    certificate-authority: missing.pem\nusers: [{{name: u}}]\n"), "clusters[c].cluster.certificate-authority", "missing.pem"),
+            (format!("{head}clusters:\n- name: c\n  cluster:\n    server: https://h:1\n    certificate-authority-data: '!!!'\nusers: [{{name: u}}]\n"), "clusters[c].cluster.certificate-authority-data", "not base64"),
+            (format!("{head}clusters:\n- name: c\n  cluster:\n    server: https://h:1\n    certificate-authority-data: {}\nusers: [{{name: u}}]\n", base64_encode(b"junk")), "clusters[c].cluster.certificate-authority", "no PEM certificate"),
+            (format!("{head}{cluster_ok}users:\n- name: u\n  user:\n    client-certificate: v1.crt\n    client-key: client.key\n"), "users[u].user.client-certificate", "unusable client certificate"),
+            (format!("{head}{cluster_ok}users:\n- name: u\n  user:\n    client-certificate: client.crt\n    client-key: other.key\n"), "users[u].user.client-certificate", "unusable client certificate"),
+            (format!("{head}{cluster_ok}users:\n- name: u\n  user:\n    client-certificate: client.crt\n"), "users[u].user.client-key", "without a key"),
+            (format!("{head}{cluster_ok}users:\n- name: u\n  user:\n    tokenFile: nope\n"), "users[u].user.tokenFile", "nope"),
+            (format!("{head}{cluster_ok}users:\n- name: u\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1alpha1\n      command: x\n"), "users[u].user.exec.apiVersion", "not supported"),
+            (format!("{head}{cluster_ok}users:\n- name: u\n  user:\n    auth-provider:\n      name: gcp\n"), "users[u].user.auth-provider", "not supported"),
+            (format!("{head}{cluster_ok}users:\n- name: u\n  user:\n    token: [1]\n"), "users[u].user.token", "must be a string"),
+            ("a: b\n\tc: d\n".to_string(), "", "line 2"),
+        ];
+        for (text, field, msg) in cases {
+            let (source, f, m) = config_err(load(&d, &text));
+            assert_eq!(
+                source,
+                format!("kubeconfig {}", d.0.join("config").display()),
+                "{text}"
+            );
+            assert_eq!(f, field, "{text}: {m}");
+            assert!(m.contains(msg), "{text}: {m:?} lacks {msg:?}");
+        }
+    }
+
+    fn exec_kubeconfig(d: &TempDir, script_body: &str) -> ClientConfig {
+        let script = d.write(
+            "plugin.sh",
+            format!("#!/bin/sh\necho run >> \"$COUNT_FILE\"\n{script_body}").as_bytes(),
+        );
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let text = format!(
+            "current-context: x\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\nclusters:\n- name: c\n  cluster:\n    server: https://h:1\nusers:\n- name: u\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: ./plugin.sh\n      args:\n      - --flag\n      env:\n      - name: COUNT_FILE\n        value: {}\n      interactiveMode: IfAvailable\n      provideClusterInfo: true\n",
+            d.0.join("count").display()
+        );
+        load(d, &text).unwrap()
+    }
+
+    fn runs(d: &TempDir) -> usize {
+        std::fs::read_to_string(d.0.join("count"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn exec_plugin_token_is_cached_until_expiry() {
+        let d = TempDir::new("exec");
+        let cfg = exec_kubeconfig(
+            &d,
+            r#"case "$KUBERNETES_EXEC_INFO" in *'"interactive":false'*) ;; *) exit 3;; esac
+case "$KUBERNETES_EXEC_INFO" in *'"server":"https://h:1"'*) ;; *) exit 5;; esac
+[ "$1" = --flag ] || exit 4
+echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"tok-1","expirationTimestamp":"2999-01-01T00:00:00Z"}}'"#,
+        );
+        let Auth::Exec(e) = &cfg.auth else {
+            panic!("not exec: {cfg:?}")
+        };
+        assert_eq!(e.command, d.0.join("./plugin.sh").display().to_string());
+        let creds = Credentials::new(cfg.auth.clone());
+        assert_eq!(
+            creds.authorization().unwrap().as_deref(),
+            Some("Bearer tok-1")
+        );
+        assert_eq!(
+            creds.authorization().unwrap().as_deref(),
+            Some("Bearer tok-1")
+        );
+        assert_eq!(runs(&d), 1);
+        assert!(creds.invalidate(), "a 401 must force a re-run");
+        creds.authorization().unwrap();
+        assert_eq!(runs(&d), 2);
+    }
+
+    #[test]
+    fn exec_plugin_reruns_when_expired_and_reports_failures() {
+        let d = TempDir::new("exec2");
+        let cfg = exec_kubeconfig(
+            &d,
+            r#"echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"t","expirationTimestamp":"2001-01-01T00:00:00Z"}}'"#,
+        );
+        let creds = Credentials::new(cfg.auth.clone());
+        creds.authorization().unwrap();
+        creds.authorization().unwrap();
+        assert_eq!(runs(&d), 2);
+
+        let bad = exec_kubeconfig(&d, "echo not-json");
+        match Credentials::new(bad.auth).authorization() {
+            Err(Error::Config {
+                source,
+                field,
+                message,
+            }) => {
+                assert!(source.contains("users[u].user.exec"), "{source}");
+                assert_eq!(field, "command");
+                assert!(message.contains("not an ExecCredential"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn exec_credential_parsing() {
+        let v1 = "client.authentication.k8s.io/v1";
+        let ok = br#"{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"clientCertificateData":"C","clientKeyData":"K"}}"#;
+        let c = parse_exec_credential(ok, v1).unwrap();
+        assert_eq!(c.client_cert_pem.as_deref(), Some(&b"C"[..]));
+        assert!(
+            parse_exec_credential(ok, "client.authentication.k8s.io/v1beta1")
+                .unwrap_err()
+                .contains("apiVersion")
+        );
+        assert!(parse_exec_credential(br#"{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{}}"#, v1).is_err());
+        assert!(parse_exec_credential(br#"{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"t","expirationTimestamp":"soon"}}"#, v1).is_err());
+    }
+
+    #[test]
+    fn token_file_rotates_and_keeps_old_on_failure() {
+        let d = TempDir::new("tf");
+        let p = d.write("token", b"one\n");
+        let creds = Credentials::with_refresh(
+            Auth::TokenFile {
+                path: p.clone(),
+                initial: Some("one".into()),
+            },
+            Duration::ZERO,
+        );
+        assert_eq!(
+            creds.authorization().unwrap().as_deref(),
+            Some("Bearer one")
+        );
+        std::fs::write(&p, "two").unwrap();
+        assert_eq!(
+            creds.authorization().unwrap().as_deref(),
+            Some("Bearer two")
+        );
+        std::fs::write(&p, "").unwrap();
+        assert_eq!(
+            creds.authorization().unwrap().as_deref(),
+            Some("Bearer two")
+        );
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(
+            creds.authorization().unwrap().as_deref(),
+            Some("Bearer two")
+        );
+
+        // Within the refresh period the file is not read again.
+        let slow = Credentials::with_refresh(
+            Auth::TokenFile {
+                path: d.write("t2", b"a"),
+                initial: Some("a".into()),
+            },
+            Duration::from_secs(3600),
+        );
+        std::fs::write(d.0.join("t2"), "b").unwrap();
+        assert_eq!(slow.authorization().unwrap().as_deref(), Some("Bearer a"));
+    }
+
+    #[test]
+    fn in_cluster_config() {
+        let pki = Pki::new();
+        let d = TempDir::new("sa");
+        d.write("token", b"sa-token\n");
+        d.write("ca.crt", &pki.read("ca.crt"));
+        let env = |k: &str| match k {
+            "KUBERNETES_SERVICE_HOST" => Some("fd00::1".to_string()),
+            "KUBERNETES_SERVICE_PORT" => Some("443".to_string()),
+            _ => None,
+        };
+        let cfg = load_in_cluster(&env, &d.0).unwrap();
+        assert_eq!(cfg.server, "https://[fd00::1]:443");
+        assert!(matches!(&cfg.auth, Auth::TokenFile { initial: Some(t), .. } if t == "sa-token"));
+        let env4 = |k: &str| {
+            if k == "KUBERNETES_SERVICE_HOST" {
+                Some("10.96.0.1".to_string())
+            } else {
+                env(k)
+            }
+        };
+        assert_eq!(
+            load_in_cluster(&env4, &d.0).unwrap().server,
+            "https://10.96.0.1:443"
+        );
+
+        let (_, field, _) = config_err(load_in_cluster(&|_: &str| None, &d.0));
+        assert_eq!(field, "KUBERNETES_SERVICE_HOST");
+        std::fs::remove_file(d.0.join("token")).unwrap();
+        let (source, field, _) = config_err(load_in_cluster(&env, &d.0));
+        assert_eq!(source, "in-cluster config");
+        assert_eq!(field, d.0.join("token").display().to_string());
+    }
+}

@@ -1,0 +1,13 @@
+//! The hand-written Kubernetes client: configuration loading (`config`, `yaml`), the HTTP client
+//! on ureq with typed errors and watches (`client`, `error`), and the client-side rate limiter
+//! (`ratelimit`).
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod ratelimit;
+pub mod yaml;
+
+pub use client::{encode_query, Client, PatchKind, RequestObserver, WatchEvent, WatchStream};
+pub use config::{load_config, Auth, ClientConfig, ExecConfig, Identity};
+pub use error::{Error, Status};

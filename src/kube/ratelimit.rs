@@ -1,0 +1,156 @@
+//! The client-side token bucket behind `--kube-api-qps` / `--kube-api-burst`, with client-go's
+//! semantics (`flowcontrol.NewTokenBucketRateLimiter` over `x/time/rate`): the bucket starts
+//! full with `burst` tokens, refills at `qps` per second, and a caller that finds it empty
+//! reserves the next token and sleeps until it is due (callers queue, none is refused).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// client-go's defaults when `QPS`/`Burst` are zero (`rest.DefaultQPS`, `rest.DefaultBurst`).
+pub const DEFAULT_QPS: f64 = 5.0;
+pub const DEFAULT_BURST: u32 = 10;
+
+/// Bucket arithmetic with time as "seconds since the limiter was made", so it is testable
+/// without a clock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bucket {
+    qps: f64,
+    burst: f64,
+    tokens: f64,
+    last: f64,
+}
+
+impl Bucket {
+    /// A full bucket. `qps < 0` (or infinite) means unlimited, as in client-go; zeroes take
+    /// client-go's defaults.
+    pub fn new(qps: f64, burst: u32) -> Bucket {
+        let qps = if qps == 0.0 || qps.is_nan() {
+            DEFAULT_QPS
+        } else {
+            qps
+        };
+        let burst = if burst == 0 { DEFAULT_BURST } else { burst } as f64;
+        Bucket {
+            qps,
+            burst,
+            tokens: burst,
+            last: 0.0,
+        }
+    }
+
+    pub fn unlimited(&self) -> bool {
+        self.qps < 0.0 || self.qps.is_infinite()
+    }
+
+    /// Take one token at time `now` (seconds); returns how long the caller must wait for it.
+    /// The token count may go negative: later callers queue behind earlier reservations.
+    pub fn reserve(&mut self, now: f64) -> Duration {
+        if self.unlimited() {
+            return Duration::ZERO;
+        }
+        if now > self.last {
+            self.tokens = (self.tokens + (now - self.last) * self.qps).min(self.burst);
+            self.last = now;
+        }
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.qps)
+        }
+    }
+}
+
+/// A shared limiter; clones share the bucket.
+#[derive(Clone)]
+pub struct RateLimiter {
+    bucket: Arc<Mutex<Bucket>>,
+    origin: Instant,
+}
+
+impl RateLimiter {
+    pub fn new(qps: f64, burst: u32) -> RateLimiter {
+        RateLimiter {
+            bucket: Arc::new(Mutex::new(Bucket::new(qps, burst))),
+            origin: Instant::now(),
+        }
+    }
+
+    /// Block until a token is available.
+    pub fn acquire(&self) {
+        let wait = {
+            let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+            b.reserve(self.origin.elapsed().as_secs_f64())
+        };
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(d: Duration) -> u128 {
+        d.as_millis()
+    }
+
+    #[test]
+    fn burst_then_refill_at_qps() {
+        let mut b = Bucket::new(5.0, 10);
+        for i in 0..10 {
+            assert_eq!(
+                b.reserve(0.0),
+                Duration::ZERO,
+                "token {i} is part of the burst"
+            );
+        }
+        // The 11th..13th callers queue 200 ms apart.
+        assert_eq!(ms(b.reserve(0.0)), 200);
+        assert_eq!(ms(b.reserve(0.0)), 400);
+        assert_eq!(ms(b.reserve(0.0)), 600);
+        // One second later five tokens were added but three were already promised.
+        assert_eq!(ms(b.reserve(1.0)), 0);
+        assert_eq!(ms(b.reserve(1.0)), 0);
+        assert_eq!(ms(b.reserve(1.0)), 200);
+    }
+
+    #[test]
+    fn refill_is_capped_at_burst() {
+        let mut b = Bucket::new(1.0, 2);
+        b.reserve(0.0);
+        b.reserve(0.0);
+        // An hour idle refills to 2, not 3600.
+        assert_eq!(b.reserve(3600.0), Duration::ZERO);
+        assert_eq!(b.reserve(3600.0), Duration::ZERO);
+        assert_eq!(ms(b.reserve(3600.0)), 1000);
+    }
+
+    #[test]
+    fn defaults_and_unlimited() {
+        let mut d = Bucket::new(0.0, 0);
+        for _ in 0..10 {
+            assert_eq!(d.reserve(0.0), Duration::ZERO);
+        }
+        assert_eq!(ms(d.reserve(0.0)), 200);
+        let mut u = Bucket::new(-1.0, 1);
+        for _ in 0..1000 {
+            assert_eq!(u.reserve(0.0), Duration::ZERO);
+        }
+    }
+
+    #[test]
+    fn real_limiter_blocks() {
+        let l = RateLimiter::new(20.0, 1);
+        let start = Instant::now();
+        l.acquire();
+        l.acquire();
+        l.acquire();
+        assert!(
+            start.elapsed() >= Duration::from_millis(95),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+}

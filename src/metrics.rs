@@ -1,0 +1,547 @@
+//! The sidecar's private Prometheus registry: upstream's two metrics (§10:
+//! `csi_sidecar_operations_seconds`, `process_start_time_seconds`) and DESIGN §3.2's per-volume
+//! and API-traffic additions, with label sets bounded by this driver's PVs. Rendered as text
+//! exposition 0.0.4 by the HTTP server.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus::{
+    CounterVec, Gauge, GaugeVec, HistogramOpts, HistogramVec, Opts, Registry, TextEncoder,
+};
+
+/// Driver label before GetPluginInfo answered (csi-lib-utils' value).
+pub const UNKNOWN_DRIVER: &str = "unknown-driver";
+
+/// csi-lib-utils' operation-duration buckets, in seconds.
+pub const CSI_BUCKETS: [f64; 13] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 25.0, 50.0, 120.0, 300.0, 600.0,
+];
+
+/// Clock ticks per second of `/proc/self/stat`'s `starttime` (USER_HZ, fixed at 100 on Linux,
+/// as procfs and Go's process collector assume).
+const USER_HZ: f64 = 100.0;
+
+/// The last known health of one volume (`status` label of `csi_volume_health_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeStatus {
+    Normal,
+    Abnormal,
+    NotFound,
+}
+
+impl VolumeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeStatus::Normal => "normal",
+            VolumeStatus::Abnormal => "abnormal",
+            VolumeStatus::NotFound => "not_found",
+        }
+    }
+}
+
+/// The label values of a PV's one `csi_volume_health_status` series, kept so the series can be
+/// deleted exactly when the status changes or the PV goes away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct VolumeSeries {
+    driver: String,
+    namespace: String,
+    pvc: String,
+    status: VolumeStatus,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    driver: RwLock<String>,
+    csi_ops: HistogramVec,
+    volume_status: GaugeVec,
+    probe_total: CounterVec,
+    probe_duration: HistogramVec,
+    last_sweep: GaugeVec,
+    rest_requests: CounterVec,
+    volumes: Mutex<HashMap<String, VolumeSeries>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Self::with_start_time(process_start_time())
+    }
+
+    /// Everything but the process start time, which tests fix.
+    pub fn with_start_time(start_unix_seconds: f64) -> Metrics {
+        let registry = Registry::new();
+        let start = Gauge::new(
+            "process_start_time_seconds",
+            "[ALPHA] Start time of the process since unix epoch in seconds.",
+        )
+        .unwrap_or_else(unreachable_metric);
+        start.set(start_unix_seconds);
+        let csi_ops = HistogramVec::new(
+            HistogramOpts::new(
+                "csi_sidecar_operations_seconds",
+                "[ALPHA] Container Storage Interface operation duration with gRPC error code status total",
+            )
+            .buckets(CSI_BUCKETS.to_vec()),
+            &["driver_name", "method_name", "grpc_status_code"],
+        )
+        .unwrap_or_else(unreachable_metric);
+        let volume_status = GaugeVec::new(
+            Opts::new(
+                "csi_volume_health_status",
+                "Health of a volume as last reported by the CSI driver: 1 on the current status (normal, abnormal, not_found)",
+            ),
+            &["driver_name", "namespace", "persistentvolumeclaim", "persistentvolume", "status"],
+        )
+        .unwrap_or_else(unreachable_metric);
+        let probe_total = CounterVec::new(
+            Opts::new(
+                "csi_volume_health_probe_total",
+                "Volume health checks made against the CSI driver, by method and result",
+            ),
+            &["driver_name", "method", "result"],
+        )
+        .unwrap_or_else(unreachable_metric);
+        let probe_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "csi_volume_health_probe_duration_seconds",
+                "Duration of volume health checks against the CSI driver",
+            )
+            .buckets(CSI_BUCKETS.to_vec()),
+            &["driver_name", "method"],
+        )
+        .unwrap_or_else(unreachable_metric);
+        let last_sweep = GaugeVec::new(
+            Opts::new(
+                "csi_volume_health_last_sweep_timestamp_seconds",
+                "Unix time at which the last complete health sweep over the driver's volumes finished",
+            ),
+            &["driver_name"],
+        )
+        .unwrap_or_else(unreachable_metric);
+        let rest_requests = CounterVec::new(
+            Opts::new("rest_client_requests_total", "Number of HTTP requests to the Kubernetes API server, partitioned by status code, method, and host"),
+            &["code", "method", "host"],
+        )
+        .unwrap_or_else(unreachable_metric);
+
+        // Registration only fails on a duplicate or inconsistent descriptor, which the fixed set
+        // above cannot produce; a failure would merely drop one metric from the output.
+        for c in [
+            Box::new(start) as Box<dyn prometheus::core::Collector>,
+            Box::new(csi_ops.clone()),
+            Box::new(volume_status.clone()),
+            Box::new(probe_total.clone()),
+            Box::new(probe_duration.clone()),
+            Box::new(last_sweep.clone()),
+            Box::new(rest_requests.clone()),
+        ] {
+            if let Err(e) = registry.register(c) {
+                log::error!("Failed to register a metric err=\"{e}\"");
+            }
+        }
+        Metrics {
+            registry,
+            driver: RwLock::new(UNKNOWN_DRIVER.to_string()),
+            csi_ops,
+            volume_status,
+            probe_total,
+            probe_duration,
+            last_sweep,
+            rest_requests,
+            volumes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The driver label of every later observation; earlier ones keep `unknown-driver`, as
+    /// csi-lib-utils does.
+    pub fn set_driver_name(&self, name: &str) {
+        let mut d = self.driver.write().unwrap_or_else(|p| p.into_inner());
+        *d = name.to_string();
+    }
+
+    fn driver(&self) -> String {
+        self.driver
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// One CSI RPC: `method` is the full gRPC method (`/csi.v1.Identity/Probe`), `grpc_code` the
+    /// code name (`OK`, `DeadlineExceeded`, ..., `unknown-non-grpc`).
+    pub fn observe_csi_call(&self, method: &str, grpc_code: &str, seconds: f64) {
+        let driver = self.driver();
+        self.csi_ops
+            .with_label_values(&[driver.as_str(), method, grpc_code])
+            .observe(seconds);
+    }
+
+    /// Makes `status` the one series of `pv`, removing the series of its previous status (or of
+    /// a previous claim, should the PV have been re-bound).
+    pub fn set_volume_status(&self, namespace: &str, pvc: &str, pv: &str, status: VolumeStatus) {
+        let series = VolumeSeries {
+            driver: self.driver(),
+            namespace: namespace.to_string(),
+            pvc: pvc.to_string(),
+            status,
+        };
+        let mut volumes = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = volumes.get(pv) {
+            if *old != series {
+                self.delete_volume_series(pv, old);
+            }
+        }
+        self.volume_status
+            .with_label_values(&[series.driver.as_str(), namespace, pvc, pv, status.as_str()])
+            .set(1.0);
+        volumes.insert(pv.to_string(), series);
+    }
+
+    /// Drops every series of `pv` (the PV was deleted or is no longer ours).
+    pub fn remove_volume(&self, pv: &str) {
+        let mut volumes = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = volumes.remove(pv) {
+            self.delete_volume_series(pv, &old);
+        }
+    }
+
+    fn delete_volume_series(&self, pv: &str, s: &VolumeSeries) {
+        // An error only means the series was already gone.
+        let _ = self.volume_status.remove_label_values(&[
+            s.driver.as_str(),
+            s.namespace.as_str(),
+            s.pvc.as_str(),
+            pv,
+            s.status.as_str(),
+        ]);
+    }
+
+    /// One health check: `method` is `ListVolumes` or `ControllerGetVolume`, `result` one of a
+    /// small fixed set chosen by the caller (`normal`, `abnormal`, `not_found`, `error`).
+    pub fn observe_probe(&self, method: &str, result: &str, seconds: f64) {
+        let driver = self.driver();
+        self.probe_total
+            .with_label_values(&[driver.as_str(), method, result])
+            .inc();
+        self.probe_duration
+            .with_label_values(&[driver.as_str(), method])
+            .observe(seconds);
+    }
+
+    pub fn set_last_sweep(&self, unix_seconds: f64) {
+        let driver = self.driver();
+        self.last_sweep
+            .with_label_values(&[driver.as_str()])
+            .set(unix_seconds);
+    }
+
+    /// One Kubernetes API request: `code` is the HTTP status (or `<error>` when none came back),
+    /// `method` the HTTP verb.
+    pub fn observe_rest_request(&self, code: &str, method: &str, host: &str) {
+        self.rest_requests
+            .with_label_values(&[code, method, host])
+            .inc();
+    }
+
+    /// Text exposition format 0.0.4. An encoding error leaves what was written so far, as
+    /// promhttp serves partial output.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
+            log::error!("Failed to encode metrics err=\"{e}\"");
+        }
+        out
+    }
+}
+
+#[cold]
+fn unreachable_metric<T>(e: prometheus::Error) -> T {
+    // Only reachable through an invalid metric or label name in this file: a programming error
+    // that every test run would hit first.
+    panic!("invalid metric definition: {e}")
+}
+
+/// Unix start time of this process from procfs; now when procfs is unreadable.
+pub fn process_start_time() -> f64 {
+    let from_proc = || -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let proc_stat = std::fs::read_to_string("/proc/stat").ok()?;
+        start_time_from_proc(&stat, &proc_stat)
+    };
+    from_proc().unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
+    })
+}
+
+/// `btime` (boot time, from `/proc/stat`) plus `starttime` (field 22 of `/proc/self/stat`, in
+/// clock ticks since boot). The command name (field 2) may contain spaces and parentheses, so
+/// fields are counted from the last `)`.
+pub fn start_time_from_proc(self_stat: &str, proc_stat: &str) -> Option<f64> {
+    let after_comm = &self_stat[self_stat.rfind(')')? + 1..];
+    // After the comm come fields 3 (state), 4, ...; starttime is field 22.
+    let ticks: u64 = after_comm.split_whitespace().nth(22 - 3)?.parse().ok()?;
+    let btime: u64 = proc_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())?;
+    Some(btime as f64 + ticks as f64 / USER_HZ)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One sample line of the text format: name, labels in output order, value.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Sample {
+        name: String,
+        labels: Vec<(String, String)>,
+        value: String,
+    }
+
+    fn parse_samples(text: &str) -> Vec<Sample> {
+        let mut out = Vec::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (series, value) = line.rsplit_once(' ').expect("sample line has a value");
+            let (name, labels) = match series.find('{') {
+                Some(i) => {
+                    let inner = series[i + 1..]
+                        .strip_suffix('}')
+                        .expect("labels end with }");
+                    let labels = inner
+                        .split("\",")
+                        .filter(|p| !p.is_empty())
+                        .map(|p| {
+                            let (k, v) = p.split_once("=\"").expect("label is k=\"v\"");
+                            (k.to_string(), v.trim_end_matches('"').to_string())
+                        })
+                        .collect();
+                    (&series[..i], labels)
+                }
+                None => (series, Vec::new()),
+            };
+            out.push(Sample {
+                name: name.to_string(),
+                labels,
+                value: value.to_string(),
+            });
+        }
+        out
+    }
+
+    fn label<'a>(s: &'a Sample, k: &str) -> Option<&'a str> {
+        s.labels
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn series<'a>(samples: &'a [Sample], name: &str) -> Vec<&'a Sample> {
+        samples.iter().filter(|s| s.name == name).collect()
+    }
+
+    #[test]
+    fn upstream_metrics_help_type_and_buckets() {
+        let m = Metrics::with_start_time(1234.5);
+        m.observe_csi_call("/csi.v1.Identity/Probe", "OK", 0.3);
+        let text = m.encode();
+        assert!(text.contains(
+            "# HELP csi_sidecar_operations_seconds [ALPHA] Container Storage Interface operation duration with gRPC error code status total\n# TYPE csi_sidecar_operations_seconds histogram\n"
+        ));
+        assert!(text.contains(
+            "# HELP process_start_time_seconds [ALPHA] Start time of the process since unix epoch in seconds.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds 1234.5\n"
+        ));
+        let samples = parse_samples(&text);
+        let buckets: Vec<&str> = series(&samples, "csi_sidecar_operations_seconds_bucket")
+            .iter()
+            .map(|s| label(s, "le").unwrap())
+            .collect();
+        assert_eq!(
+            buckets,
+            [
+                "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "15", "25", "50", "120", "300", "600",
+                "+Inf"
+            ]
+        );
+        let counts: Vec<&str> = series(&samples, "csi_sidecar_operations_seconds_bucket")
+            .iter()
+            .map(|s| s.value.as_str())
+            .collect();
+        assert_eq!(
+            counts,
+            ["0", "0", "1", "1", "1", "1", "1", "1", "1", "1", "1", "1", "1", "1"]
+        );
+        let count = series(&samples, "csi_sidecar_operations_seconds_count");
+        // Exposition sorts label names, as Go's client does: same bytes as upstream.
+        let names: Vec<&str> = count[0].labels.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["driver_name", "grpc_status_code", "method_name"]);
+        assert_eq!(label(count[0], "driver_name"), Some(UNKNOWN_DRIVER));
+        assert_eq!(
+            label(count[0], "method_name"),
+            Some("/csi.v1.Identity/Probe")
+        );
+        assert_eq!(label(count[0], "grpc_status_code"), Some("OK"));
+    }
+
+    #[test]
+    fn driver_name_applies_to_later_observations_only() {
+        let m = Metrics::with_start_time(0.0);
+        m.observe_csi_call("/csi.v1.Identity/Probe", "OK", 0.01);
+        m.set_driver_name("hostpath.csi.k8s.io");
+        m.observe_csi_call("/csi.v1.Identity/GetPluginInfo", "DeadlineExceeded", 0.01);
+        let samples = parse_samples(&m.encode());
+        let counts = series(&samples, "csi_sidecar_operations_seconds_count");
+        let pairs: Vec<(Option<&str>, Option<&str>)> = counts
+            .iter()
+            .map(|s| (label(s, "driver_name"), label(s, "method_name")))
+            .collect();
+        assert_eq!(pairs.len(), 2);
+        assert!(pairs.contains(&(Some(UNKNOWN_DRIVER), Some("/csi.v1.Identity/Probe"))));
+        assert!(pairs.contains(&(
+            Some("hostpath.csi.k8s.io"),
+            Some("/csi.v1.Identity/GetPluginInfo")
+        )));
+    }
+
+    #[test]
+    fn nothing_but_start_time_before_any_observation() {
+        let m = Metrics::with_start_time(1.0);
+        let names: Vec<String> = parse_samples(&m.encode())
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, ["process_start_time_seconds"]);
+    }
+
+    #[test]
+    fn volume_status_keeps_one_series_per_pv_and_disappears_with_it() {
+        let m = Metrics::with_start_time(0.0);
+        m.set_driver_name("d");
+        m.set_volume_status("ns", "claim-a", "pv-a", VolumeStatus::Normal);
+        m.set_volume_status("ns", "claim-b", "pv-b", VolumeStatus::Abnormal);
+        m.set_volume_status("ns", "claim-a", "pv-a", VolumeStatus::NotFound);
+        let text = m.encode();
+        assert!(text.contains("# TYPE csi_volume_health_status gauge\n"));
+        let samples = parse_samples(&text);
+        let st = series(&samples, "csi_volume_health_status");
+        assert_eq!(st.len(), 2, "{text}");
+        let a = st
+            .iter()
+            .find(|s| label(s, "persistentvolume") == Some("pv-a"))
+            .unwrap();
+        assert_eq!(
+            a.labels,
+            [
+                ("driver_name", "d"),
+                ("namespace", "ns"),
+                ("persistentvolume", "pv-a"),
+                ("persistentvolumeclaim", "claim-a"),
+                ("status", "not_found")
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        assert_eq!(a.value, "1");
+
+        m.remove_volume("pv-a");
+        let samples = parse_samples(&m.encode());
+        let st = series(&samples, "csi_volume_health_status");
+        assert_eq!(st.len(), 1);
+        assert_eq!(label(st[0], "persistentvolume"), Some("pv-b"));
+        assert_eq!(label(st[0], "status"), Some("abnormal"));
+        m.remove_volume("pv-b");
+        m.remove_volume("never-seen");
+        assert!(series(&parse_samples(&m.encode()), "csi_volume_health_status").is_empty());
+    }
+
+    #[test]
+    fn rebinding_a_pv_moves_its_series() {
+        let m = Metrics::with_start_time(0.0);
+        m.set_volume_status("ns1", "c1", "pv", VolumeStatus::Normal);
+        m.set_volume_status("ns2", "c2", "pv", VolumeStatus::Normal);
+        let samples = parse_samples(&m.encode());
+        let st = series(&samples, "csi_volume_health_status");
+        assert_eq!(st.len(), 1);
+        assert_eq!(label(st[0], "namespace"), Some("ns2"));
+    }
+
+    #[test]
+    fn probes_sweeps_and_rest_requests() {
+        let m = Metrics::with_start_time(0.0);
+        m.set_driver_name("d");
+        m.observe_probe("ControllerGetVolume", "abnormal", 0.2);
+        m.observe_probe("ControllerGetVolume", "abnormal", 0.3);
+        m.observe_probe("ListVolumes", "error", 0.3);
+        m.set_last_sweep(1700000000.5);
+        m.observe_rest_request("200", "GET", "10.0.0.1:6443");
+        m.observe_rest_request("200", "GET", "10.0.0.1:6443");
+        m.observe_rest_request("409", "PUT", "10.0.0.1:6443");
+        let text = m.encode();
+        for t in [
+            "# TYPE csi_volume_health_probe_total counter",
+            "# TYPE csi_volume_health_probe_duration_seconds histogram",
+            "# TYPE csi_volume_health_last_sweep_timestamp_seconds gauge",
+            "# TYPE rest_client_requests_total counter",
+        ] {
+            assert!(text.contains(t), "{t} missing in {text}");
+        }
+        let samples = parse_samples(&text);
+        let probe = series(&samples, "csi_volume_health_probe_total");
+        let cgv = probe
+            .iter()
+            .find(|s| label(s, "method") == Some("ControllerGetVolume"))
+            .unwrap();
+        assert_eq!(
+            (
+                label(cgv, "result"),
+                label(cgv, "driver_name"),
+                cgv.value.as_str()
+            ),
+            (Some("abnormal"), Some("d"), "2")
+        );
+        let dur = series(&samples, "csi_volume_health_probe_duration_seconds_count");
+        assert_eq!(dur.len(), 2);
+        let sweep = series(&samples, "csi_volume_health_last_sweep_timestamp_seconds");
+        assert_eq!(sweep[0].value, "1700000000.5");
+        let rest = series(&samples, "rest_client_requests_total");
+        let names: Vec<&str> = rest[0].labels.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["code", "host", "method"]);
+        let get = rest
+            .iter()
+            .find(|s| label(s, "method") == Some("GET"))
+            .unwrap();
+        assert_eq!(get.value, "2");
+    }
+
+    #[test]
+    fn start_time_from_procfs() {
+        // comm with a space and a parenthesis; starttime (field 22) = 12345 ticks.
+        let stat = "4242 (my (proc) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 12345 1000 200 18446744073709551615";
+        let proc_stat = "cpu  1 2 3\nbtime 1700000000\nprocesses 10\n";
+        assert_eq!(start_time_from_proc(stat, proc_stat), Some(1700000123.45));
+        assert_eq!(start_time_from_proc(stat, "cpu 1\n"), None);
+        assert_eq!(start_time_from_proc("garbage", proc_stat), None);
+        assert_eq!(start_time_from_proc("1 (x) S 1", proc_stat), None);
+    }
+
+    #[test]
+    fn real_process_start_time_is_in_the_past() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let t = process_start_time();
+        assert!(t > 1.0e9 && t <= now + 1.0, "{t} vs {now}");
+    }
+}

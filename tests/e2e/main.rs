@@ -1,0 +1,10 @@
+//! End-to-end tests: the real sidecar binary as a process, talking gRPC over a real unix
+//! socket to the mock CSI driver and HTTP to the fake Kubernetes API server.
+
+#[path = "../kit/mod.rs"]
+mod kit;
+
+mod cli;
+mod listmode;
+mod startup;
+mod support;

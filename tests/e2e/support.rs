@@ -1,0 +1,193 @@
+//! The harness of the end-to-end tests: the fake API server, the mock driver, a kubeconfig,
+//! and the real sidecar binary as a child process whose stderr is collected line by line so
+//! tests can wait for a log line instead of sleeping.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::kit::apiserver::FakeApiServer;
+use crate::kit::csidriver::{temp_dir, MockDriver};
+use crate::kit::fixtures;
+
+pub const DRIVER: &str = "fake.csi.driver.io";
+pub const NS: &str = "test";
+
+/// Collected output of a child process.
+#[derive(Clone, Default)]
+pub struct Output {
+    inner: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Output {
+    pub fn collect(stream: impl std::io::Read + Send + 'static) -> Output {
+        let out = Output::default();
+        let o = out.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("E2E_ECHO").is_some() {
+                    eprintln!("sidecar| {line}");
+                }
+                o.inner.0.lock().unwrap().push(line);
+                o.inner.1.notify_all();
+            }
+        });
+        out
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.inner.0.lock().unwrap().clone()
+    }
+
+    pub fn text(&self) -> String {
+        self.lines().join("\n")
+    }
+
+    /// Wait until a line contains `needle`.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.inner.0.lock().unwrap();
+        loop {
+            if guard.iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            guard = self.inner.1.wait_timeout(guard, deadline - now).unwrap().0;
+        }
+    }
+}
+
+pub struct Sidecar {
+    pub pid: u32,
+    exit: crossbeam_channel::Receiver<ExitStatus>,
+    exited: Option<ExitStatus>,
+    pub stderr: Output,
+}
+
+impl Sidecar {
+    /// Take over a spawned child: its stderr is collected and a thread waits for its exit.
+    pub fn adopt(mut child: Child) -> Sidecar {
+        let stderr = Output::collect(child.stderr.take().expect("stderr piped"));
+        let pid = child.id();
+        let (tx, exit) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            if let Ok(status) = child.wait() {
+                let _ = tx.send(status);
+            }
+        });
+        Sidecar { pid, exit, exited: None, stderr }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg(self.pid.to_string()).status();
+    }
+
+    pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Wait for the process to exit, up to `timeout` (then kill it and fail).
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        if let Some(s) = self.exited {
+            return s;
+        }
+        match self.exit.recv_timeout(timeout) {
+            Ok(status) => {
+                self.exited = Some(status);
+                status
+            }
+            Err(_) => {
+                self.signal("KILL");
+                panic!("sidecar did not exit within {timeout:?}; stderr:\n{}", self.stderr.text());
+            }
+        }
+    }
+
+    /// True if the process has not exited within `d` (it keeps running).
+    pub fn still_running_after(&mut self, d: Duration) -> bool {
+        match self.exit.recv_timeout(d) {
+            Ok(status) => {
+                self.exited = Some(status);
+                false
+            }
+            Err(_) => true,
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            self.signal("KILL");
+            let _ = self.exit.recv_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+pub struct Env {
+    pub api: FakeApiServer,
+    pub driver: MockDriver,
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let api = FakeApiServer::start();
+        let driver = MockDriver::start(DRIVER);
+        let dir = temp_dir("e2e");
+        let kubeconfig = dir.join("kubeconfig");
+        api.write_kubeconfig(&kubeconfig).expect("write kubeconfig");
+        fixtures::namespace(&api, NS);
+        Env { api, driver, dir, kubeconfig }
+    }
+
+    pub fn spawn(&self, extra: &[&str]) -> Sidecar {
+        Sidecar::adopt(fixtures::spawn_sidecar(&self.kubeconfig, self.driver.socket(), extra, Stdio::piped()))
+    }
+
+    /// PV `pv-<id>` with handle `<id>` bound to PVC `pvc-<id>` in the test namespace.
+    pub fn volume(&self, id: &str) -> (serde_json::Value, serde_json::Value) {
+        let (pv, pvc) = fixtures::bound_volume(&self.api, DRIVER, &format!("pv-{id}"), id, "Bound", NS, Some(&format!("pvc-{id}")));
+        (pv, pvc.expect("pvc"))
+    }
+
+    pub fn events(&self, pvc: &str, reason: &str) -> Vec<serde_json::Value> {
+        fixtures::events_for(&self.api, pvc, reason)
+    }
+
+    pub fn wait_event(&self, pvc: &str, reason: &str, timeout: Duration) -> bool {
+        self.api.wait_until(timeout, |a| !fixtures::events_for(a, pvc, reason).is_empty())
+    }
+
+    /// Wait until the driver has answered `n` calls of `method` in total.
+    pub fn wait_calls(&self, method: &str, n: usize, timeout: Duration) -> bool {
+        self.driver.wait_until(timeout, |s| s.calls.iter().filter(|c| c.method == method && c.finished.is_some()).count() >= n)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn bin() -> PathBuf {
+    fixtures::sibling_binary("csi-external-health-monitor-controller")
+}
+
+/// Run the binary with `args` to completion (for flag tests).
+pub fn run_binary(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(bin()).args(args).output().expect("run binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

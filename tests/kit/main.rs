@@ -1,0 +1,181 @@
+//! `csi-hm-testkit`: the test doubles as a program.
+//!
+//! - `sandbox` (default): starts the fake API server and the mock CSI driver with a few
+//!   volumes, runs the real sidecar against them, turns one volume abnormal and prints the
+//!   Event the sidecar wrote, then the recovery.
+//! - `apiserver [--port N] [--token T] [--tls-cert F --tls-key F]`: only the fake API server.
+//! - `csi-driver --socket PATH [--name NAME] [--volume ID[=abnormal:MESSAGE]]...`: only the mock driver.
+
+#[allow(dead_code)]
+mod apiserver;
+#[allow(dead_code)]
+mod csidriver;
+#[allow(dead_code)]
+mod fixtures;
+
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use apiserver::{FakeApiServer, Options};
+use csidriver::MockDriver;
+
+const DRIVER: &str = "demo.csi.example.com";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        None | Some("sandbox") => sandbox(),
+        Some("apiserver") => run_apiserver(&args[1..]),
+        Some("csi-driver") => run_driver(&args[1..]),
+        Some("-h") | Some("--help") | Some("help") => {
+            println!("usage: csi-hm-testkit [sandbox | apiserver [--port N] [--token T] [--tls-cert F --tls-key F] | csi-driver --socket PATH [--name NAME] [--volume ID[=abnormal:MESSAGE]]...]");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown command {other:?}; try --help")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("csi-hm-testkit: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn value<'a>(args: &'a [String], i: &mut usize, flag: &str) -> Result<&'a str, String> {
+    *i += 1;
+    args.get(*i).map(String::as_str).ok_or_else(|| format!("{flag} needs a value"))
+}
+
+fn run_apiserver(args: &[String]) -> Result<(), String> {
+    let mut opts = Options::default();
+    let (mut cert, mut key) = (None, None);
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--port" => opts.port = value(args, &mut i, "--port")?.parse().map_err(|e| format!("--port: {e}"))?,
+            "--token" => opts.token = Some(value(args, &mut i, "--token")?.to_string()),
+            "--tls-cert" => cert = Some(value(args, &mut i, "--tls-cert")?.to_string()),
+            "--tls-key" => key = Some(value(args, &mut i, "--tls-key")?.to_string()),
+            other => return Err(format!("apiserver: unknown flag {other:?}")),
+        }
+        i += 1;
+    }
+    match (cert, key) {
+        (Some(c), Some(k)) => {
+            let cert_pem = std::fs::read(&c).map_err(|e| format!("--tls-cert {c}: {e}"))?;
+            let key_pem = std::fs::read(&k).map_err(|e| format!("--tls-key {k}: {e}"))?;
+            opts.tls = Some(apiserver::TlsFiles { cert_pem, key_pem });
+        }
+        (None, None) => {}
+        _ => return Err("--tls-cert and --tls-key go together".into()),
+    }
+    apiserver::serve_forever(opts).map_err(|e| format!("fake API server: {e}"))
+}
+
+fn run_driver(args: &[String]) -> Result<(), String> {
+    let mut socket = None;
+    let mut name = DRIVER.to_string();
+    let mut volumes = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--socket" => socket = Some(value(args, &mut i, "--socket")?.to_string()),
+            "--name" => name = value(args, &mut i, "--name")?.to_string(),
+            "--volume" => volumes.push(value(args, &mut i, "--volume")?.to_string()),
+            other => return Err(format!("csi-driver: unknown flag {other:?}")),
+        }
+        i += 1;
+    }
+    let socket = socket.ok_or("csi-driver: --socket is required")?;
+    let driver = MockDriver::start_at(std::path::Path::new(&socket), &name).map_err(|e| format!("mock CSI driver: {e}"))?;
+    for v in volumes {
+        match v.split_once("=abnormal:") {
+            Some((id, msg)) => driver.set_volume(id, true, msg),
+            None => driver.set_volume(&v, false, ""),
+        }
+    }
+    println!("mock CSI driver {name} listening on unix:{socket}");
+    loop {
+        std::thread::park();
+    }
+}
+
+fn sandbox() -> Result<(), String> {
+    println!("== sandbox: fake Kubernetes API server + mock CSI driver + the real sidecar");
+    let api = FakeApiServer::start();
+    let driver = MockDriver::start(DRIVER);
+    println!("fake API server: {}", api.url());
+    println!("mock CSI driver: {DRIVER} on unix:{}", driver.socket().display());
+
+    fixtures::namespace(&api, "demo");
+    fixtures::bound_volume(&api, DRIVER, "pv-web", "vol-web", "Bound", "demo", Some("data-web"));
+    fixtures::bound_volume(&api, DRIVER, "pv-db", "vol-db", "Bound", "demo", Some("data-db"));
+    fixtures::bound_volume(&api, "other.csi.example.com", "pv-other", "vol-other", "Bound", "demo", Some("data-other"));
+    driver.set_volume("vol-web", false, "");
+    driver.set_volume("vol-db", false, "");
+    driver.set_volume("vol-other", true, "not ours: must never be reported");
+    println!("cluster: PVCs demo/data-web and demo/data-db on {DRIVER}, demo/data-other on another driver");
+
+    let dir = csidriver::temp_dir("sandbox");
+    let kubeconfig = dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).map_err(|e| format!("write {}: {e}", kubeconfig.display()))?;
+    let mut child = fixtures::spawn_sidecar(&kubeconfig, driver.socket(), &["--list-volumes-interval=1s"], Stdio::inherit());
+    let outcome = demo(&api, &driver);
+    fixtures::terminate(&child);
+    let status = child.wait().map_err(|e| format!("wait for the sidecar: {e}"))?;
+    println!("sidecar stopped on SIGTERM: {status}");
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome
+}
+
+fn demo(api: &FakeApiServer, driver: &MockDriver) -> Result<(), String> {
+    let first_sweep = driver.wait_until(Duration::from_secs(60), |s| {
+        s.calls.iter().filter(|c| c.method == csidriver::LIST_VOLUMES && c.finished.is_some()).count() >= 1
+    });
+    if !first_sweep {
+        return Err("the sidecar made no ListVolumes call within 60 s".into());
+    }
+    let message = "Volume vol-db: the storage backend reports 3 unreadable blocks";
+    println!("\n== the driver now reports vol-db abnormal: {message:?}");
+    driver.set_volume("vol-db", true, message);
+    let got = api.wait_until(Duration::from_secs(30), |a| !fixtures::events_for(a, "data-db", "VolumeConditionAbnormal").is_empty());
+    if !got {
+        return Err("no VolumeConditionAbnormal event within 30 s".into());
+    }
+    print_events(api, "data-db", "VolumeConditionAbnormal");
+
+    println!("\n== the driver reports vol-db healthy again");
+    driver.set_volume("vol-db", false, "");
+    let got = api.wait_until(Duration::from_secs(30), |a| !fixtures::events_for(a, "data-db", "VolumeConditionNormal").is_empty());
+    if !got {
+        return Err("no VolumeConditionNormal event within 30 s".into());
+    }
+    print_events(api, "data-db", "VolumeConditionNormal");
+    let foreign = fixtures::events_for(api, "data-other", "VolumeConditionAbnormal");
+    if !foreign.is_empty() {
+        return Err("an event was written for another driver's volume".into());
+    }
+    println!("\nno event for demo/data-other (another driver's volume), as expected");
+    Ok(())
+}
+
+fn print_events(api: &FakeApiServer, pvc: &str, reason: &str) {
+    for e in fixtures::events_for(api, pvc, reason) {
+        println!(
+            "Event {}/{} on {} {}/{} (uid {}):\n  Type     Reason                   Count  From\n  {:<8} {:<24} {:<6} {}\n  Message: {}",
+            e["metadata"]["namespace"].as_str().unwrap_or(""),
+            e["metadata"]["name"].as_str().unwrap_or(""),
+            e["involvedObject"]["kind"].as_str().unwrap_or(""),
+            e["involvedObject"]["namespace"].as_str().unwrap_or(""),
+            e["involvedObject"]["name"].as_str().unwrap_or(""),
+            e["involvedObject"]["uid"].as_str().unwrap_or(""),
+            e["type"].as_str().unwrap_or(""),
+            e["reason"].as_str().unwrap_or(""),
+            e["count"],
+            e["source"]["component"].as_str().unwrap_or(""),
+            e["message"].as_str().unwrap_or(""),
+        );
+        println!("  JSON: {}", serde_json::to_string(&e).unwrap_or_default());
+    }
+}
