@@ -665,7 +665,7 @@ impl<T: Clone + Send + Sync + 'static> Reflector<T> {
                             self.name
                         );
                     } else {
-                        log::warn!("{}: list failed: {e}", self.name);
+                        log::warn!("{}: list failed: API server {}: {e}", self.name, self.client.server());
                     }
                     return Outcome::ListFailed {
                         gone,
@@ -747,7 +747,7 @@ impl<T: Clone + Send + Sync + 'static> Reflector<T> {
                 return Outcome::WatchGone;
             }
             Err(e) => {
-                log::warn!("{}: watch failed: {e}", self.name);
+                log::warn!("{}: watch failed: API server {}: {e}", self.name, self.client.server());
                 return Outcome::WatchFailed {
                     resource_version: last,
                     retry_after: e.retry_after(),

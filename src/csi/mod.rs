@@ -305,6 +305,11 @@ impl Connection {
                 Ok(true) => return Ok(()),
                 Ok(false) => log::info!("CSI driver is not ready"),
                 Err(e) if e.is_deadline_exceeded() => log::info!("CSI driver probe timed out"),
+                // A driver (re)starting behind an already-open socket answers these for a
+                // moment; upstream would exit and be restarted by kubelet, we retry instead.
+                Err(e) if matches!(e.code(), Some("Unavailable") | Some("Canceled")) => {
+                    log::info!("CSI driver probe failed, retrying err=\"{e}\"")
+                }
                 Err(e) => return Err(e),
             }
             if shutdown.wait_timeout(Duration::from_secs(1)) {

@@ -84,11 +84,12 @@ pub fn checkable(pv: &PvRecord) -> Result<(), Skip> {
     if pv.deleting {
         return Err(Skip::Deleting);
     }
+    // is_bound() also requires a claim; check the claim first to say which one is missing.
+    if pv.phase == "Bound" && pv.claim.is_none() {
+        return Err(Skip::NoClaim);
+    }
     if !pv.is_bound() {
         return Err(Skip::NotBound);
-    }
-    if pv.claim.is_none() {
-        return Err(Skip::NoClaim);
     }
     if pv.volume_handle.is_empty() {
         return Err(Skip::EmptyHandle);

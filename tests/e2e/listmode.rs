@@ -14,11 +14,11 @@ const WAIT: Duration = Duration::from_secs(30);
 #[test]
 fn abnormal_volume_yields_exactly_the_upstream_event() {
     let env = Env::new();
-    let (_pv, pvc) = env.volume("abnormalVolume1");
-    env.driver.set_volume("abnormalVolume1", true, "Volume not found");
+    let (_pv, pvc) = env.volume("abnormal-volume-1");
+    env.driver.set_volume("abnormal-volume-1", true, "Volume not found");
     let sidecar = env.spawn(FAST);
-    assert!(env.wait_event("pvc-abnormalVolume1", "VolumeConditionAbnormal", WAIT), "{}", sidecar.stderr.text());
-    let events = env.events("pvc-abnormalVolume1", "VolumeConditionAbnormal");
+    assert!(env.wait_event("pvc-abnormal-volume-1", "VolumeConditionAbnormal", WAIT), "{}", sidecar.stderr.text());
+    let events = env.events("pvc-abnormal-volume-1", "VolumeConditionAbnormal");
     assert_eq!(events.len(), 1, "{events:#?}");
     let e = &events[0];
     assert_eq!(e["type"], "Warning");
@@ -27,12 +27,12 @@ fn abnormal_volume_yields_exactly_the_upstream_event() {
     assert_eq!(e["metadata"]["namespace"], NS);
     let name = e["metadata"]["name"].as_str().unwrap();
     let (prefix, hex) = name.rsplit_once('.').unwrap();
-    assert_eq!(prefix, "pvc-abnormalVolume1");
+    assert_eq!(prefix, "pvc-abnormal-volume-1");
     assert!(hex.len() >= 15 && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{name}");
     let io = &e["involvedObject"];
     assert_eq!(io["kind"], "PersistentVolumeClaim");
     assert_eq!(io["apiVersion"], "v1");
-    assert_eq!(io["name"], "pvc-abnormalVolume1");
+    assert_eq!(io["name"], "pvc-abnormal-volume-1");
     assert_eq!(io["namespace"], NS);
     assert_eq!(io["uid"], pvc["metadata"]["uid"]);
     assert_eq!(io["resourceVersion"], pvc["metadata"]["resourceVersion"]);
@@ -47,17 +47,17 @@ fn abnormal_volume_yields_exactly_the_upstream_event() {
 fn abnormal_volume_with_node_watcher_flag() {
     let env = Env::new();
     env.api.create(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node1"}}));
-    env.volume("abnormalVolume1");
-    env.driver.set_volume("abnormalVolume1", true, "Volume not found");
+    env.volume("abnormal-volume-1");
+    env.driver.set_volume("abnormal-volume-1", true, "Volume not found");
     let sidecar = env.spawn(&["--list-volumes-interval=300ms", "--enable-node-watcher"]);
-    assert!(env.wait_event("pvc-abnormalVolume1", "VolumeConditionAbnormal", WAIT), "{}", sidecar.stderr.text());
+    assert!(env.wait_event("pvc-abnormal-volume-1", "VolumeConditionAbnormal", WAIT), "{}", sidecar.stderr.text());
 }
 
 #[test]
 fn normal_volume_yields_no_event() {
     let env = Env::new();
-    env.volume("normalVolume1");
-    env.driver.set_volume("normalVolume1", false, "");
+    env.volume("normal-volume-1");
+    env.driver.set_volume("normal-volume-1", false, "");
     let sidecar = env.spawn(FAST);
     assert!(env.wait_calls(LIST_VOLUMES, 3, WAIT), "{}", sidecar.stderr.text());
     assert!(env.api.events().is_empty(), "{:#?}", env.api.events());
