@@ -41,7 +41,9 @@ impl fmt::Display for Fatal {
 }
 
 fn fatal(what: &str, err: impl fmt::Display) -> Fatal {
-    Fatal { message: format!("{what} err=\"{err}\"") }
+    Fatal {
+        message: format!("{what} err=\"{err}\""),
+    }
 }
 
 /// What the main loop reacts to.
@@ -69,17 +71,20 @@ pub fn run(cfg: Config) -> Result<(), Fatal> {
     let metrics = Arc::new(Metrics::new());
     let shutdown = Shutdown::new();
     let (app_tx, app_rx) = crossbeam_channel::unbounded::<AppEvent>();
-    let signals = spawn_signal_thread(app_tx.clone()).map_err(|e| fatal("Failed to install signal handlers", e))?;
+    let signals = spawn_signal_thread(app_tx.clone())
+        .map_err(|e| fatal("Failed to install signal handlers", e))?;
 
-    let kube_cfg =
-        kube::load_config(cfg.kubeconfig.as_deref()).map_err(|e| fatal("Failed to build a Kubernetes config", e))?;
+    let kube_cfg = kube::load_config(cfg.kubeconfig.as_deref())
+        .map_err(|e| fatal("Failed to build a Kubernetes config", e))?;
     let user_agent = format!("csi-external-health-monitor-controller/{}", flags::VERSION);
     let client = Client::new(kube_cfg, cfg.kube_api_qps, cfg.kube_api_burst, &user_agent)
         .map_err(|e| fatal("Failed to create a Clientset", e))?;
     {
         let m = metrics.clone();
         let host = client.server().to_string();
-        client.set_request_observer(Arc::new(move |method: &str, code: &str| m.observe_rest_request(code, method, &host)));
+        client.set_request_observer(Arc::new(move |method: &str, code: &str| {
+            m.observe_rest_request(code, method, &host)
+        }));
     }
 
     let observer: csi::CallObserver = {
@@ -88,13 +93,23 @@ pub fn run(cfg: Config) -> Result<(), Fatal> {
     };
     let conn = Connection::connect(&cfg.csi_address, cfg.timeout, observer, &shutdown)
         .map_err(|e| fatal("Failed to connect to the CSI driver", e))?;
-    conn.probe_until_ready(&shutdown).map_err(|e| fatal("Failed to probe the CSI driver", format!("CSI driver probe failed: {e}")))?;
-    let driver = conn.driver_name().map_err(|e| fatal("Failed to get the CSI driver name", e))?;
+    conn.probe_until_ready(&shutdown).map_err(|e| {
+        fatal(
+            "Failed to probe the CSI driver",
+            format!("CSI driver probe failed: {e}"),
+        )
+    })?;
+    let driver = conn
+        .driver_name()
+        .map_err(|e| fatal("Failed to get the CSI driver name", e))?;
     crate::vlog!(2, "CSI driver name driver=\"{driver}\"");
     metrics.set_driver_name(&driver);
 
     let ready = Arc::new(AtomicBool::new(false));
-    let leader_status = cfg.leader_election.as_ref().map(|_| Arc::new(LeaderStatus::new()));
+    let leader_status = cfg
+        .leader_election
+        .as_ref()
+        .map(|_| Arc::new(LeaderStatus::new()));
     let http_server = match &cfg.http {
         Some(h) => {
             let health = http::Health {
@@ -118,10 +133,16 @@ pub fn run(cfg: Config) -> Result<(), Fatal> {
     let caps = conn.capabilities().map_err(|e| {
         fatal("Failed to check whether the CSI driver supports the Plugin Controller Service and its ListVolumes, GetVolume and VolumeCondition capabilities", e)
     })?;
-    let mode = csi::select_mode(&caps).map_err(|u| Fatal { message: u.to_string() })?;
+    let mode = csi::select_mode(&caps).map_err(|u| Fatal {
+        message: u.to_string(),
+    })?;
     log::info!(
         "Monitoring mode selected driver=\"{driver}\" mode=\"{}\"",
-        if mode == Mode::ListVolumes { "ListVolumes" } else { "ControllerGetVolume" }
+        if mode == Mode::ListVolumes {
+            "ListVolumes"
+        } else {
+            "ControllerGetVolume"
+        }
     );
 
     let conn = Arc::new(conn);
@@ -181,13 +202,23 @@ pub fn run(cfg: Config) -> Result<(), Fatal> {
             })
             .map_err(|e| fatal("Failed to start a thread", e))?;
             leader_thread = Some(
-                leader::spawn(lease_client, settings, status.clone(), leader_tx, shutdown.clone())
-                    .map_err(|e| fatal("Failed to start leader election", e))?,
+                leader::spawn(
+                    lease_client,
+                    settings,
+                    status.clone(),
+                    leader_tx,
+                    shutdown.clone(),
+                )
+                .map_err(|e| fatal("Failed to start leader election", e))?,
             );
         }
         _ => {
             drop(leader_tx);
-            controller = Some(start_controller(shared.clone(), app_tx.clone(), shutdown.clone())?);
+            controller = Some(start_controller(
+                shared.clone(),
+                app_tx.clone(),
+                shutdown.clone(),
+            )?);
         }
     }
 
@@ -199,7 +230,10 @@ pub fn run(cfg: Config) -> Result<(), Fatal> {
         join_within(c, Duration::from_secs(30));
     }
     if result.is_ok() && !recorder_thread.flush(FLUSH_TIMEOUT) {
-        log::warn!("Timed out flushing queued events after {}s", FLUSH_TIMEOUT.as_secs());
+        log::warn!(
+            "Timed out flushing queued events after {}s",
+            FLUSH_TIMEOUT.as_secs()
+        );
     }
     recorder_thread.join();
     if let Some(l) = leader_thread {
@@ -230,40 +264,61 @@ fn event_loop(
                 return Ok(());
             }
             AppEvent::CsiLost => {
-                log::error!("Lost connection address=\"{}\"", shared.cfg.csi_address.display());
-                if let Err(e) = std::fs::write(&shared.cfg.termination_log_path, TERMINATION_MESSAGE) {
+                log::error!(
+                    "Lost connection address=\"{}\"",
+                    shared.cfg.csi_address.display()
+                );
+                if let Err(e) =
+                    std::fs::write(&shared.cfg.termination_log_path, TERMINATION_MESSAGE)
+                {
                     log::error!(
                         "Failed to write termination message path=\"{}\" err=\"{e}\"",
                         shared.cfg.termination_log_path.display()
                     );
                 }
                 shutdown.trigger();
-                return Err(Fatal { message: TERMINATION_MESSAGE.to_string() });
+                return Err(Fatal {
+                    message: TERMINATION_MESSAGE.to_string(),
+                });
             }
             AppEvent::Leader(LeaderEvent::StartedLeading) => {
                 crate::vlog!(2, "became leader, starting");
                 if controller.is_none() {
-                    *controller = Some(start_controller(shared.clone(), app_tx.clone(), shutdown.clone())?);
+                    *controller = Some(start_controller(
+                        shared.clone(),
+                        app_tx.clone(),
+                        shutdown.clone(),
+                    )?);
                 }
             }
             AppEvent::Leader(LeaderEvent::StoppedLeading) => {
                 // Stop the monitor before anything else so no event is written without the lease.
                 shutdown.trigger();
-                return Err(Fatal { message: "Stopped leading".to_string() });
+                return Err(Fatal {
+                    message: "Stopped leading".to_string(),
+                });
             }
-            AppEvent::Leader(LeaderEvent::NewLeader(id)) => crate::vlog!(3, "New leader detected leader=\"{id}\""),
+            AppEvent::Leader(LeaderEvent::NewLeader(id)) => {
+                crate::vlog!(3, "New leader detected leader=\"{id}\"")
+            }
             AppEvent::ControllerExited(Ok(())) => {
                 if shutdown.is_triggered() {
                     return Ok(());
                 }
-                return Err(Fatal { message: "the controller stopped unexpectedly".into() });
+                return Err(Fatal {
+                    message: "the controller stopped unexpectedly".into(),
+                });
             }
             AppEvent::ControllerExited(Err(e)) => return Err(Fatal { message: e }),
         }
     }
 }
 
-fn start_controller(shared: Arc<Shared>, app_tx: Sender<AppEvent>, shutdown: Shutdown) -> Result<JoinHandle<()>, Fatal> {
+fn start_controller(
+    shared: Arc<Shared>,
+    app_tx: Sender<AppEvent>,
+    shutdown: Shutdown,
+) -> Result<JoinHandle<()>, Fatal> {
     spawn_named("controller", move || {
         let result = run_controller(&shared, &shutdown);
         let _ = app_tx.send(AppEvent::ControllerExited(result));
@@ -274,14 +329,27 @@ fn start_controller(shared: Arc<Shared>, app_tx: Sender<AppEvent>, shutdown: Shu
 /// The leader's work: caches, seeding, then the mode's loop until shutdown.
 fn run_controller(shared: &Shared, shutdown: &Shutdown) -> Result<(), String> {
     log::info!("Starting CSI External PV Health Monitor Controller");
-    let (pvs, pv_thread) = watch::spawn_pv_reflector(shared.client.clone(), shared.driver.clone(), shutdown.clone())
-        .map_err(|e| format!("Cannot start the PersistentVolume watch err=\"{e}\""))?;
-    if !wait_synced(|t| pvs.wait_synced(t, shutdown), shutdown, "PersistentVolumes") {
+    let (pvs, pv_thread) = watch::spawn_pv_reflector(
+        shared.client.clone(),
+        shared.driver.clone(),
+        shutdown.clone(),
+    )
+    .map_err(|e| format!("Cannot start the PersistentVolume watch err=\"{e}\""))?;
+    if !wait_synced(
+        |t| pvs.wait_synced(t, shutdown),
+        shutdown,
+        "PersistentVolumes",
+    ) {
         return Ok(());
     }
-    let (pvcs, pvc_thread) = watch::spawn_pvc_reflector(shared.client.clone(), pvs.clone(), shutdown.clone())
-        .map_err(|e| format!("Cannot start the PersistentVolumeClaim watch err=\"{e}\""))?;
-    if !wait_synced(|t| pvcs.wait_synced(t, shutdown), shutdown, "PersistentVolumeClaims") {
+    let (pvcs, pvc_thread) =
+        watch::spawn_pvc_reflector(shared.client.clone(), pvs.clone(), shutdown.clone())
+            .map_err(|e| format!("Cannot start the PersistentVolumeClaim watch err=\"{e}\""))?;
+    if !wait_synced(
+        |t| pvcs.wait_synced(t, shutdown),
+        shutdown,
+        "PersistentVolumeClaims",
+    ) {
         return Ok(());
     }
     let component = monitor::event_component(&shared.driver);
@@ -360,12 +428,19 @@ fn wait_synced(wait: impl Fn(Duration) -> bool, shutdown: &Shutdown, what: &str)
     }
 }
 
-fn seed_with_retry(client: &Client, component: &str, shutdown: &Shutdown) -> HashMap<String, monitor::decide::Reported> {
+fn seed_with_retry(
+    client: &Client,
+    component: &str,
+    shutdown: &Shutdown,
+) -> HashMap<String, monitor::decide::Reported> {
     let mut delay = Duration::from_millis(500);
     for attempt in 1..=5 {
         match monitor::seed_reported(client, component) {
             Ok(seed) => {
-                log::debug!("Seeded abnormal volumes from existing events count={}", seed.len());
+                log::debug!(
+                    "Seeded abnormal volumes from existing events count={}",
+                    seed.len()
+                );
                 return seed;
             }
             Err(e) => {
@@ -396,7 +471,10 @@ fn spawn_signal_thread(tx: Sender<AppEvent>) -> std::io::Result<signal_hook::ite
     Ok(handle)
 }
 
-pub fn spawn_named<F: FnOnce() + Send + 'static>(name: &str, f: F) -> std::io::Result<JoinHandle<()>> {
+pub fn spawn_named<F: FnOnce() + Send + 'static>(
+    name: &str,
+    f: F,
+) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name(name.to_string()).spawn(f)
 }
 
@@ -405,15 +483,19 @@ pub fn spawn_named<F: FnOnce() + Send + 'static>(name: &str, f: F) -> std::io::R
 pub fn join_within(handle: JoinHandle<()>, timeout: Duration) {
     let name = handle.thread().name().unwrap_or("unnamed").to_string();
     let (tx, rx) = crossbeam_channel::bounded(1);
-    let joiner = std::thread::Builder::new().name(format!("join-{name}")).spawn(move || {
-        let _ = tx.send(handle.join().is_err());
-    });
+    let joiner = std::thread::Builder::new()
+        .name(format!("join-{name}"))
+        .spawn(move || {
+            let _ = tx.send(handle.join().is_err());
+        });
     if joiner.is_err() {
         return;
     }
     match rx.recv_timeout(timeout) {
         Ok(true) => log::error!("Thread panicked thread=\"{name}\""),
         Ok(false) => {}
-        Err(_) => log::warn!("Thread did not stop in time thread=\"{name}\" timeout=\"{timeout:?}\""),
+        Err(_) => {
+            log::warn!("Thread did not stop in time thread=\"{name}\" timeout=\"{timeout:?}\"")
+        }
     }
 }

@@ -6,7 +6,10 @@ use healthmon::{app, flags, logging};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let argv0 = args.first().map(String::as_str).unwrap_or("csi-external-health-monitor-controller");
+    let argv0 = args
+        .first()
+        .map(String::as_str)
+        .unwrap_or("csi-external-health-monitor-controller");
     let code = match flags::parse_with_warnings(args.get(1..).unwrap_or(&[])) {
         Ok((flags::Parsed::Help(_), _)) => {
             // Go's flag package prints -h usage to stderr and exits 0.

@@ -76,7 +76,10 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// a MicroTime without a fraction).
 pub fn rfc3339_micros(t: SystemTime) -> String {
     let (y, mo, d, h, mi, s, n) = fields(t);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:06}Z", n / 1000)
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:06}Z",
+        n / 1000
+    )
 }
 
 /// Parse RFC 3339 as the API server writes it (`Z` or a numeric offset, optional fraction).
@@ -123,13 +126,17 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     if secs >= 0 {
         Some(UNIX_EPOCH + Duration::new(secs as u64, nanos))
     } else {
-        UNIX_EPOCH.checked_sub(Duration::from_secs((-secs) as u64))?.checked_add(Duration::from_nanos(nanos as u64))
+        UNIX_EPOCH
+            .checked_sub(Duration::from_secs((-secs) as u64))?
+            .checked_add(Duration::from_nanos(nanos as u64))
     }
 }
 
 /// Nanoseconds since the Unix epoch (event names use its lowercase hex).
 pub fn unix_nanos(t: SystemTime) -> u128 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 static SEED: AtomicU64 = AtomicU64::new(0);
@@ -168,14 +175,30 @@ mod tests {
         let t = UNIX_EPOCH + Duration::new(1_767_323_045, 123_456_789);
         assert_eq!(rfc3339(t), "2026-01-02T03:04:05Z");
         assert_eq!(rfc3339_micros(t), "2026-01-02T03:04:05.123456Z");
-        assert_eq!(parse_rfc3339("2026-01-02T03:04:05.123456Z"), Some(UNIX_EPOCH + Duration::new(1_767_323_045, 123_456_000)));
-        assert_eq!(parse_rfc3339("2026-01-02T03:04:05Z"), Some(UNIX_EPOCH + Duration::from_secs(1_767_323_045)));
-        assert_eq!(parse_rfc3339("2026-01-02T04:04:05+01:00"), Some(UNIX_EPOCH + Duration::from_secs(1_767_323_045)));
+        assert_eq!(
+            parse_rfc3339("2026-01-02T03:04:05.123456Z"),
+            Some(UNIX_EPOCH + Duration::new(1_767_323_045, 123_456_000))
+        );
+        assert_eq!(
+            parse_rfc3339("2026-01-02T03:04:05Z"),
+            Some(UNIX_EPOCH + Duration::from_secs(1_767_323_045))
+        );
+        assert_eq!(
+            parse_rfc3339("2026-01-02T04:04:05+01:00"),
+            Some(UNIX_EPOCH + Duration::from_secs(1_767_323_045))
+        );
     }
 
     #[test]
     fn rejects_garbage() {
-        for s in ["", "2026-01-02", "2026-13-02T03:04:05Z", "2026-01-02T03:04:05", "2026-01-02T03:04:05.Z", "x026-01-02T03:04:05Z"] {
+        for s in [
+            "",
+            "2026-01-02",
+            "2026-13-02T03:04:05Z",
+            "2026-01-02T03:04:05",
+            "2026-01-02T03:04:05.Z",
+            "x026-01-02T03:04:05Z",
+        ] {
             assert_eq!(parse_rfc3339(s), None, "{s}");
         }
     }

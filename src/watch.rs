@@ -665,7 +665,11 @@ impl<T: Clone + Send + Sync + 'static> Reflector<T> {
                             self.name
                         );
                     } else {
-                        log::warn!("{}: list failed: API server {}: {e}", self.name, self.client.server());
+                        log::warn!(
+                            "{}: list failed: API server {}: {e}",
+                            self.name,
+                            self.client.server()
+                        );
                     }
                     return Outcome::ListFailed {
                         gone,
@@ -747,7 +751,11 @@ impl<T: Clone + Send + Sync + 'static> Reflector<T> {
                 return Outcome::WatchGone;
             }
             Err(e) => {
-                log::warn!("{}: watch failed: API server {}: {e}", self.name, self.client.server());
+                log::warn!(
+                    "{}: watch failed: API server {}: {e}",
+                    self.name,
+                    self.client.server()
+                );
                 return Outcome::WatchFailed {
                     resource_version: last,
                     retry_after: e.retry_after(),

@@ -36,9 +36,16 @@ pub enum Error {
     /// The socket never became connectable within the connect timeout.
     Connect { address: String, waited: Duration },
     /// An RPC failed with a gRPC status (code is the Go name: `DeadlineExceeded`, `NotFound`...).
-    Rpc { method: &'static str, code: String, message: String },
+    Rpc {
+        method: &'static str,
+        code: String,
+        message: String,
+    },
     /// A non-gRPC failure (codec, call setup).
-    Call { method: &'static str, message: String },
+    Call {
+        method: &'static str,
+        message: String,
+    },
     /// GetPluginInfo answered an empty name.
     EmptyDriverName,
     /// Startup was interrupted by shutdown.
@@ -170,7 +177,11 @@ pub fn select_mode(caps: &Capabilities) -> Result<Mode, Unsupported> {
     if (!caps.list_volumes && !caps.get_volume) || !caps.volume_condition {
         return Err(Unsupported::NoListOrGetOrCondition);
     }
-    Ok(if caps.list_volumes { Mode::ListVolumes } else { Mode::GetVolume })
+    Ok(if caps.list_volumes {
+        Mode::ListVolumes
+    } else {
+        Mode::GetVolume
+    })
 }
 
 /// `/p`, `unix:///p` and `unix:/p` all name the socket `/p`.
@@ -235,7 +246,10 @@ impl Connection {
             }
             let now = Instant::now();
             if now >= started + connect_timeout {
-                return Err(Error::Connect { address: address.display().to_string(), waited: connect_timeout });
+                return Err(Error::Connect {
+                    address: address.display().to_string(),
+                    waited: connect_timeout,
+                });
             }
             if now >= next_log {
                 log::info!("Still connecting address=\"unix://{}\"", address.display());
@@ -264,7 +278,11 @@ impl Connection {
         CallOption::default().timeout(self.timeout)
     }
 
-    fn call<T>(&self, method: &'static str, f: impl FnOnce() -> grpcio::Result<T>) -> Result<T, Error> {
+    fn call<T>(
+        &self,
+        method: &'static str,
+        f: impl FnOnce() -> grpcio::Result<T>,
+    ) -> Result<T, Error> {
         log::trace!("GRPC call method=\"{method}\"");
         let start = Instant::now();
         let result = f();
@@ -277,11 +295,18 @@ impl Connection {
             Err(grpcio::Error::RpcFailure(status)) => {
                 let code = code_name(status.code());
                 (self.observer)(method, code, secs);
-                Err(Error::Rpc { method, code: code.to_string(), message: status.message().to_string() })
+                Err(Error::Rpc {
+                    method,
+                    code: code.to_string(),
+                    message: status.message().to_string(),
+                })
             }
             Err(e) => {
                 (self.observer)(method, "unknown-non-grpc", secs);
-                Err(Error::Call { method, message: e.to_string() })
+                Err(Error::Call {
+                    method,
+                    message: e.to_string(),
+                })
             }
         };
         if let Err(e) = &outcome {
@@ -292,7 +317,10 @@ impl Connection {
 
     /// One Probe. `Ok(true)` ready (absent `ready` counts as ready), `Ok(false)` not ready.
     pub fn probe(&self) -> Result<bool, Error> {
-        let resp = self.call(METHOD_PROBE, || self.identity.probe_opt(&csi::ProbeRequest::new(), self.opt()))?;
+        let resp = self.call(METHOD_PROBE, || {
+            self.identity
+                .probe_opt(&csi::ProbeRequest::new(), self.opt())
+        })?;
         Ok(resp.ready.as_ref().map(|b| b.value).unwrap_or(true))
     }
 
@@ -320,7 +348,8 @@ impl Connection {
 
     pub fn driver_name(&self) -> Result<String, Error> {
         let resp = self.call(METHOD_PLUGIN_INFO, || {
-            self.identity.get_plugin_info_opt(&csi::GetPluginInfoRequest::new(), self.opt())
+            self.identity
+                .get_plugin_info_opt(&csi::GetPluginInfoRequest::new(), self.opt())
         })?;
         if resp.name.is_empty() {
             return Err(Error::EmptyDriverName);
@@ -331,7 +360,8 @@ impl Connection {
     /// Plugin and controller capabilities (one RPC each; upstream asks the controller three times).
     pub fn capabilities(&self) -> Result<Capabilities, Error> {
         let plugin = self.call(METHOD_PLUGIN_CAPABILITIES, || {
-            self.identity.get_plugin_capabilities_opt(&csi::GetPluginCapabilitiesRequest::new(), self.opt())
+            self.identity
+                .get_plugin_capabilities_opt(&csi::GetPluginCapabilitiesRequest::new(), self.opt())
         })?;
         let mut caps = Capabilities::default();
         use csi::plugin_capability::service::Type as ServiceType;
@@ -346,8 +376,10 @@ impl Connection {
             return Ok(caps);
         }
         let ctrl = self.call(METHOD_CONTROLLER_CAPABILITIES, || {
-            self.controller
-                .controller_get_capabilities_opt(&csi::ControllerGetCapabilitiesRequest::new(), self.opt())
+            self.controller.controller_get_capabilities_opt(
+                &csi::ControllerGetCapabilitiesRequest::new(),
+                self.opt(),
+            )
         })?;
         use csi::controller_service_capability::rpc::Type as RpcType;
         for cap in &ctrl.capabilities {
@@ -368,7 +400,8 @@ impl Connection {
     /// Returns true when the connection was lost.
     pub fn wait_for_loss(&self, shutdown: &Shutdown, poll: Duration) -> bool {
         loop {
-            if self.channel.check_connectivity_state(false) != ConnectivityState::GRPC_CHANNEL_READY {
+            if self.channel.check_connectivity_state(false) != ConnectivityState::GRPC_CHANNEL_READY
+            {
                 return true;
             }
             if shutdown.wait_timeout(poll) {
@@ -380,8 +413,14 @@ impl Connection {
 
 fn condition(c: Option<&csi::VolumeCondition>) -> Condition {
     match c {
-        Some(c) => Condition { abnormal: c.abnormal, message: c.message.clone() },
-        None => Condition { abnormal: false, message: String::new() },
+        Some(c) => Condition {
+            abnormal: c.abnormal,
+            message: c.message.clone(),
+        },
+        None => Condition {
+            abnormal: false,
+            message: String::new(),
+        },
     }
 }
 
@@ -390,14 +429,25 @@ impl HealthSource for Connection {
         let mut req = csi::ListVolumesRequest::new();
         req.max_entries = max_entries;
         req.starting_token = starting_token.to_string();
-        let resp = self.call(METHOD_LIST_VOLUMES, || self.controller.list_volumes_opt(&req, self.opt()))?;
-        let mut page = ListPage { entries: Vec::with_capacity(resp.entries.len()), skipped: 0, next_token: resp.next_token };
+        let resp = self.call(METHOD_LIST_VOLUMES, || {
+            self.controller.list_volumes_opt(&req, self.opt())
+        })?;
+        let mut page = ListPage {
+            entries: Vec::with_capacity(resp.entries.len()),
+            skipped: 0,
+            next_token: resp.next_token,
+        };
         for entry in resp.entries {
             let Some(volume) = entry.volume.into_option() else {
                 page.skipped += 1;
                 continue;
             };
-            let cond = condition(entry.status.as_ref().and_then(|s| s.volume_condition.as_ref()));
+            let cond = condition(
+                entry
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.volume_condition.as_ref()),
+            );
             page.entries.push((volume.volume_id, cond));
         }
         Ok(page)
@@ -406,8 +456,14 @@ impl HealthSource for Connection {
     fn get_volume(&self, volume_id: &str) -> Result<Condition, Error> {
         let mut req = csi::ControllerGetVolumeRequest::new();
         req.volume_id = volume_id.to_string();
-        let resp = self.call(METHOD_GET_VOLUME, || self.controller.controller_get_volume_opt(&req, self.opt()))?;
-        Ok(condition(resp.status.as_ref().and_then(|s| s.volume_condition.as_ref())))
+        let resp = self.call(METHOD_GET_VOLUME, || {
+            self.controller.controller_get_volume_opt(&req, self.opt())
+        })?;
+        Ok(condition(
+            resp.status
+                .as_ref()
+                .and_then(|s| s.volume_condition.as_ref()),
+        ))
     }
 }
 
@@ -417,30 +473,75 @@ mod tests {
 
     #[test]
     fn socket_paths() {
-        assert_eq!(socket_path("/run/csi/socket"), Some(PathBuf::from("/run/csi/socket")));
-        assert_eq!(socket_path("unix:///run/csi/socket"), Some(PathBuf::from("/run/csi/socket")));
-        assert_eq!(socket_path("unix:/run/csi/socket"), Some(PathBuf::from("/run/csi/socket")));
+        assert_eq!(
+            socket_path("/run/csi/socket"),
+            Some(PathBuf::from("/run/csi/socket"))
+        );
+        assert_eq!(
+            socket_path("unix:///run/csi/socket"),
+            Some(PathBuf::from("/run/csi/socket"))
+        );
+        assert_eq!(
+            socket_path("unix:/run/csi/socket"),
+            Some(PathBuf::from("/run/csi/socket"))
+        );
         assert_eq!(socket_path("tcp://127.0.0.1:10000"), None);
         assert_eq!(socket_path("relative/socket"), None);
     }
 
     #[test]
     fn mode_selection() {
-        let all = Capabilities { controller_service: true, list_volumes: true, get_volume: true, volume_condition: true };
+        let all = Capabilities {
+            controller_service: true,
+            list_volumes: true,
+            get_volume: true,
+            volume_condition: true,
+        };
         assert_eq!(select_mode(&all), Ok(Mode::ListVolumes));
-        assert_eq!(select_mode(&Capabilities { list_volumes: false, ..all }), Ok(Mode::GetVolume));
-        assert_eq!(select_mode(&Capabilities { get_volume: false, ..all }), Ok(Mode::ListVolumes));
         assert_eq!(
-            select_mode(&Capabilities { list_volumes: false, get_volume: false, ..all }),
+            select_mode(&Capabilities {
+                list_volumes: false,
+                ..all
+            }),
+            Ok(Mode::GetVolume)
+        );
+        assert_eq!(
+            select_mode(&Capabilities {
+                get_volume: false,
+                ..all
+            }),
+            Ok(Mode::ListVolumes)
+        );
+        assert_eq!(
+            select_mode(&Capabilities {
+                list_volumes: false,
+                get_volume: false,
+                ..all
+            }),
             Err(Unsupported::NoListOrGetOrCondition)
         );
-        assert_eq!(select_mode(&Capabilities { volume_condition: false, ..all }), Err(Unsupported::NoListOrGetOrCondition));
-        assert_eq!(select_mode(&Capabilities { controller_service: false, ..all }), Err(Unsupported::NoControllerService));
+        assert_eq!(
+            select_mode(&Capabilities {
+                volume_condition: false,
+                ..all
+            }),
+            Err(Unsupported::NoListOrGetOrCondition)
+        );
+        assert_eq!(
+            select_mode(&Capabilities {
+                controller_service: false,
+                ..all
+            }),
+            Err(Unsupported::NoControllerService)
+        );
     }
 
     #[test]
     fn code_names_match_go() {
-        assert_eq!(code_name(RpcStatusCode::DEADLINE_EXCEEDED), "DeadlineExceeded");
+        assert_eq!(
+            code_name(RpcStatusCode::DEADLINE_EXCEEDED),
+            "DeadlineExceeded"
+        );
         assert_eq!(code_name(RpcStatusCode::NOT_FOUND), "NotFound");
         assert_eq!(code_name(RpcStatusCode::CANCELLED), "Canceled");
         assert_eq!(code_name(RpcStatusCode::OK), "OK");

@@ -30,8 +30,14 @@ pub enum Observation {
 /// The event to emit, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Emit {
-    Warning { reason: &'static str, message: String },
-    Normal { reason: &'static str, message: String },
+    Warning {
+        reason: &'static str,
+        message: String,
+    },
+    Normal {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 /// Message of the missing-volume Warning (DESIGN §3.1).
@@ -51,18 +57,27 @@ pub fn decide(
 ) -> (Option<Emit>, Reported) {
     match observation {
         Observation::Condition(c) if c.abnormal => (
-            Some(Emit::Warning { reason: REASON_ABNORMAL, message: c.message.clone() }),
+            Some(Emit::Warning {
+                reason: REASON_ABNORMAL,
+                message: c.message.clone(),
+            }),
             Reported::Abnormal,
         ),
         Observation::Condition(_) => match previous {
             Reported::Abnormal => (
-                Some(Emit::Normal { reason: REASON_NORMAL, message: MESSAGE_RECOVERED.to_string() }),
+                Some(Emit::Normal {
+                    reason: REASON_NORMAL,
+                    message: MESSAGE_RECOVERED.to_string(),
+                }),
                 Reported::Healthy,
             ),
             Reported::Healthy => (None, Reported::Healthy),
         },
         Observation::Missing if report_missing => (
-            Some(Emit::Warning { reason: REASON_ABNORMAL, message: missing_message(handle, driver) }),
+            Some(Emit::Warning {
+                reason: REASON_ABNORMAL,
+                message: missing_message(handle, driver),
+            }),
             Reported::Abnormal,
         ),
         Observation::Missing => (None, previous),
@@ -115,7 +130,10 @@ mod tests {
     use crate::watch::ClaimRef;
 
     fn cond(abnormal: bool, msg: &str) -> Observation {
-        Observation::Condition(Condition { abnormal, message: msg.into() })
+        Observation::Condition(Condition {
+            abnormal,
+            message: msg.into(),
+        })
     }
 
     #[test]
@@ -125,24 +143,39 @@ mod tests {
                 Reported::Healthy,
                 cond(true, "Volume not found"),
                 true,
-                Some(Emit::Warning { reason: REASON_ABNORMAL, message: "Volume not found".into() }),
+                Some(Emit::Warning {
+                    reason: REASON_ABNORMAL,
+                    message: "Volume not found".into(),
+                }),
                 Reported::Abnormal,
             ),
             (
                 Reported::Abnormal,
                 cond(true, "still bad"),
                 true,
-                Some(Emit::Warning { reason: REASON_ABNORMAL, message: "still bad".into() }),
+                Some(Emit::Warning {
+                    reason: REASON_ABNORMAL,
+                    message: "still bad".into(),
+                }),
                 Reported::Abnormal,
             ),
             (
                 Reported::Abnormal,
                 cond(false, ""),
                 true,
-                Some(Emit::Normal { reason: REASON_NORMAL, message: MESSAGE_RECOVERED.into() }),
+                Some(Emit::Normal {
+                    reason: REASON_NORMAL,
+                    message: MESSAGE_RECOVERED.into(),
+                }),
                 Reported::Healthy,
             ),
-            (Reported::Healthy, cond(false, "whatever"), true, None, Reported::Healthy),
+            (
+                Reported::Healthy,
+                cond(false, "whatever"),
+                true,
+                None,
+                Reported::Healthy,
+            ),
             (
                 Reported::Healthy,
                 Observation::Missing,
@@ -153,14 +186,29 @@ mod tests {
                 }),
                 Reported::Abnormal,
             ),
-            (Reported::Healthy, Observation::Missing, false, None, Reported::Healthy),
-            (Reported::Abnormal, Observation::Missing, false, None, Reported::Abnormal),
+            (
+                Reported::Healthy,
+                Observation::Missing,
+                false,
+                None,
+                Reported::Healthy,
+            ),
+            (
+                Reported::Abnormal,
+                Observation::Missing,
+                false,
+                None,
+                Reported::Abnormal,
+            ),
             // An empty abnormal message is passed through verbatim, as upstream.
             (
                 Reported::Healthy,
                 cond(true, ""),
                 true,
-                Some(Emit::Warning { reason: REASON_ABNORMAL, message: String::new() }),
+                Some(Emit::Warning {
+                    reason: REASON_ABNORMAL,
+                    message: String::new(),
+                }),
                 Reported::Abnormal,
             ),
         ];
@@ -177,7 +225,11 @@ mod tests {
             uid: "u".into(),
             volume_handle: handle.into(),
             phase: phase.into(),
-            claim: claim.then(|| ClaimRef { namespace: "ns".into(), name: "pvc".into(), uid: "cu".into() }),
+            claim: claim.then(|| ClaimRef {
+                namespace: "ns".into(),
+                name: "pvc".into(),
+                uid: "cu".into(),
+            }),
             deleting,
         }
     }
@@ -185,11 +237,26 @@ mod tests {
     #[test]
     fn checkability() {
         assert_eq!(checkable(&pv("Bound", false, true, "h")), Ok(()));
-        assert_eq!(checkable(&pv("Pending", false, true, "h")), Err(Skip::NotBound));
-        assert_eq!(checkable(&pv("Released", false, true, "h")), Err(Skip::NotBound));
-        assert_eq!(checkable(&pv("Bound", true, true, "h")), Err(Skip::Deleting));
-        assert_eq!(checkable(&pv("Bound", false, false, "h")), Err(Skip::NoClaim));
-        assert_eq!(checkable(&pv("Bound", false, true, "")), Err(Skip::EmptyHandle));
+        assert_eq!(
+            checkable(&pv("Pending", false, true, "h")),
+            Err(Skip::NotBound)
+        );
+        assert_eq!(
+            checkable(&pv("Released", false, true, "h")),
+            Err(Skip::NotBound)
+        );
+        assert_eq!(
+            checkable(&pv("Bound", true, true, "h")),
+            Err(Skip::Deleting)
+        );
+        assert_eq!(
+            checkable(&pv("Bound", false, false, "h")),
+            Err(Skip::NoClaim)
+        );
+        assert_eq!(
+            checkable(&pv("Bound", false, true, "")),
+            Err(Skip::EmptyHandle)
+        );
     }
 
     #[test]

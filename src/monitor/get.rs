@@ -29,13 +29,21 @@ impl Schedule {
     /// evenly over `interval` starting at `now`; vanished names are dropped.
     pub fn reconcile(&mut self, names: &[String], now: Instant, interval: Duration) {
         let wanted: HashSet<&String> = names.iter().collect();
-        let gone: Vec<String> = self.due.keys().filter(|n| !wanted.contains(n)).cloned().collect();
+        let gone: Vec<String> = self
+            .due
+            .keys()
+            .filter(|n| !wanted.contains(n))
+            .cloned()
+            .collect();
         for name in gone {
             if let Some(at) = self.due.remove(&name) {
                 self.queue.remove(&(at, name));
             }
         }
-        let new: Vec<&String> = names.iter().filter(|n| !self.due.contains_key(*n) && !self.in_flight.contains(*n)).collect();
+        let new: Vec<&String> = names
+            .iter()
+            .filter(|n| !self.due.contains_key(*n) && !self.in_flight.contains(*n))
+            .collect();
         let k = new.len() as u32;
         for (i, name) in new.into_iter().enumerate() {
             let at = now + interval.checked_div(k.max(1)).unwrap_or_default() * i as u32;
@@ -114,7 +122,9 @@ impl GetLoop {
             while let Some(name) = schedule.next_ready(Instant::now(), self.workers) {
                 self.dispatch(&pool, name, done_tx.clone());
             }
-            let wake = schedule.next_wakeup(self.workers).map_or(next_rescan, |w| w.min(next_rescan));
+            let wake = schedule
+                .next_wakeup(self.workers)
+                .map_or(next_rescan, |w| w.min(next_rescan));
             let timeout = wake.saturating_duration_since(Instant::now());
             select! {
                 recv(done_rx) -> msg => {
@@ -138,12 +148,20 @@ impl GetLoop {
 
     fn rescan(&self, schedule: &mut Schedule, now: Instant) {
         let snapshot = self.monitor.pvs.snapshot();
-        let mut names: Vec<String> = snapshot.values().filter(|pv| checkable(pv).is_ok()).map(|pv| pv.name.clone()).collect();
+        let mut names: Vec<String> = snapshot
+            .values()
+            .filter(|pv| checkable(pv).is_ok())
+            .map(|pv| pv.name.clone())
+            .collect();
         names.sort();
         schedule.reconcile(&names, now, self.interval);
         let current: HashSet<String> = snapshot.keys().cloned().collect();
         self.monitor.forget_gone(&current);
-        log::debug!("Reconciled volumes tracked={} in_flight={}", schedule.tracked(), schedule.in_flight());
+        log::debug!(
+            "Reconciled volumes tracked={} in_flight={}",
+            schedule.tracked(),
+            schedule.in_flight()
+        );
     }
 
     fn dispatch(&self, pool: &rayon::ThreadPool, name: String, done: Sender<String>) {
@@ -159,16 +177,25 @@ impl GetLoop {
                 match result {
                     Ok(cond) => {
                         let label = if cond.abnormal { "abnormal" } else { "normal" };
-                        monitor.metrics().observe_probe("ControllerGetVolume", label, secs);
+                        monitor
+                            .metrics()
+                            .observe_probe("ControllerGetVolume", label, secs);
                         monitor.observe(&pv, &Observation::Condition(cond));
                     }
                     Err(e) if e.is_not_found() => {
-                        monitor.metrics().observe_probe("ControllerGetVolume", "not_found", secs);
+                        monitor
+                            .metrics()
+                            .observe_probe("ControllerGetVolume", "not_found", secs);
                         monitor.observe(&pv, &Observation::Missing);
                     }
                     Err(e) => {
-                        monitor.metrics().observe_probe("ControllerGetVolume", "error", secs);
-                        log::error!("Check controller volume status error pv=\"{}\" err=\"{e}\"", pv.name);
+                        monitor
+                            .metrics()
+                            .observe_probe("ControllerGetVolume", "error", secs);
+                        log::error!(
+                            "Check controller volume status error pv=\"{}\" err=\"{e}\"",
+                            pv.name
+                        );
                     }
                 }
             }
@@ -192,7 +219,15 @@ mod tests {
         s.reconcile(&names(4), t0, Duration::from_secs(60));
         let mut due: Vec<Duration> = s.due.values().map(|at| *at - t0).collect();
         due.sort();
-        assert_eq!(due, vec![Duration::ZERO, Duration::from_secs(15), Duration::from_secs(30), Duration::from_secs(45)]);
+        assert_eq!(
+            due,
+            vec![
+                Duration::ZERO,
+                Duration::from_secs(15),
+                Duration::from_secs(30),
+                Duration::from_secs(45)
+            ]
+        );
     }
 
     #[test]

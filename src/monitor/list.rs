@@ -26,20 +26,30 @@ impl std::fmt::Display for SweepError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SweepError::Rpc(e) => write!(f, "failed to list volumes: {e}"),
-            SweepError::TokenLoop(t) => write!(f, "failed to list volumes: the driver repeated next_token {t:?}"),
-            SweepError::TooManyPages => write!(f, "failed to list volumes: more than {MAX_PAGES} pages"),
+            SweepError::TokenLoop(t) => write!(
+                f,
+                "failed to list volumes: the driver repeated next_token {t:?}"
+            ),
+            SweepError::TooManyPages => {
+                write!(f, "failed to list volumes: more than {MAX_PAGES} pages")
+            }
         }
     }
 }
 
 /// Every volume the driver returned in one complete sweep.
-pub fn collect(source: &dyn HealthSource, max_entries: i32) -> Result<(HashMap<String, Condition>, usize), SweepError> {
+pub fn collect(
+    source: &dyn HealthSource,
+    max_entries: i32,
+) -> Result<(HashMap<String, Condition>, usize), SweepError> {
     let mut out = HashMap::new();
     let mut seen_tokens = HashSet::new();
     let mut token = String::new();
     let mut pages = 0;
     loop {
-        let page = source.list_volumes(max_entries, &token).map_err(SweepError::Rpc)?;
+        let page = source
+            .list_volumes(max_entries, &token)
+            .map_err(SweepError::Rpc)?;
         pages += 1;
         if page.skipped > 0 {
             log::warn!(
@@ -73,8 +83,19 @@ pub struct ListLoop {
 }
 
 impl ListLoop {
-    pub fn new(monitor: Arc<Monitor>, source: Arc<dyn HealthSource>, interval: Duration, max_entries: i32) -> Self {
-        ListLoop { monitor, source, interval, max_entries, absences: HashMap::new() }
+    pub fn new(
+        monitor: Arc<Monitor>,
+        source: Arc<dyn HealthSource>,
+        interval: Duration,
+        max_entries: i32,
+    ) -> Self {
+        ListLoop {
+            monitor,
+            source,
+            interval,
+            max_entries,
+            absences: HashMap::new(),
+        }
     }
 
     pub fn run(mut self, shutdown: Shutdown) {
@@ -111,7 +132,8 @@ impl ListLoop {
             match volumes.get(&pv.volume_handle) {
                 Some(cond) => {
                     self.absences.remove(&pv.name);
-                    self.monitor.observe(pv, &Observation::Condition(cond.clone()));
+                    self.monitor
+                        .observe(pv, &Observation::Condition(cond.clone()));
                 }
                 None => {
                     let prev = self.absences.get(&pv.name).copied().unwrap_or(0);
@@ -125,7 +147,10 @@ impl ListLoop {
         }
         self.absences.retain(|name, _| current.contains(name));
         self.monitor.forget_gone(&current);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
         self.monitor.metrics().set_last_sweep(now);
         log::debug!(
             "ListVolumes sweep done pages={pages} volumes={} checked={checked} duration=\"{:?}\"",
@@ -155,7 +180,18 @@ mod tests {
 
     fn page(ids: &[&str], next: &str) -> Result<ListPage, CsiError> {
         Ok(ListPage {
-            entries: ids.iter().map(|i| (i.to_string(), Condition { abnormal: false, message: String::new() })).collect(),
+            entries: ids
+                .iter()
+                .map(|i| {
+                    (
+                        i.to_string(),
+                        Condition {
+                            abnormal: false,
+                            message: String::new(),
+                        },
+                    )
+                })
+                .collect(),
             skipped: 0,
             next_token: next.to_string(),
         })
@@ -163,7 +199,14 @@ mod tests {
 
     #[test]
     fn follows_tokens_until_empty() {
-        let src = Pages(Mutex::new(vec![page(&["a"], "t1"), page(&["b"], "t2"), page(&["c"], "")]), Mutex::new(vec![]));
+        let src = Pages(
+            Mutex::new(vec![
+                page(&["a"], "t1"),
+                page(&["b"], "t2"),
+                page(&["c"], ""),
+            ]),
+            Mutex::new(vec![]),
+        );
         let (vols, pages) = collect(&src, 0).unwrap();
         assert_eq!(pages, 3);
         assert_eq!(vols.len(), 3);
@@ -172,14 +215,24 @@ mod tests {
 
     #[test]
     fn repeated_token_is_an_error() {
-        let src = Pages(Mutex::new(vec![page(&["a"], "t1"), page(&["b"], "t1")]), Mutex::new(vec![]));
+        let src = Pages(
+            Mutex::new(vec![page(&["a"], "t1"), page(&["b"], "t1")]),
+            Mutex::new(vec![]),
+        );
         assert!(matches!(collect(&src, 0), Err(SweepError::TokenLoop(t)) if t == "t1"));
     }
 
     #[test]
     fn rpc_error_aborts_the_sweep() {
-        let err = CsiError::Rpc { method: "m", code: "Unavailable".into(), message: "x".into() };
-        let src = Pages(Mutex::new(vec![page(&["a"], "t1"), Err(err)]), Mutex::new(vec![]));
+        let err = CsiError::Rpc {
+            method: "m",
+            code: "Unavailable".into(),
+            message: "x".into(),
+        };
+        let src = Pages(
+            Mutex::new(vec![page(&["a"], "t1"), Err(err)]),
+            Mutex::new(vec![]),
+        );
         assert!(matches!(collect(&src, 0), Err(SweepError::Rpc(_))));
     }
 }

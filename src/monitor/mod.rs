@@ -72,7 +72,10 @@ impl Monitor {
     /// Act on one observation of `pv`'s volume: find its PVC, decide, emit, remember.
     pub fn observe(&self, pv: &PvRecord, observation: &Observation) {
         let Some(claim) = &pv.claim else { return };
-        let pvc = match self.pvcs.get_or_fetch(&self.client, &claim.namespace, &claim.name) {
+        let pvc = match self
+            .pvcs
+            .get_or_fetch(&self.client, &claim.namespace, &claim.name)
+        {
             Ok(Some(pvc)) => pvc,
             Ok(None) => {
                 log::error!(
@@ -84,7 +87,12 @@ impl Monitor {
                 return;
             }
             Err(e) => {
-                log::error!("Get PVC error pv=\"{}\" pvc=\"{}/{}\" err=\"{e}\"", pv.name, claim.namespace, claim.name);
+                log::error!(
+                    "Get PVC error pv=\"{}\" pvc=\"{}/{}\" err=\"{e}\"",
+                    pv.name,
+                    claim.namespace,
+                    claim.name
+                );
                 return;
             }
         };
@@ -93,13 +101,20 @@ impl Monitor {
             Observation::Condition(_) => VolumeStatus::Normal,
             Observation::Missing => VolumeStatus::NotFound,
         };
-        self.metrics.set_volume_status(&pvc.namespace, &pvc.name, &pv.name, status);
+        self.metrics
+            .set_volume_status(&pvc.namespace, &pvc.name, &pv.name, status);
         lock(&self.with_series).insert(pv.name.clone());
 
         let emit = {
             let mut reported = lock(&self.reported);
             let previous = reported.get(&pvc.uid).copied().unwrap_or(Reported::Healthy);
-            let (emit, next) = decide(previous, observation, &pv.volume_handle, &self.driver, self.report_missing);
+            let (emit, next) = decide(
+                previous,
+                observation,
+                &pv.volume_handle,
+                &self.driver,
+                self.report_missing,
+            );
             match next {
                 Reported::Healthy => reported.remove(&pvc.uid),
                 Reported::Abnormal => reported.insert(pvc.uid.clone(), next),
@@ -116,14 +131,24 @@ impl Monitor {
             resource_version: pvc.resource_version.clone(),
         };
         match emit {
-            Emit::Warning { reason, message } => self.recorder.event(&object, EventType::Warning, reason, &message),
-            Emit::Normal { reason, message } => self.recorder.event(&object, EventType::Normal, reason, &message),
+            Emit::Warning { reason, message } => {
+                self.recorder
+                    .event(&object, EventType::Warning, reason, &message)
+            }
+            Emit::Normal { reason, message } => {
+                self.recorder
+                    .event(&object, EventType::Normal, reason, &message)
+            }
         }
     }
 
     /// Drop state and metric series of PVs that left the store (deleted, or no longer ours).
     pub fn forget_gone(&self, current: &HashSet<String>) {
-        let gone: Vec<String> = lock(&self.with_series).iter().filter(|n| !current.contains(*n)).cloned().collect();
+        let gone: Vec<String> = lock(&self.with_series)
+            .iter()
+            .filter(|n| !current.contains(*n))
+            .cloned()
+            .collect();
         for name in gone {
             self.metrics.remove_volume(&name);
             lock(&self.with_series).remove(&name);
@@ -147,14 +172,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// restart, a new leader): a PVC whose latest `VolumeConditionAbnormal` Warning from our
 /// component is newer than its latest `VolumeConditionNormal` still needs its recovery event.
 /// Two field-selected LISTs instead of upstream's cluster-wide Event watch (DESIGN §2.4, §2.8).
-pub fn seed_reported(client: &Client, component: &str) -> Result<HashMap<String, Reported>, kube::Error> {
+pub fn seed_reported(
+    client: &Client,
+    component: &str,
+) -> Result<HashMap<String, Reported>, kube::Error> {
     let abnormal = list_events(client, component, decide::REASON_ABNORMAL, "Warning")?;
     let normal = list_events(client, component, decide::REASON_NORMAL, "Normal")?;
     Ok(seed_from(&abnormal, &normal))
 }
 
 /// Pure part of seeding: (uid, last timestamp) of abnormal and normal events.
-pub fn seed_from(abnormal: &[(String, SystemTime)], normal: &[(String, SystemTime)]) -> HashMap<String, Reported> {
+pub fn seed_from(
+    abnormal: &[(String, SystemTime)],
+    normal: &[(String, SystemTime)],
+) -> HashMap<String, Reported> {
     let mut latest_normal: HashMap<&str, SystemTime> = HashMap::new();
     for (uid, t) in normal {
         let e = latest_normal.entry(uid.as_str()).or_insert(*t);
@@ -183,13 +214,22 @@ fn list_events(
     let mut out = Vec::new();
     let mut token = String::new();
     loop {
-        let mut query: Vec<(&str, &str)> = vec![("fieldSelector", selector.as_str()), ("limit", "500")];
+        let mut query: Vec<(&str, &str)> =
+            vec![("fieldSelector", selector.as_str()), ("limit", "500")];
         if !token.is_empty() {
             query.push(("continue", token.as_str()));
         }
         let page = client.get(&format!("/api/v1/events?{}", kube::encode_query(&query)))?;
-        for item in page.get("items").and_then(Value::as_array).into_iter().flatten() {
-            let uid = item.pointer("/involvedObject/uid").and_then(Value::as_str).unwrap_or_default();
+        for item in page
+            .get("items")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let uid = item
+                .pointer("/involvedObject/uid")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             let ts = item
                 .get("lastTimestamp")
                 .and_then(Value::as_str)
@@ -199,7 +239,11 @@ fn list_events(
                 out.push((uid.to_string(), ts));
             }
         }
-        token = page.pointer("/metadata/continue").and_then(Value::as_str).unwrap_or_default().to_string();
+        token = page
+            .pointer("/metadata/continue")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         if token.is_empty() {
             return Ok(out);
         }
@@ -217,17 +261,36 @@ mod tests {
 
     #[test]
     fn seeding_keeps_only_unrecovered() {
-        let abnormal = vec![("a".to_string(), t(10)), ("b".to_string(), t(10)), ("c".to_string(), t(30))];
-        let normal = vec![("b".to_string(), t(20)), ("c".to_string(), t(20)), ("d".to_string(), t(5))];
+        let abnormal = vec![
+            ("a".to_string(), t(10)),
+            ("b".to_string(), t(10)),
+            ("c".to_string(), t(30)),
+        ];
+        let normal = vec![
+            ("b".to_string(), t(20)),
+            ("c".to_string(), t(20)),
+            ("d".to_string(), t(5)),
+        ];
         let seeded = seed_from(&abnormal, &normal);
         assert_eq!(seeded.get("a"), Some(&Reported::Abnormal));
-        assert_eq!(seeded.get("b"), None, "recovered after its last abnormal event");
-        assert_eq!(seeded.get("c"), Some(&Reported::Abnormal), "abnormal again after recovering");
+        assert_eq!(
+            seeded.get("b"),
+            None,
+            "recovered after its last abnormal event"
+        );
+        assert_eq!(
+            seeded.get("c"),
+            Some(&Reported::Abnormal),
+            "abnormal again after recovering"
+        );
         assert_eq!(seeded.get("d"), None);
     }
 
     #[test]
     fn component_name() {
-        assert_eq!(event_component("hostpath.csi.k8s.io"), "csi-pv-monitor-controller-hostpath.csi.k8s.io");
+        assert_eq!(
+            event_component("hostpath.csi.k8s.io"),
+            "csi-pv-monitor-controller-hostpath.csi.k8s.io"
+        );
     }
 }

@@ -6,8 +6,14 @@ use crate::support::run_binary;
 fn version_prints_argv0_and_version_and_exits_0() {
     let (code, out, _) = run_binary(&["--version"]);
     assert_eq!(code, 0);
-    assert!(out.trim_end().ends_with(env!("CARGO_PKG_VERSION")) || out.contains(' '), "{out}");
-    assert!(out.contains("csi-external-health-monitor-controller "), "{out}");
+    assert!(
+        out.trim_end().ends_with(env!("CARGO_PKG_VERSION")) || out.contains(' '),
+        "{out}"
+    );
+    assert!(
+        out.contains("csi-external-health-monitor-controller "),
+        "{out}"
+    );
 }
 
 #[test]
@@ -16,7 +22,12 @@ fn help_exits_0_with_usage_listing_flags() {
         let (code, out, err) = run_binary(&[flag]);
         assert_eq!(code, 0, "{flag}");
         let text = format!("{out}{err}");
-        for name in ["csi-address", "list-volumes-interval", "leader-election-lease-duration", "report-missing-volumes"] {
+        for name in [
+            "csi-address",
+            "list-volumes-interval",
+            "leader-election-lease-duration",
+            "report-missing-volumes",
+        ] {
             assert!(text.contains(name), "{flag}: usage lacks {name}:\n{text}");
         }
     }
@@ -37,7 +48,10 @@ fn bad_flags_exit_2_naming_the_flag() {
     for (args, name) in cases {
         let (code, _, err) = run_binary(args);
         assert_eq!(code, 2, "{args:?}: {err}");
-        assert!(err.contains(name), "{args:?} error does not name {name}: {err}");
+        assert!(
+            err.contains(name),
+            "{args:?} error does not name {name}: {err}"
+        );
     }
 }
 
@@ -45,9 +59,16 @@ fn bad_flags_exit_2_naming_the_flag() {
 fn invalid_combinations_exit_1() {
     let cases: &[(&[&str], &str)] = &[
         (&["--worker-threads=0"], "worker-threads"),
-        (&["--http-endpoint=:8080", "--metrics-address=:8081"], "metrics-address"),
         (
-            &["--leader-election", "--leader-election-lease-duration=5s", "--leader-election-renew-deadline=10s"],
+            &["--http-endpoint=:8080", "--metrics-address=:8081"],
+            "metrics-address",
+        ),
+        (
+            &[
+                "--leader-election",
+                "--leader-election-lease-duration=5s",
+                "--leader-election-renew-deadline=10s",
+            ],
             "renew",
         ),
         (&["--csi-address=tcp://127.0.0.1:9000"], "unix"),

@@ -15,9 +15,14 @@ const WAIT: Duration = Duration::from_secs(30);
 fn abnormal_volume_yields_exactly_the_upstream_event() {
     let env = Env::new();
     let (_pv, pvc) = env.volume("abnormal-volume-1");
-    env.driver.set_volume("abnormal-volume-1", true, "Volume not found");
+    env.driver
+        .set_volume("abnormal-volume-1", true, "Volume not found");
     let sidecar = env.spawn(FAST);
-    assert!(env.wait_event("pvc-abnormal-volume-1", "VolumeConditionAbnormal", WAIT), "{}", sidecar.stderr.text());
+    assert!(
+        env.wait_event("pvc-abnormal-volume-1", "VolumeConditionAbnormal", WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
     let events = env.events("pvc-abnormal-volume-1", "VolumeConditionAbnormal");
     assert_eq!(events.len(), 1, "{events:#?}");
     let e = &events[0];
@@ -28,7 +33,13 @@ fn abnormal_volume_yields_exactly_the_upstream_event() {
     let name = e["metadata"]["name"].as_str().unwrap();
     let (prefix, hex) = name.rsplit_once('.').unwrap();
     assert_eq!(prefix, "pvc-abnormal-volume-1");
-    assert!(hex.len() >= 15 && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{name}");
+    assert!(
+        hex.len() >= 15
+            && hex
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+        "{name}"
+    );
     let io = &e["involvedObject"];
     assert_eq!(io["kind"], "PersistentVolumeClaim");
     assert_eq!(io["apiVersion"], "v1");
@@ -46,11 +57,17 @@ fn abnormal_volume_yields_exactly_the_upstream_event() {
 #[test]
 fn abnormal_volume_with_node_watcher_flag() {
     let env = Env::new();
-    env.api.create(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node1"}}));
+    env.api
+        .create(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node1"}}));
     env.volume("abnormal-volume-1");
-    env.driver.set_volume("abnormal-volume-1", true, "Volume not found");
+    env.driver
+        .set_volume("abnormal-volume-1", true, "Volume not found");
     let sidecar = env.spawn(&["--list-volumes-interval=300ms", "--enable-node-watcher"]);
-    assert!(env.wait_event("pvc-abnormal-volume-1", "VolumeConditionAbnormal", WAIT), "{}", sidecar.stderr.text());
+    assert!(
+        env.wait_event("pvc-abnormal-volume-1", "VolumeConditionAbnormal", WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
 }
 
 #[test]
@@ -59,16 +76,44 @@ fn normal_volume_yields_no_event() {
     env.volume("normal-volume-1");
     env.driver.set_volume("normal-volume-1", false, "");
     let sidecar = env.spawn(FAST);
-    assert!(env.wait_calls(LIST_VOLUMES, 3, WAIT), "{}", sidecar.stderr.text());
+    assert!(
+        env.wait_calls(LIST_VOLUMES, 3, WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
     assert!(env.api.events().is_empty(), "{:#?}", env.api.events());
 }
 
 #[test]
 fn foreign_unbound_and_unknown_volumes_yield_nothing() {
     let env = Env::new();
-    fixtures::bound_volume(&env.api, "other.csi.example.com", "pv-foreign", "foreign", "Bound", NS, Some("pvc-foreign"));
-    fixtures::bound_volume(&env.api, DRIVER, "pv-pending", "pending", "Pending", NS, Some("pvc-pending"));
-    fixtures::bound_volume(&env.api, DRIVER, "pv-released", "released", "Released", NS, None);
+    fixtures::bound_volume(
+        &env.api,
+        "other.csi.example.com",
+        "pv-foreign",
+        "foreign",
+        "Bound",
+        NS,
+        Some("pvc-foreign"),
+    );
+    fixtures::bound_volume(
+        &env.api,
+        DRIVER,
+        "pv-pending",
+        "pending",
+        "Pending",
+        NS,
+        Some("pvc-pending"),
+    );
+    fixtures::bound_volume(
+        &env.api,
+        DRIVER,
+        "pv-released",
+        "released",
+        "Released",
+        NS,
+        None,
+    );
     // A PV without a CSI source at all.
     env.api.create(json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-hostpath"},
         "spec": {"hostPath": {"path": "/tmp"}, "capacity": {"storage": "1Gi"}}, "status": {"phase": "Bound"}}));
@@ -78,8 +123,15 @@ fn foreign_unbound_and_unknown_volumes_yield_nothing() {
     // One real abnormal volume proves the sweep ran over the others.
     env.volume("real");
     env.driver.set_volume("real", true, "real problem");
-    let sidecar = env.spawn(&["--list-volumes-interval=300ms", "--report-missing-volumes=false"]);
-    assert!(env.wait_event("pvc-real", "VolumeConditionAbnormal", WAIT), "{}", sidecar.stderr.text());
+    let sidecar = env.spawn(&[
+        "--list-volumes-interval=300ms",
+        "--report-missing-volumes=false",
+    ]);
+    assert!(
+        env.wait_event("pvc-real", "VolumeConditionAbnormal", WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
     assert!(env.wait_calls(LIST_VOLUMES, 3, WAIT));
     let reasons: Vec<String> = env
         .api
@@ -96,15 +148,23 @@ fn pagination_is_followed_to_the_last_page() {
     for i in 0..7 {
         let id = format!("vol{i}");
         env.volume(&id);
-        env.driver.set_volume(&id, i == 6, if i == 6 { "last page problem" } else { "" });
+        env.driver
+            .set_volume(&id, i == 6, if i == 6 { "last page problem" } else { "" });
     }
     env.driver.with(|s| s.page_size = 2);
     let sidecar = env.spawn(&["--list-volumes-interval=1h"]);
-    assert!(env.wait_event("pvc-vol6", "VolumeConditionAbnormal", WAIT), "{}", sidecar.stderr.text());
+    assert!(
+        env.wait_event("pvc-vol6", "VolumeConditionAbnormal", WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
     let calls = env.driver.calls(LIST_VOLUMES);
     let tokens: Vec<&str> = calls.iter().map(|c| c.arg.as_str()).collect();
     assert_eq!(tokens, vec!["", "2", "4", "6"]);
-    assert!(calls.iter().all(|c| c.max_entries == 0), "max_entries must stay unset by default");
+    assert!(
+        calls.iter().all(|c| c.max_entries == 0),
+        "max_entries must stay unset by default"
+    );
 }
 
 #[test]
@@ -116,7 +176,11 @@ fn max_entries_flag_is_sent() {
         env.driver.set_volume(&id, false, "");
     }
     let sidecar = env.spawn(&["--list-volumes-interval=1h", "--list-volumes-max-entries=2"]);
-    assert!(env.wait_calls(LIST_VOLUMES, 2, WAIT), "{}", sidecar.stderr.text());
+    assert!(
+        env.wait_calls(LIST_VOLUMES, 2, WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
     let calls = env.driver.calls(LIST_VOLUMES);
     assert_eq!(calls[0].max_entries, 2);
     assert_eq!(calls[1].arg, "2");
@@ -128,16 +192,27 @@ fn recovery_yields_exactly_one_normal_event() {
     env.volume("flaky");
     env.driver.set_volume("flaky", true, "Volume not found");
     let sidecar = env.spawn(FAST);
-    assert!(env.wait_event("pvc-flaky", "VolumeConditionAbnormal", WAIT), "{}", sidecar.stderr.text());
+    assert!(
+        env.wait_event("pvc-flaky", "VolumeConditionAbnormal", WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
     env.driver.set_volume("flaky", false, "");
-    assert!(env.wait_event("pvc-flaky", "VolumeConditionNormal", WAIT), "{}", sidecar.stderr.text());
+    assert!(
+        env.wait_event("pvc-flaky", "VolumeConditionNormal", WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
     // Several more healthy sweeps: still one Normal event, with count 1.
     let seen = env.driver.call_count(LIST_VOLUMES);
     assert!(env.wait_calls(LIST_VOLUMES, seen + 3, WAIT));
     let normal = env.events("pvc-flaky", "VolumeConditionNormal");
     assert_eq!(normal.len(), 1);
     assert_eq!(normal[0]["type"], "Normal");
-    assert_eq!(normal[0]["message"], "The Volume returns to the healthy state");
+    assert_eq!(
+        normal[0]["message"],
+        "The Volume returns to the healthy state"
+    );
     assert_eq!(normal[0]["count"], 1);
 }
 
@@ -146,7 +221,11 @@ fn recovery_after_restart_uses_existing_events() {
     // Test_RecoveryEventWithListVolume: a Warning event from before (another process) exists.
     let env = Env::new();
     let (_pv, pvc) = env.volume("recovered");
-    env.driver.set_volume("recovered", false, "The Volume returns to the healthy state");
+    env.driver.set_volume(
+        "recovered",
+        false,
+        "The Volume returns to the healthy state",
+    );
     let component = format!("csi-pv-monitor-controller-{DRIVER}");
     env.api.create(json!({
         "apiVersion": "v1", "kind": "Event",
@@ -157,7 +236,11 @@ fn recovery_after_restart_uses_existing_events() {
         "firstTimestamp": "2026-01-01T00:00:00Z", "lastTimestamp": "2026-01-01T00:00:00Z"
     }));
     let sidecar = env.spawn(FAST);
-    assert!(env.wait_event("pvc-recovered", "VolumeConditionNormal", WAIT), "{}", sidecar.stderr.text());
+    assert!(
+        env.wait_event("pvc-recovered", "VolumeConditionNormal", WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
     let e = &env.events("pvc-recovered", "VolumeConditionNormal")[0];
     assert_eq!(e["type"], "Normal");
     assert_eq!(e["message"], "The Volume returns to the healthy state");
@@ -169,9 +252,14 @@ fn entries_without_volume_are_skipped_not_fatal() {
     env.volume("good");
     env.driver.set_volume("good", true, "still reported");
     env.driver.set_volume("broken-entry", true, "x");
-    env.driver.with(|s| s.volumes.get_mut("broken-entry").unwrap().omit_volume = true);
+    env.driver
+        .with(|s| s.volumes.get_mut("broken-entry").unwrap().omit_volume = true);
     let mut sidecar = env.spawn(FAST);
-    assert!(env.wait_event("pvc-good", "VolumeConditionAbnormal", WAIT), "{}", sidecar.stderr.text());
+    assert!(
+        env.wait_event("pvc-good", "VolumeConditionAbnormal", WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
     assert!(sidecar.stderr.wait_for("without a volume", WAIT));
     assert!(sidecar.still_running_after(Duration::from_millis(200)));
 }

@@ -5,6 +5,7 @@
 mod kit;
 
 mod cli;
+mod docs;
 mod listmode;
 mod startup;
 mod support;

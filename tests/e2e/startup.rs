@@ -10,13 +10,27 @@ fn no_socket_times_out_with_a_clear_message_and_exit_1() {
     let env = Env::new();
     let dir = temp_dir("nosock");
     let missing = dir.join("absent.sock");
-    let child = crate::kit::fixtures::spawn_sidecar(&env.kubeconfig, &missing, &[], std::process::Stdio::piped());
+    let child = crate::kit::fixtures::spawn_sidecar(
+        &env.kubeconfig,
+        &missing,
+        &[],
+        std::process::Stdio::piped(),
+    );
     let mut sidecar = Sidecar::adopt(child);
-    assert!(sidecar.stderr.wait_for("Still connecting", Duration::from_secs(15)), "{}", sidecar.stderr.text());
+    assert!(
+        sidecar
+            .stderr
+            .wait_for("Still connecting", Duration::from_secs(15)),
+        "{}",
+        sidecar.stderr.text()
+    );
     let status = sidecar.wait_exit(Duration::from_secs(45));
     assert_eq!(status.code(), Some(1));
     let text = sidecar.stderr.text();
-    assert!(text.contains("Failed to connect to the CSI driver"), "{text}");
+    assert!(
+        text.contains("Failed to connect to the CSI driver"),
+        "{text}"
+    );
     assert!(text.contains(&missing.display().to_string()), "{text}");
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -33,7 +47,10 @@ fn driver_without_volume_condition_is_an_error_and_exit_1() {
         .lines()
         .find(|l| l.contains("does not implement VolumeCondition"))
         .unwrap_or_else(|| panic!("no capability message at default verbosity:\n{text}"));
-    assert!(line.starts_with('E') || line.contains("\"error\"") || line.contains("ERROR"), "not error level: {line}");
+    assert!(
+        line.starts_with('E') || line.contains("\"error\"") || line.contains("ERROR"),
+        "not error level: {line}"
+    );
 }
 
 #[test]
@@ -42,17 +59,29 @@ fn driver_without_controller_service_is_an_error_and_exit_1() {
     env.driver.with(|s| s.controller_service = false);
     let mut sidecar = env.spawn(&[]);
     assert_eq!(sidecar.wait_exit(Duration::from_secs(20)).code(), Some(1));
-    assert!(sidecar.stderr.text().contains("does not support Plugin Controller Service"), "{}", sidecar.stderr.text());
+    assert!(
+        sidecar
+            .stderr
+            .text()
+            .contains("does not support Plugin Controller Service"),
+        "{}",
+        sidecar.stderr.text()
+    );
 }
 
 #[test]
 fn probe_not_ready_then_ready_continues() {
     let env = Env::new();
-    env.driver.with(|s| s.probe_script.extend([Some(false), Some(false), None]));
+    env.driver
+        .with(|s| s.probe_script.extend([Some(false), Some(false), None]));
     env.volume("v1");
     env.driver.set_volume("v1", true, "bad");
     let sidecar = env.spawn(&[]);
-    assert!(env.wait_event("pvc-v1", "VolumeConditionAbnormal", Duration::from_secs(30)), "{}", sidecar.stderr.text());
+    assert!(
+        env.wait_event("pvc-v1", "VolumeConditionAbnormal", Duration::from_secs(30)),
+        "{}",
+        sidecar.stderr.text()
+    );
     assert!(sidecar.stderr.text().contains("CSI driver is not ready"));
     assert!(env.driver.call_count(crate::kit::csidriver::PROBE) >= 3);
 }
@@ -60,10 +89,21 @@ fn probe_not_ready_then_ready_continues() {
 #[test]
 fn probe_failure_is_fatal() {
     let env = Env::new();
-    env.driver.fail_next(crate::kit::csidriver::PROBE, grpcio::RpcStatusCode::INTERNAL, 1);
+    env.driver.fail_next(
+        crate::kit::csidriver::PROBE,
+        grpcio::RpcStatusCode::INTERNAL,
+        1,
+    );
     let mut sidecar = env.spawn(&[]);
     assert_eq!(sidecar.wait_exit(Duration::from_secs(20)).code(), Some(1));
-    assert!(sidecar.stderr.text().contains("Failed to probe the CSI driver"), "{}", sidecar.stderr.text());
+    assert!(
+        sidecar
+            .stderr
+            .text()
+            .contains("Failed to probe the CSI driver"),
+        "{}",
+        sidecar.stderr.text()
+    );
 }
 
 #[test]
@@ -72,7 +112,11 @@ fn empty_driver_name_is_fatal() {
     env.driver.with(|s| s.name.clear());
     let mut sidecar = env.spawn(&[]);
     assert_eq!(sidecar.wait_exit(Duration::from_secs(20)).code(), Some(1));
-    assert!(sidecar.stderr.text().contains("driver name is empty"), "{}", sidecar.stderr.text());
+    assert!(
+        sidecar.stderr.text().contains("driver name is empty"),
+        "{}",
+        sidecar.stderr.text()
+    );
 }
 
 #[test]
@@ -80,7 +124,11 @@ fn unreachable_api_server_is_reported_clearly() {
     let driver = MockDriver::start(DRIVER);
     let dir = temp_dir("unreachable");
     // A port nothing listens on: bind, note it, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
@@ -89,12 +137,25 @@ fn unreachable_api_server_is_reported_clearly() {
         ),
     )
     .unwrap();
-    let child = crate::kit::fixtures::spawn_sidecar(&kubeconfig, driver.socket(), &[], std::process::Stdio::piped());
+    let child = crate::kit::fixtures::spawn_sidecar(
+        &kubeconfig,
+        driver.socket(),
+        &[],
+        std::process::Stdio::piped(),
+    );
     let mut sidecar = Sidecar::adopt(child);
     let needle = format!("127.0.0.1:{port}");
-    assert!(sidecar.stderr.wait_for(&needle, Duration::from_secs(20)), "{}", sidecar.stderr.text());
+    assert!(
+        sidecar.stderr.wait_for(&needle, Duration::from_secs(20)),
+        "{}",
+        sidecar.stderr.text()
+    );
     // It keeps trying (the API server may come back) rather than crashing.
-    assert!(sidecar.still_running_after(Duration::from_millis(500)), "{}", sidecar.stderr.text());
+    assert!(
+        sidecar.still_running_after(Duration::from_millis(500)),
+        "{}",
+        sidecar.stderr.text()
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -104,7 +165,20 @@ fn sigterm_exits_0() {
     env.volume("v1");
     env.driver.set_volume("v1", false, "");
     let mut sidecar = env.spawn(&[]);
-    assert!(env.wait_calls(crate::kit::csidriver::LIST_VOLUMES, 1, Duration::from_secs(30)), "{}", sidecar.stderr.text());
+    assert!(
+        env.wait_calls(
+            crate::kit::csidriver::LIST_VOLUMES,
+            1,
+            Duration::from_secs(30)
+        ),
+        "{}",
+        sidecar.stderr.text()
+    );
     sidecar.terminate();
-    assert_eq!(sidecar.wait_exit(Duration::from_secs(20)).code(), Some(0), "{}", sidecar.stderr.text());
+    assert_eq!(
+        sidecar.wait_exit(Duration::from_secs(20)).code(),
+        Some(0),
+        "{}",
+        sidecar.stderr.text()
+    );
 }

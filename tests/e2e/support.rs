@@ -81,11 +81,19 @@ impl Sidecar {
                 let _ = tx.send(status);
             }
         });
-        Sidecar { pid, exit, exited: None, stderr }
+        Sidecar {
+            pid,
+            exit,
+            exited: None,
+            stderr,
+        }
     }
 
     pub fn signal(&self, sig: &str) {
-        let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg(self.pid.to_string()).status();
+        let _ = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid.to_string())
+            .status();
     }
 
     pub fn terminate(&self) {
@@ -104,7 +112,10 @@ impl Sidecar {
             }
             Err(_) => {
                 self.signal("KILL");
-                panic!("sidecar did not exit within {timeout:?}; stderr:\n{}", self.stderr.text());
+                panic!(
+                    "sidecar did not exit within {timeout:?}; stderr:\n{}",
+                    self.stderr.text()
+                );
             }
         }
     }
@@ -145,16 +156,34 @@ impl Env {
         let kubeconfig = dir.join("kubeconfig");
         api.write_kubeconfig(&kubeconfig).expect("write kubeconfig");
         fixtures::namespace(&api, NS);
-        Env { api, driver, dir, kubeconfig }
+        Env {
+            api,
+            driver,
+            dir,
+            kubeconfig,
+        }
     }
 
     pub fn spawn(&self, extra: &[&str]) -> Sidecar {
-        Sidecar::adopt(fixtures::spawn_sidecar(&self.kubeconfig, self.driver.socket(), extra, Stdio::piped()))
+        Sidecar::adopt(fixtures::spawn_sidecar(
+            &self.kubeconfig,
+            self.driver.socket(),
+            extra,
+            Stdio::piped(),
+        ))
     }
 
     /// PV `pv-<id>` with handle `<id>` bound to PVC `pvc-<id>` in the test namespace.
     pub fn volume(&self, id: &str) -> (serde_json::Value, serde_json::Value) {
-        let (pv, pvc) = fixtures::bound_volume(&self.api, DRIVER, &format!("pv-{id}"), id, "Bound", NS, Some(&format!("pvc-{id}")));
+        let (pv, pvc) = fixtures::bound_volume(
+            &self.api,
+            DRIVER,
+            &format!("pv-{id}"),
+            id,
+            "Bound",
+            NS,
+            Some(&format!("pvc-{id}")),
+        );
         (pv, pvc.expect("pvc"))
     }
 
@@ -163,12 +192,20 @@ impl Env {
     }
 
     pub fn wait_event(&self, pvc: &str, reason: &str, timeout: Duration) -> bool {
-        self.api.wait_until(timeout, |a| !fixtures::events_for(a, pvc, reason).is_empty())
+        self.api.wait_until(timeout, |a| {
+            !fixtures::events_for(a, pvc, reason).is_empty()
+        })
     }
 
     /// Wait until the driver has answered `n` calls of `method` in total.
     pub fn wait_calls(&self, method: &str, n: usize, timeout: Duration) -> bool {
-        self.driver.wait_until(timeout, |s| s.calls.iter().filter(|c| c.method == method && c.finished.is_some()).count() >= n)
+        self.driver.wait_until(timeout, |s| {
+            s.calls
+                .iter()
+                .filter(|c| c.method == method && c.finished.is_some())
+                .count()
+                >= n
+        })
     }
 }
 
@@ -184,7 +221,10 @@ pub fn bin() -> PathBuf {
 
 /// Run the binary with `args` to completion (for flag tests).
 pub fn run_binary(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(bin()).args(args).output().expect("run binary");
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run binary");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

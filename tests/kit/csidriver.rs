@@ -5,7 +5,10 @@
 //! failures; they read back every call (with its timing) and the peak number of calls in
 //! flight. `stop` kills the server and removes the socket: the driver dying mid-run.
 
-use grpcio::{EnvBuilder, RpcContext, RpcStatus, RpcStatusCode, Server, ServerBuilder, ServerCredentials, UnarySink};
+use grpcio::{
+    EnvBuilder, RpcContext, RpcStatus, RpcStatusCode, Server, ServerBuilder, ServerCredentials,
+    UnarySink,
+};
 use healthmon::csi::proto::csi;
 use healthmon::csi::proto::csi_grpc;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -92,7 +95,10 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// A fresh private directory under the system temp dir (the kit has no tempfile crate).
 pub fn temp_dir(prefix: &str) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let dir = std::env::temp_dir().join(format!("{prefix}-{}-{n}-{nanos:x}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("create temp dir");
     dir
@@ -102,7 +108,8 @@ impl MockDriver {
     /// A driver named `name` with every capability the monitor uses, on a socket in a new temp dir.
     pub fn start(name: &str) -> MockDriver {
         let dir = temp_dir("mock-csi");
-        let mut d = MockDriver::start_at(&dir.join("csi.sock"), name).expect("start mock CSI driver");
+        let mut d =
+            MockDriver::start_at(&dir.join("csi.sock"), name).expect("start mock CSI driver");
         d.dir = Some(dir);
         d
     }
@@ -131,8 +138,15 @@ impl MockDriver {
             changed: Condvar::new(),
         });
         let _ = std::fs::remove_file(socket);
-        let svc = Service { shared: shared.clone() };
-        let env = Arc::new(EnvBuilder::new().cq_count(2).name_prefix("mock-csi").build());
+        let svc = Service {
+            shared: shared.clone(),
+        };
+        let env = Arc::new(
+            EnvBuilder::new()
+                .cq_count(2)
+                .name_prefix("mock-csi")
+                .build(),
+        );
         let mut server = ServerBuilder::new(env)
             .register_service(csi_grpc::create_identity(svc.clone()))
             .register_service(csi_grpc::create_controller(svc.clone()))
@@ -140,10 +154,18 @@ impl MockDriver {
             .build()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         server
-            .add_listening_port(format!("unix:{}", socket.display()), ServerCredentials::insecure())
+            .add_listening_port(
+                format!("unix:{}", socket.display()),
+                ServerCredentials::insecure(),
+            )
             .map_err(|e| std::io::Error::other(format!("bind unix:{}: {e}", socket.display())))?;
         server.start();
-        Ok(MockDriver { shared, server: Some(server), socket: socket.to_path_buf(), dir: None })
+        Ok(MockDriver {
+            shared,
+            server: Some(server),
+            socket: socket.to_path_buf(),
+            dir: None,
+        })
     }
 
     pub fn socket(&self) -> &Path {
@@ -161,7 +183,12 @@ impl MockDriver {
         self.with(|s| {
             s.volumes.insert(
                 id.to_string(),
-                Volume { abnormal, message: message.to_string(), omit_volume: false, omit_condition: false },
+                Volume {
+                    abnormal,
+                    message: message.to_string(),
+                    omit_volume: false,
+                    omit_condition: false,
+                },
             )
         });
     }
@@ -180,11 +207,20 @@ impl MockDriver {
     }
 
     pub fn calls(&self, method: &str) -> Vec<Call> {
-        lock(&self.shared.state).calls.iter().filter(|c| c.method == method).cloned().collect()
+        lock(&self.shared.state)
+            .calls
+            .iter()
+            .filter(|c| c.method == method)
+            .cloned()
+            .collect()
     }
 
     pub fn call_count(&self, method: &str) -> usize {
-        lock(&self.shared.state).calls.iter().filter(|c| c.method == method).count()
+        lock(&self.shared.state)
+            .calls
+            .iter()
+            .filter(|c| c.method == method)
+            .count()
     }
 
     pub fn max_in_flight(&self) -> usize {
@@ -250,7 +286,13 @@ impl Service {
     ) {
         let (idx, latency, failure) = {
             let mut s = lock(&self.shared.state);
-            s.calls.push(Call { method, arg: arg.clone(), max_entries, started: Instant::now(), finished: None });
+            s.calls.push(Call {
+                method,
+                arg: arg.clone(),
+                max_entries,
+                started: Instant::now(),
+                finished: None,
+            });
             let idx = s.calls.len() - 1;
             s.in_flight += 1;
             s.max_in_flight = s.max_in_flight.max(s.in_flight);
@@ -274,7 +316,10 @@ impl Service {
             let result = {
                 let mut s = lock(&shared.state);
                 let r = match failure {
-                    Some(code) => Err(RpcStatus::with_message(code, format!("injected failure of {method}"))),
+                    Some(code) => Err(RpcStatus::with_message(
+                        code,
+                        format!("injected failure of {method}"),
+                    )),
                     None => answer(&mut s),
                 };
                 s.in_flight -= 1;
@@ -295,7 +340,9 @@ impl Service {
         if latency.is_zero() {
             work();
         } else {
-            let _ = std::thread::Builder::new().name("mock-csi-call".into()).spawn(work);
+            let _ = std::thread::Builder::new()
+                .name("mock-csi-call".into())
+                .spawn(work);
         }
     }
 }
@@ -308,7 +355,12 @@ fn condition(v: &Volume) -> csi::VolumeCondition {
 }
 
 impl csi_grpc::Identity for Service {
-    fn get_plugin_info(&mut self, _ctx: RpcContext, _req: csi::GetPluginInfoRequest, sink: UnarySink<csi::GetPluginInfoResponse>) {
+    fn get_plugin_info(
+        &mut self,
+        _ctx: RpcContext,
+        _req: csi::GetPluginInfoRequest,
+        sink: UnarySink<csi::GetPluginInfoResponse>,
+    ) {
         self.serve(PLUGIN_INFO, String::new(), 0, sink, |s| {
             let mut r = csi::GetPluginInfoResponse::new();
             r.name = s.name.clone();
@@ -336,7 +388,12 @@ impl csi_grpc::Identity for Service {
         });
     }
 
-    fn probe(&mut self, _ctx: RpcContext, _req: csi::ProbeRequest, sink: UnarySink<csi::ProbeResponse>) {
+    fn probe(
+        &mut self,
+        _ctx: RpcContext,
+        _req: csi::ProbeRequest,
+        sink: UnarySink<csi::ProbeResponse>,
+    ) {
         self.serve(PROBE, String::new(), 0, sink, |s| {
             let mut r = csi::ProbeResponse::new();
             match s.probe_script.pop_front() {
@@ -358,12 +415,20 @@ impl csi_grpc::Identity for Service {
 }
 
 impl csi_grpc::Controller for Service {
-    fn list_volumes(&mut self, _ctx: RpcContext, req: csi::ListVolumesRequest, sink: UnarySink<csi::ListVolumesResponse>) {
+    fn list_volumes(
+        &mut self,
+        _ctx: RpcContext,
+        req: csi::ListVolumesRequest,
+        sink: UnarySink<csi::ListVolumesResponse>,
+    ) {
         let token = req.starting_token.clone();
         let max = req.max_entries;
         self.serve(LIST_VOLUMES, token.clone(), max, sink, move |s| {
             if !s.list_volumes {
-                return Err(RpcStatus::with_message(RpcStatusCode::UNIMPLEMENTED, "ListVolumes".into()));
+                return Err(RpcStatus::with_message(
+                    RpcStatusCode::UNIMPLEMENTED,
+                    "ListVolumes".into(),
+                ));
             }
             let start: usize = if token.is_empty() {
                 0
@@ -371,11 +436,20 @@ impl csi_grpc::Controller for Service {
                 match token.parse() {
                     Ok(n) => n,
                     Err(_) => {
-                        return Err(RpcStatus::with_message(RpcStatusCode::ABORTED, format!("bad starting_token {token}")))
+                        return Err(RpcStatus::with_message(
+                            RpcStatusCode::ABORTED,
+                            format!("bad starting_token {token}"),
+                        ))
                     }
                 }
             };
-            let size = if max > 0 { max as usize } else if s.page_size > 0 { s.page_size } else { usize::MAX };
+            let size = if max > 0 {
+                max as usize
+            } else if s.page_size > 0 {
+                s.page_size
+            } else {
+                usize::MAX
+            };
             let mut r = csi::ListVolumesResponse::new();
             let total = s.volumes.len();
             for (id, v) in s.volumes.iter().skip(start).take(size) {
@@ -442,11 +516,19 @@ impl csi_grpc::Controller for Service {
         let id = req.volume_id.clone();
         self.serve(GET_VOLUME, id.clone(), 0, sink, move |s| {
             if !s.get_volume {
-                return Err(RpcStatus::with_message(RpcStatusCode::UNIMPLEMENTED, "ControllerGetVolume".into()));
+                return Err(RpcStatus::with_message(
+                    RpcStatusCode::UNIMPLEMENTED,
+                    "ControllerGetVolume".into(),
+                ));
             }
             let v = match s.volumes.get(&id) {
                 Some(v) if !s.not_found.contains(&id) => v.clone(),
-                _ => return Err(RpcStatus::with_message(RpcStatusCode::NOT_FOUND, format!("volume {id} not found"))),
+                _ => {
+                    return Err(RpcStatus::with_message(
+                        RpcStatusCode::NOT_FOUND,
+                        format!("volume {id} not found"),
+                    ))
+                }
             };
             let mut r = csi::ControllerGetVolumeResponse::new();
             let mut vol = csi::Volume::new();
@@ -472,7 +554,10 @@ impl csi_grpc::Node for Service {
         let id = req.volume_id.clone();
         self.serve(NODE_STATS, id.clone(), 0, sink, move |s| {
             let Some(v) = s.volumes.get(&id).cloned() else {
-                return Err(RpcStatus::with_message(RpcStatusCode::NOT_FOUND, format!("volume {id} not found")));
+                return Err(RpcStatus::with_message(
+                    RpcStatusCode::NOT_FOUND,
+                    format!("volume {id} not found"),
+                ));
             };
             let mut r = csi::NodeGetVolumeStatsResponse::new();
             r.volume_condition = protobuf::MessageField::some(condition(&v));

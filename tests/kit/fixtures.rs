@@ -87,7 +87,10 @@ pub fn spawn_sidecar(kubeconfig: &Path, socket: &Path, extra: &[&str], stderr: S
 
 /// SIGTERM without unsafe code: the kit uses the system's `kill`.
 pub fn terminate(child: &Child) {
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
 }
 
 /// The events on one involved object, by reason.

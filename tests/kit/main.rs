@@ -44,7 +44,9 @@ fn main() -> ExitCode {
 
 fn value<'a>(args: &'a [String], i: &mut usize, flag: &str) -> Result<&'a str, String> {
     *i += 1;
-    args.get(*i).map(String::as_str).ok_or_else(|| format!("{flag} needs a value"))
+    args.get(*i)
+        .map(String::as_str)
+        .ok_or_else(|| format!("{flag} needs a value"))
 }
 
 fn run_apiserver(args: &[String]) -> Result<(), String> {
@@ -53,7 +55,11 @@ fn run_apiserver(args: &[String]) -> Result<(), String> {
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
-            "--port" => opts.port = value(args, &mut i, "--port")?.parse().map_err(|e| format!("--port: {e}"))?,
+            "--port" => {
+                opts.port = value(args, &mut i, "--port")?
+                    .parse()
+                    .map_err(|e| format!("--port: {e}"))?
+            }
             "--token" => opts.token = Some(value(args, &mut i, "--token")?.to_string()),
             "--tls-cert" => cert = Some(value(args, &mut i, "--tls-cert")?.to_string()),
             "--tls-key" => key = Some(value(args, &mut i, "--tls-key")?.to_string()),
@@ -88,7 +94,8 @@ fn run_driver(args: &[String]) -> Result<(), String> {
         i += 1;
     }
     let socket = socket.ok_or("csi-driver: --socket is required")?;
-    let driver = MockDriver::start_at(std::path::Path::new(&socket), &name).map_err(|e| format!("mock CSI driver: {e}"))?;
+    let driver = MockDriver::start_at(std::path::Path::new(&socket), &name)
+        .map_err(|e| format!("mock CSI driver: {e}"))?;
     for v in volumes {
         match v.split_once("=abnormal:") {
             Some((id, msg)) => driver.set_volume(id, true, msg),
@@ -106,12 +113,39 @@ fn sandbox() -> Result<(), String> {
     let api = FakeApiServer::start();
     let driver = MockDriver::start(DRIVER);
     println!("fake API server: {}", api.url());
-    println!("mock CSI driver: {DRIVER} on unix:{}", driver.socket().display());
+    println!(
+        "mock CSI driver: {DRIVER} on unix:{}",
+        driver.socket().display()
+    );
 
     fixtures::namespace(&api, "demo");
-    fixtures::bound_volume(&api, DRIVER, "pv-web", "vol-web", "Bound", "demo", Some("data-web"));
-    fixtures::bound_volume(&api, DRIVER, "pv-db", "vol-db", "Bound", "demo", Some("data-db"));
-    fixtures::bound_volume(&api, "other.csi.example.com", "pv-other", "vol-other", "Bound", "demo", Some("data-other"));
+    fixtures::bound_volume(
+        &api,
+        DRIVER,
+        "pv-web",
+        "vol-web",
+        "Bound",
+        "demo",
+        Some("data-web"),
+    );
+    fixtures::bound_volume(
+        &api,
+        DRIVER,
+        "pv-db",
+        "vol-db",
+        "Bound",
+        "demo",
+        Some("data-db"),
+    );
+    fixtures::bound_volume(
+        &api,
+        "other.csi.example.com",
+        "pv-other",
+        "vol-other",
+        "Bound",
+        "demo",
+        Some("data-other"),
+    );
     driver.set_volume("vol-web", false, "");
     driver.set_volume("vol-db", false, "");
     driver.set_volume("vol-other", true, "not ours: must never be reported");
@@ -119,11 +153,19 @@ fn sandbox() -> Result<(), String> {
 
     let dir = csidriver::temp_dir("sandbox");
     let kubeconfig = dir.join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).map_err(|e| format!("write {}: {e}", kubeconfig.display()))?;
-    let mut child = fixtures::spawn_sidecar(&kubeconfig, driver.socket(), &["--list-volumes-interval=1s"], Stdio::inherit());
+    api.write_kubeconfig(&kubeconfig)
+        .map_err(|e| format!("write {}: {e}", kubeconfig.display()))?;
+    let mut child = fixtures::spawn_sidecar(
+        &kubeconfig,
+        driver.socket(),
+        &["--list-volumes-interval=1s"],
+        Stdio::inherit(),
+    );
     let outcome = demo(&api, &driver);
     fixtures::terminate(&child);
-    let status = child.wait().map_err(|e| format!("wait for the sidecar: {e}"))?;
+    let status = child
+        .wait()
+        .map_err(|e| format!("wait for the sidecar: {e}"))?;
     println!("sidecar stopped on SIGTERM: {status}");
     let _ = std::fs::remove_dir_all(&dir);
     outcome
@@ -131,7 +173,11 @@ fn sandbox() -> Result<(), String> {
 
 fn demo(api: &FakeApiServer, driver: &MockDriver) -> Result<(), String> {
     let first_sweep = driver.wait_until(Duration::from_secs(60), |s| {
-        s.calls.iter().filter(|c| c.method == csidriver::LIST_VOLUMES && c.finished.is_some()).count() >= 1
+        s.calls
+            .iter()
+            .filter(|c| c.method == csidriver::LIST_VOLUMES && c.finished.is_some())
+            .count()
+            >= 1
     });
     if !first_sweep {
         return Err("the sidecar made no ListVolumes call within 60 s".into());
@@ -139,7 +185,9 @@ fn demo(api: &FakeApiServer, driver: &MockDriver) -> Result<(), String> {
     let message = "Volume vol-db: the storage backend reports 3 unreadable blocks";
     println!("\n== the driver now reports vol-db abnormal: {message:?}");
     driver.set_volume("vol-db", true, message);
-    let got = api.wait_until(Duration::from_secs(30), |a| !fixtures::events_for(a, "data-db", "VolumeConditionAbnormal").is_empty());
+    let got = api.wait_until(Duration::from_secs(30), |a| {
+        !fixtures::events_for(a, "data-db", "VolumeConditionAbnormal").is_empty()
+    });
     if !got {
         return Err("no VolumeConditionAbnormal event within 30 s".into());
     }
@@ -147,7 +195,9 @@ fn demo(api: &FakeApiServer, driver: &MockDriver) -> Result<(), String> {
 
     println!("\n== the driver reports vol-db healthy again");
     driver.set_volume("vol-db", false, "");
-    let got = api.wait_until(Duration::from_secs(30), |a| !fixtures::events_for(a, "data-db", "VolumeConditionNormal").is_empty());
+    let got = api.wait_until(Duration::from_secs(30), |a| {
+        !fixtures::events_for(a, "data-db", "VolumeConditionNormal").is_empty()
+    });
     if !got {
         return Err("no VolumeConditionNormal event within 30 s".into());
     }
