@@ -6,6 +6,7 @@ mod kit;
 
 mod cli;
 mod docs;
+mod getmode;
 mod listmode;
 mod startup;
 mod support;

@@ -1,0 +1,116 @@
+//! ControllerGetVolume mode end to end: the upstream §14 rows for this mode and the scheduling
+//! fix (one check per interval per volume, never concurrent on one volume).
+
+use std::time::Duration;
+
+use crate::kit::csidriver::{GET_VOLUME, LIST_VOLUMES};
+use crate::support::{Env, DRIVER, NS};
+
+const WAIT: Duration = Duration::from_secs(30);
+const FAST: &[&str] = &[
+    "--monitor-interval=300ms",
+    "--volume-list-add-interval=300ms",
+];
+
+fn get_mode_env() -> Env {
+    let env = Env::new();
+    env.driver.with(|s| s.list_volumes = false);
+    env
+}
+
+#[test]
+fn abnormal_volume_without_list_volumes() {
+    let env = get_mode_env();
+    env.volume("abnormal-volume-1");
+    env.driver
+        .set_volume("abnormal-volume-1", true, "Volume not found");
+    let sidecar = env.spawn(FAST);
+    assert!(
+        env.wait_event("pvc-abnormal-volume-1", "VolumeConditionAbnormal", WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
+    let e = &env.events("pvc-abnormal-volume-1", "VolumeConditionAbnormal")[0];
+    assert_eq!(e["type"], "Warning");
+    assert_eq!(e["message"], "Volume not found");
+    assert_eq!(
+        e["source"]["component"],
+        format!("csi-pv-monitor-controller-{DRIVER}").as_str()
+    );
+    assert_eq!(env.driver.call_count(LIST_VOLUMES), 0);
+}
+
+#[test]
+fn normal_volume_without_list_volumes_yields_no_event() {
+    let env = get_mode_env();
+    env.volume("normal-volume-1");
+    env.driver.set_volume("normal-volume-1", false, "");
+    let sidecar = env.spawn(FAST);
+    assert!(
+        env.wait_calls(GET_VOLUME, 3, WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
+    assert!(env.api.events().is_empty(), "{:#?}", env.api.events());
+}
+
+#[test]
+fn recovery_without_list_volumes() {
+    let env = get_mode_env();
+    env.volume("flaky");
+    env.driver.set_volume("flaky", true, "bad");
+    let sidecar = env.spawn(FAST);
+    assert!(
+        env.wait_event("pvc-flaky", "VolumeConditionAbnormal", WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
+    env.driver.set_volume("flaky", false, "");
+    assert!(
+        env.wait_event("pvc-flaky", "VolumeConditionNormal", WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
+    let e = &env.events("pvc-flaky", "VolumeConditionNormal")[0];
+    assert_eq!(e["message"], "The Volume returns to the healthy state");
+    assert_eq!(e["involvedObject"]["namespace"], NS);
+}
+
+#[test]
+fn one_volume_ten_workers_is_never_checked_concurrently() {
+    let env = get_mode_env();
+    env.volume("single");
+    env.driver.set_volume("single", false, "");
+    env.driver.with(|s| s.latency = Duration::from_millis(50));
+    let sidecar = env.spawn(&["--monitor-interval=200ms", "--worker-threads=10"]);
+    assert!(
+        env.wait_calls(GET_VOLUME, 5, WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
+    assert_eq!(env.driver.max_in_flight_per_volume(), 1);
+    assert_eq!(env.driver.max_in_flight(), 1);
+    // Spread, not bursts: consecutive starts are about one interval apart.
+    let calls = env.driver.calls(GET_VOLUME);
+    for pair in calls.windows(2) {
+        let gap = pair[1].started - pair[0].started;
+        assert!(gap >= Duration::from_millis(150), "checks {gap:?} apart");
+    }
+}
+
+#[test]
+fn not_found_volume_is_reported_missing() {
+    let env = get_mode_env();
+    env.volume("gone");
+    let sidecar = env.spawn(FAST);
+    assert!(
+        env.wait_event("pvc-gone", "VolumeConditionAbnormal", WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
+    let e = &env.events("pvc-gone", "VolumeConditionAbnormal")[0];
+    assert_eq!(
+        e["message"],
+        format!("Volume gone was not found by CSI driver {DRIVER}").as_str()
+    );
+}
