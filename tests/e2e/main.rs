@@ -8,5 +8,6 @@ mod cli;
 mod docs;
 mod getmode;
 mod listmode;
+mod nodes;
 mod startup;
 mod support;
