@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{select, Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::Config;
 use crate::csi::{self, Connection, HealthSource, Mode};
@@ -255,8 +255,8 @@ fn event_loop(
     controller: &mut Option<JoinHandle<()>>,
 ) -> Result<(), Fatal> {
     loop {
-        let ev = select! {
-            recv(app_rx) -> ev => match ev { Ok(ev) => ev, Err(_) => return Ok(()) },
+        let Ok(ev) = app_rx.recv() else {
+            return Ok(());
         };
         match ev {
             AppEvent::Signal => {

