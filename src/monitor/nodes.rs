@@ -229,6 +229,15 @@ impl NodeTracker {
         names.sort();
         for name in names {
             let rec = &nodes[name];
+            if !self.nodes.contains_key(name) {
+                // A node deleted before its first evaluation can never be reported; this line
+                // tells an operator (and the end-to-end tests) from when a node is covered.
+                crate::vlog!(
+                    4,
+                    "Node watcher tracking node node=\"{name}\" ready=\"{:?}\"",
+                    rec.ready
+                );
+            }
             let st = self.nodes.entry(name.clone()).or_default();
             if rec.deleting {
                 // Being deleted: it will not come back as this object, so never "recovers".

@@ -2290,7 +2290,19 @@ impl Reply {
     }
 }
 
+fn reply_len(reply: &Reply, close: bool) -> usize {
+    reply_head(reply, close).len() + reply.body.len()
+}
+
 fn write_reply(w: &mut Conn, reply: &Reply, close: bool) -> io::Result<usize> {
+    let head = reply_head(reply, close);
+    w.write_all(head.as_bytes())?;
+    w.write_all(&reply.body)?;
+    w.flush()?;
+    Ok(head.len() + reply.body.len())
+}
+
+fn reply_head(reply: &Reply, close: bool) -> String {
     let mut head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-cache, private\r\n",
         reply.code,
@@ -2305,10 +2317,7 @@ fn write_reply(w: &mut Conn, reply: &Reply, close: bool) -> io::Result<usize> {
         head += "Connection: close\r\n";
     }
     head += "\r\n";
-    w.write_all(head.as_bytes())?;
-    w.write_all(&reply.body)?;
-    w.flush()?;
-    Ok(head.len() + reply.body.len())
+    head
 }
 
 fn serve_connection(inner: &Arc<Inner>, conn: Conn) {
@@ -2447,11 +2456,12 @@ fn handle(inner: &Arc<Inner>, req: &Request, w: &mut Conn) -> io::Result<Next> {
             }
         }
     };
-    let n = write_reply(w, &reply, close);
+    // Logged before the answer goes out, so a test that saw the answer's effect also sees
+    // the request in the log (clearing the log after a wait must not leave a straggler).
     rec.status = reply.code;
-    rec.response_bytes = *n.as_ref().unwrap_or(&0);
+    rec.response_bytes = reply_len(&reply, close);
     inner.record(rec);
-    n.map(|_| Next::KeepAlive)
+    write_reply(w, &reply, close).map(|_| Next::KeepAlive)
 }
 
 struct Target {
