@@ -46,7 +46,7 @@ fn readme_flag_table_matches_the_parser() {
     );
 }
 
-fn documents(rel: &str) -> Vec<Value> {
+pub fn documents(rel: &str) -> Vec<Value> {
     repo_file(rel)
         .split("\n---")
         .filter(|d| {

@@ -9,5 +9,6 @@ mod docs;
 mod getmode;
 mod listmode;
 mod nodes;
+mod rbac;
 mod startup;
 mod support;

@@ -212,6 +212,15 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+        // Every test doubles as an RBAC check: whatever the sidecar asked of the API server
+        // must be allowed by the shipped manifest (issue 7).
+        if !std::thread::panicking() {
+            let refused = crate::rbac::refused(&self.api.requests());
+            assert!(
+                refused.is_empty(),
+                "deploy/kubernetes/rbac.yaml does not allow requests the sidecar made: {refused:#?}"
+            );
+        }
     }
 }
 
