@@ -6,8 +6,11 @@ mod kit;
 
 mod cli;
 mod docs;
+mod events;
 mod getmode;
 mod listmode;
+mod missing;
 mod nodes;
+mod scheduling;
 mod startup;
 mod support;
