@@ -117,6 +117,13 @@ impl Lib {
         );
     }
 
+    /// The event writes once the server has logged `n` of them. It logs a request after
+    /// answering it, so right after `flush` the last one may not be in the log yet.
+    fn writes_settled(&self, n: usize) -> Vec<RequestRecord> {
+        self.api.wait_until(WAIT, |_| self.writes().len() >= n);
+        self.writes()
+    }
+
     /// Event writes seen by the server, in order.
     fn writes(&self) -> Vec<RequestRecord> {
         self.api
@@ -157,7 +164,7 @@ fn identical_reports_patch_one_event_and_the_spam_filter_holds_back_the_rest() {
     lib.flush();
 
     // Burst 25: one POST, 24 PATCHes; reports 26-30 are not written at all.
-    let writes = lib.writes();
+    let writes = lib.writes_settled(25);
     assert_eq!(writes.len(), 25, "{:#?}", summary(&writes));
     assert_eq!(writes[0].method, "POST");
     assert_eq!(writes[0].path, format!("/api/v1/namespaces/{NS}/events"));
@@ -183,7 +190,7 @@ fn identical_reports_patch_one_event_and_the_spam_filter_holds_back_the_rest() {
     lib.clock.advance(Duration::from_secs(300));
     lib.warn("Volume not found");
     lib.flush();
-    let writes = lib.writes();
+    let writes = lib.writes_settled(26);
     assert_eq!(writes.len(), 26, "{:#?}", summary(&writes));
     let last = writes.last().unwrap();
     assert_eq!(last.method, "PATCH");
@@ -244,7 +251,7 @@ fn ten_distinct_messages_are_combined() {
         events[9]["message"],
         "(combined from similar events): disk 10 is failing"
     );
-    let last = lib.writes().pop().unwrap();
+    let last = lib.writes_settled(11).pop().unwrap();
     assert_eq!(last.method, "PATCH");
     assert_eq!(last.content_type.as_deref(), Some(STRATEGIC));
 }
@@ -284,7 +291,7 @@ fn patch_of_a_deleted_event_falls_back_to_create_keeping_count_and_first_timesta
     lib.clock.advance(Duration::from_secs(10));
     lib.warn("bad");
     lib.flush();
-    let writes = lib.writes();
+    let writes = lib.writes_settled(4);
     assert_eq!(
         summary(&writes[2..]),
         [
@@ -308,7 +315,7 @@ fn patch_of_a_deleted_event_falls_back_to_create_keeping_count_and_first_timesta
     lib.clock.advance(Duration::from_secs(10));
     lib.warn("bad");
     lib.flush();
-    let last = lib.writes().pop().unwrap();
+    let last = lib.writes_settled(5).pop().unwrap();
     assert_eq!((last.method.as_str(), last.status), ("PATCH", 200));
     assert_eq!(lib.events()[0]["count"], 4);
 }
@@ -323,7 +330,7 @@ fn injected_404_on_patch_also_falls_back_to_create() {
     lib.clock.advance(Duration::from_secs(5));
     lib.warn("bad");
     lib.flush();
-    let writes = lib.writes();
+    let writes = lib.writes_settled(3);
     let methods: Vec<(String, u16)> = writes.iter().map(|w| (w.method.clone(), w.status)).collect();
     // The object still exists, so the fallback CREATE meets 409 AlreadyExists, which client-go
     // gives up on quietly; the next repeat's PATCH succeeds and carries the full count.
@@ -338,7 +345,7 @@ fn injected_404_on_patch_also_falls_back_to_create() {
     lib.clock.advance(Duration::from_secs(5));
     lib.warn("bad");
     lib.flush();
-    let last = lib.writes().pop().unwrap();
+    let last = lib.writes_settled(4).pop().unwrap();
     assert_eq!((last.method.as_str(), last.status), ("PATCH", 200));
     assert_eq!(lib.events().len(), 1);
     assert_eq!(lib.events()[0]["count"], 3);
@@ -382,7 +389,8 @@ fn events_reported_while_the_api_is_down_arrive_when_it_returns() {
         .collect();
     assert_eq!(got, [(ABNORMAL, "first", 1), (NORMAL, RECOVERED, 1)]);
     // Each written once: the failed tries never reached the server.
-    assert_eq!(lib.writes().len(), 2, "{:#?}", summary(&lib.writes()));
+    let writes = lib.writes_settled(2);
+    assert_eq!(writes.len(), 2, "{:#?}", summary(&writes));
 }
 
 // ---- the binary ----------------------------------------------------------------------------
@@ -531,13 +539,14 @@ fn get_mode_recovery_is_reported_once() {
 /// The sidecar dies while a volume is abnormal; the driver then says it is fine; a new sidecar
 /// must still announce the recovery, knowing of the abnormal state only from the Event the
 /// first one wrote.
-fn recovery_survives_a_restart(mode: Mode, signal: &str) {
+fn recovery_survives_a_restart(mode: Mode, signal: &str, extra: &[&str]) {
     let env = mode.env();
+    let flags: Vec<&str> = mode.flags().iter().chain(extra).copied().collect();
     env.volume("flaky");
     env.volume("steady");
     env.driver.set_volume("flaky", true, "Volume not found");
     env.driver.set_volume("steady", false, "");
-    let mut first = env.spawn(mode.flags());
+    let mut first = env.spawn(&flags);
     assert!(
         env.wait_event("pvc-flaky", ABNORMAL, WAIT),
         "{}",
@@ -548,7 +557,7 @@ fn recovery_survives_a_restart(mode: Mode, signal: &str) {
     assert!(env.events("pvc-flaky", NORMAL).is_empty());
 
     env.driver.set_volume("flaky", false, "");
-    let second = env.spawn(mode.flags());
+    let second = env.spawn(&flags);
     assert!(
         env.wait_event("pvc-flaky", NORMAL, WAIT),
         "{}",
@@ -563,22 +572,33 @@ fn recovery_survives_a_restart(mode: Mode, signal: &str) {
 
 #[test]
 fn list_mode_recovery_survives_sigkill() {
-    recovery_survives_a_restart(Mode::List, "KILL");
+    recovery_survives_a_restart(Mode::List, "KILL", &[]);
 }
 
 #[test]
 fn get_mode_recovery_survives_sigterm() {
-    recovery_survives_a_restart(Mode::Get, "TERM");
+    recovery_survives_a_restart(Mode::Get, "TERM", &[]);
 }
 
 #[test]
 fn list_mode_recovery_survives_sigterm() {
-    recovery_survives_a_restart(Mode::List, "TERM");
+    recovery_survives_a_restart(Mode::List, "TERM", &[]);
 }
 
 #[test]
 fn get_mode_recovery_survives_sigkill() {
-    recovery_survives_a_restart(Mode::Get, "KILL");
+    recovery_survives_a_restart(Mode::Get, "KILL", &[]);
+}
+
+#[test]
+fn recovery_survives_a_restart_with_leader_election() {
+    // The new process seeds its state when it becomes leader (the old one released the Lease
+    // on SIGTERM, so that is at once).
+    recovery_survives_a_restart(
+        Mode::Get,
+        "TERM",
+        &["--leader-election", &format!("--leader-election-namespace={NS}")],
+    );
 }
 
 #[test]

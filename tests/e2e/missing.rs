@@ -80,6 +80,17 @@ fn missing_after_two_complete_sweeps_not_after_an_incomplete_one() {
         e["source"]["component"],
         format!("csi-pv-monitor-controller-{DRIVER}").as_str()
     );
+
+    // The volume turns up again, healthy: that is a recovery like any other.
+    env.driver.set_volume("gone", false, "");
+    assert!(
+        env.wait_event("pvc-gone", "VolumeConditionNormal", WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
+    let normal = env.events("pvc-gone", "VolumeConditionNormal");
+    assert_eq!(normal.len(), 1);
+    assert_eq!(normal[0]["message"], "The Volume returns to the healthy state");
 }
 
 #[test]
