@@ -12,7 +12,7 @@ use healthmon::kube;
 use healthmon::shutdown::Shutdown;
 use healthmon::timeutil::{rfc3339, Clock};
 
-use crate::kit::apiserver::{Fault, FakeApiServer, FaultRule, RequestRecord};
+use crate::kit::apiserver::{FakeApiServer, Fault, FaultRule, RequestRecord};
 use crate::kit::csidriver::{temp_dir, GET_VOLUME, LIST_VOLUMES};
 use crate::kit::fixtures;
 use crate::support::{Env, DRIVER, NS};
@@ -63,15 +63,8 @@ impl Lib {
     fn start(tune: impl FnOnce(&mut RecorderOptions)) -> Lib {
         let api = FakeApiServer::start();
         fixtures::namespace(&api, NS);
-        let (_pv, pvc) = fixtures::bound_volume(
-            &api,
-            DRIVER,
-            "pv-lib",
-            "lib",
-            "Bound",
-            NS,
-            Some("pvc-lib"),
-        );
+        let (_pv, pvc) =
+            fixtures::bound_volume(&api, DRIVER, "pv-lib", "lib", "Bound", NS, Some("pvc-lib"));
         let pvc = pvc.unwrap();
         let dir = temp_dir("e2e-events");
         let path = dir.join("kubeconfig");
@@ -178,7 +171,12 @@ fn identical_reports_patch_one_event_and_the_spam_filter_holds_back_the_rest() {
         assert_eq!(w.content_type.as_deref(), Some(STRATEGIC));
         assert_eq!(w.status, 200);
         let body = w.body.as_ref().unwrap();
-        let mut keys: Vec<&str> = body.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        let mut keys: Vec<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
         keys.sort();
         assert_eq!(keys, ["count", "lastTimestamp", "message"], "{body}");
         assert_eq!(body["count"], i + 1);
@@ -301,7 +299,10 @@ fn patch_of_a_deleted_event_falls_back_to_create_keeping_count_and_first_timesta
     );
     let created = writes[3].body.as_ref().unwrap();
     assert_eq!(created["metadata"]["name"], name.as_str());
-    assert!(created["metadata"].get("resourceVersion").is_none(), "{created}");
+    assert!(
+        created["metadata"].get("resourceVersion").is_none(),
+        "{created}"
+    );
     let events = lib.events();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["count"], 3);
@@ -331,7 +332,10 @@ fn injected_404_on_patch_also_falls_back_to_create() {
     lib.warn("bad");
     lib.flush();
     let writes = lib.writes_settled(3);
-    let methods: Vec<(String, u16)> = writes.iter().map(|w| (w.method.clone(), w.status)).collect();
+    let methods: Vec<(String, u16)> = writes
+        .iter()
+        .map(|w| (w.method.clone(), w.status))
+        .collect();
     // The object still exists, so the fallback CREATE meets 409 AlreadyExists, which client-go
     // gives up on quietly; the next repeat's PATCH succeeds and carries the full count.
     assert_eq!(
@@ -490,7 +494,10 @@ fn assert_one_recovery(env: &Env, pvc: &str) {
     let e = &normal[0];
     assert_eq!(e["type"], "Normal");
     assert_eq!(e["message"], RECOVERED);
-    assert_eq!(e["count"], 1, "recovery is reported once, not on every check");
+    assert_eq!(
+        e["count"], 1,
+        "recovery is reported once, not on every check"
+    );
     assert_eq!(e["source"]["component"], component().as_str());
 }
 
@@ -524,6 +531,32 @@ fn recovery_is_reported_once(mode: Mode) {
         .collect();
     assert!(steady.is_empty(), "{steady:#?}");
     assert_eq!(env.api.events().len(), 2);
+
+    // A second episode: sick again, then well again, is a second recovery (the same Event
+    // object, now with count 2), and again only one.
+    env.driver.set_volume("flaky", true, "Volume not found");
+    let warned = env.events("pvc-flaky", ABNORMAL)[0]["count"].clone();
+    assert!(
+        env.api
+            .wait_until(WAIT, |a| fixtures::events_for(a, "pvc-flaky", ABNORMAL)[0]
+                ["count"]
+                != warned),
+        "{}",
+        sidecar.stderr.text()
+    );
+    env.driver.set_volume("flaky", false, "");
+    assert!(
+        env.api
+            .wait_until(WAIT, |a| fixtures::events_for(a, "pvc-flaky", NORMAL)
+                .iter()
+                .any(|e| e["count"] == 2)),
+        "{}",
+        sidecar.stderr.text()
+    );
+    more_checks(&env, mode, 6);
+    let normal = env.events("pvc-flaky", NORMAL);
+    assert_eq!(normal.len(), 1);
+    assert_eq!(normal[0]["count"], 2);
 }
 
 #[test]
@@ -597,7 +630,10 @@ fn recovery_survives_a_restart_with_leader_election() {
     recovery_survives_a_restart(
         Mode::Get,
         "TERM",
-        &["--leader-election", &format!("--leader-election-namespace={NS}")],
+        &[
+            "--leader-election",
+            &format!("--leader-election-namespace={NS}"),
+        ],
     );
 }
 

@@ -61,7 +61,10 @@ fn missing_after_two_complete_sweeps_not_after_an_incomplete_one() {
         .map(|c| c.arg.clone())
         .collect();
     assert_eq!(tokens, ["", "1", "", "1", "", "1"]);
-    assert!(sidecar.stderr.text().contains("Check controller volume status error"));
+    assert!(sidecar
+        .stderr
+        .text()
+        .contains("Check controller volume status error"));
 
     // More sweeps: still one Event object (its count rises), and only for "gone".
     let seen = env.driver.call_count(LIST_VOLUMES);
@@ -90,7 +93,10 @@ fn missing_after_two_complete_sweeps_not_after_an_incomplete_one() {
     );
     let normal = env.events("pvc-gone", "VolumeConditionNormal");
     assert_eq!(normal.len(), 1);
-    assert_eq!(normal[0]["message"], "The Volume returns to the healthy state");
+    assert_eq!(
+        normal[0]["message"],
+        "The Volume returns to the healthy state"
+    );
 }
 
 #[test]

@@ -102,11 +102,18 @@ fn a_volume_bound_later_is_picked_up_by_the_rescan() {
         "{}",
         sidecar.stderr.text()
     );
-    assert!(env.driver.calls(GET_VOLUME).iter().all(|c| c.arg == "early"));
+    assert!(env
+        .driver
+        .calls(GET_VOLUME)
+        .iter()
+        .all(|c| c.arg == "early"));
     let mut bound = pv.clone();
     bound["status"] = json!({"phase": "Bound"});
     env.api.update(bound);
-    let mut pvc = env.api.get("persistentvolumeclaims", Some(NS), "pvc-late").unwrap();
+    let mut pvc = env
+        .api
+        .get("persistentvolumeclaims", Some(NS), "pvc-late")
+        .unwrap();
     pvc["status"] = json!({"phase": "Bound"});
     env.api.update(pvc);
     assert!(

@@ -211,7 +211,13 @@ impl MockDriver {
     }
 
     /// Fail the next `times` calls of `method` whose argument (volume id, page token) is `arg`.
-    pub fn fail_next_for(&self, method: &'static str, arg: &str, code: RpcStatusCode, times: usize) {
+    pub fn fail_next_for(
+        &self,
+        method: &'static str,
+        arg: &str,
+        code: RpcStatusCode,
+        times: usize,
+    ) {
         self.with(|s| {
             let q = s.arg_failures.entry((method, arg.to_string())).or_default();
             for _ in 0..times {
