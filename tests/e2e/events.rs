@@ -447,6 +447,36 @@ fn repeated_abnormal_reports_are_one_patched_event() {
         && w.status == 200));
 }
 
+#[test]
+fn the_spam_filter_caps_a_fast_reporting_binary_at_25_writes() {
+    let env = get_mode_env();
+    env.volume("sick");
+    env.driver.set_volume("sick", true, "I/O errors on sick");
+    let sidecar = env.spawn(&["--monitor-interval=100ms"]);
+    let written = |a: &FakeApiServer| {
+        fixtures::events_for(a, "pvc-sick", ABNORMAL)
+            .first()
+            .and_then(|e| e["count"].as_i64())
+            .unwrap_or(0)
+    };
+    assert!(
+        env.api.wait_until(WAIT, |a| written(a) == 25),
+        "{}",
+        sidecar.stderr.text()
+    );
+    // Well past the burst: 35 checks, and the Event still says 25 (the next token is 300 s
+    // away).
+    assert!(env.wait_calls(GET_VOLUME, 35, WAIT));
+    assert_eq!(written(&env.api), 25);
+    let writes = env
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/events") && (r.method == "POST" || r.method == "PATCH"))
+        .count();
+    assert_eq!(writes, 25);
+}
+
 // ---- recovery ------------------------------------------------------------------------------
 
 #[derive(Clone, Copy)]
@@ -657,4 +687,81 @@ fn a_restart_after_recovery_does_not_repeat_it() {
     let _second = env.spawn(Mode::List.flags());
     more_checks(&env, Mode::List, 4);
     assert_one_recovery(&env, "pvc-flaky");
+}
+
+fn warning_event(env: &Env, name: &str, pvc_name: &str, uid: &Value, source: &str) {
+    env.api.create(serde_json::json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": name, "namespace": NS},
+        "involvedObject": {"kind": "PersistentVolumeClaim", "apiVersion": "v1", "name": pvc_name, "namespace": NS, "uid": uid},
+        "reason": ABNORMAL, "message": "Volume not found", "type": "Warning",
+        "source": {"component": source}, "count": 1,
+        "firstTimestamp": "2026-01-01T00:00:00Z", "lastTimestamp": "2026-01-01T00:00:00Z"
+    }));
+}
+
+#[test]
+fn seeding_reads_every_page_of_existing_events() {
+    // More Warning events of ours than one page of the seeding LIST (500): the one that
+    // matters sorts last.
+    let env = Env::new();
+    let (_pv, pvc) = env.volume("flaky");
+    env.driver.set_volume("flaky", false, "");
+    for i in 0..520 {
+        let uid = Value::String(format!("uid-of-a-deleted-claim-{i}"));
+        warning_event(&env, &format!("old-{i:04}"), "pvc-old", &uid, &component());
+    }
+    warning_event(
+        &env,
+        "zzz-flaky",
+        "pvc-flaky",
+        &pvc["metadata"]["uid"],
+        &component(),
+    );
+    let sidecar = env.spawn(Mode::List.flags());
+    assert!(
+        env.wait_event("pvc-flaky", NORMAL, WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
+    let lists: Vec<String> = env
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path == "/api/v1/events")
+        .map(|r| r.query)
+        .collect();
+    assert!(
+        lists.iter().any(|q| q.contains("continue=")),
+        "the seed never asked for a second page: {lists:#?}"
+    );
+    more_checks(&env, Mode::List, 3);
+    assert_one_recovery(&env, "pvc-flaky");
+}
+
+#[test]
+fn warnings_from_other_components_are_not_ours_to_recover() {
+    // DESIGN §2.4: only our own VolumeConditionAbnormal Warnings seed the recovery state
+    // (upstream answers any source's).
+    let env = Env::new();
+    let (_pv, pvc) = env.volume("flaky");
+    env.driver.set_volume("flaky", false, "");
+    warning_event(
+        &env,
+        "foreign",
+        "pvc-flaky",
+        &pvc["metadata"]["uid"],
+        "some-other-monitor",
+    );
+    let sidecar = env.spawn(Mode::List.flags());
+    assert!(
+        env.wait_calls(LIST_VOLUMES, 4, WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
+    assert!(
+        env.events("pvc-flaky", NORMAL).is_empty(),
+        "{:#?}",
+        env.api.events()
+    );
 }

@@ -127,6 +127,15 @@ fn a_volume_bound_later_is_picked_up_by_the_rescan() {
         "{}",
         sidecar.stderr.text()
     );
+    // A PV created (already Bound) while the sidecar runs comes in the same way.
+    env.driver.set_volume("newer", false, "");
+    env.volume("newer");
+    assert!(
+        env.driver
+            .wait_until(WAIT, |s| s.calls.iter().any(|c| c.arg == "newer")),
+        "{}",
+        sidecar.stderr.text()
+    );
     // "early" was not checked again: the hour-long interval holds.
     let early = env
         .driver
