@@ -212,6 +212,34 @@ fn identical_reports_patch_one_event_and_the_spam_filter_holds_back_the_rest() {
 }
 
 #[test]
+fn an_empty_driver_message_is_kept_empty() {
+    // Drivers may flag a volume abnormal without a message; upstream passes it on verbatim.
+    let lib = Lib::start(|_| {});
+    for _ in 0..3 {
+        lib.clock.advance(Duration::from_secs(1));
+        lib.warn("");
+    }
+    lib.flush();
+    let writes = lib.writes_settled(3);
+    // client-go's two-way merge patch leaves out a message equal to its empty base.
+    for w in &writes[1..] {
+        assert_eq!(w.method, "PATCH");
+        assert!(
+            w.body.as_ref().unwrap().get("message").is_none(),
+            "{:?}",
+            w.body
+        );
+    }
+    // core/v1 Event's message is `omitempty`: absent on the wire, as client-go sends it.
+    assert_eq!(writes[0].method, "POST");
+    assert!(writes[0].body.as_ref().unwrap().get("message").is_none());
+    let events = lib.events();
+    assert_eq!(events.len(), 1);
+    assert!(events[0].get("message").is_none(), "{:#}", events[0]);
+    assert_eq!(events[0]["count"], 3);
+}
+
+#[test]
 fn ten_distinct_messages_are_combined() {
     let lib = Lib::start(|_| {});
     for i in 0..10 {
