@@ -6,9 +6,12 @@ mod kit;
 
 mod cli;
 mod docs;
+mod events;
 mod getmode;
 mod listmode;
+mod missing;
 mod nodes;
 mod rbac;
+mod scheduling;
 mod startup;
 mod support;

@@ -61,6 +61,9 @@ pub struct State {
     pub probe_script: VecDeque<Option<bool>>,
     /// Next failures per method: each call pops one.
     pub failures: HashMap<&'static str, VecDeque<RpcStatusCode>>,
+    /// Next failures per method and argument (e.g. one ListVolumes page token); consulted
+    /// before `failures`.
+    pub arg_failures: HashMap<(&'static str, String), VecDeque<RpcStatusCode>>,
     /// Volume ids ControllerGetVolume answers NOT_FOUND for.
     pub not_found: HashSet<String>,
     /// Answer every ListVolumes page with this next_token (a driver that never finishes).
@@ -127,6 +130,7 @@ impl MockDriver {
                 latency: Duration::ZERO,
                 probe_script: VecDeque::new(),
                 failures: HashMap::new(),
+                arg_failures: HashMap::new(),
                 not_found: HashSet::new(),
                 stuck_token: None,
                 calls: Vec::new(),
@@ -200,6 +204,22 @@ impl MockDriver {
     pub fn fail_next(&self, method: &'static str, code: RpcStatusCode, times: usize) {
         self.with(|s| {
             let q = s.failures.entry(method).or_default();
+            for _ in 0..times {
+                q.push_back(code);
+            }
+        });
+    }
+
+    /// Fail the next `times` calls of `method` whose argument (volume id, page token) is `arg`.
+    pub fn fail_next_for(
+        &self,
+        method: &'static str,
+        arg: &str,
+        code: RpcStatusCode,
+        times: usize,
+    ) {
+        self.with(|s| {
+            let q = s.arg_failures.entry((method, arg.to_string())).or_default();
             for _ in 0..times {
                 q.push_back(code);
             }
@@ -304,7 +324,11 @@ impl Service {
                 };
                 s.max_in_flight_per_volume = s.max_in_flight_per_volume.max(n);
             }
-            let failure = s.failures.get_mut(method).and_then(|q| q.pop_front());
+            let failure = s
+                .arg_failures
+                .get_mut(&(method, arg.clone()))
+                .and_then(|q| q.pop_front())
+                .or_else(|| s.failures.get_mut(method).and_then(|q| q.pop_front()));
             (idx, s.latency, failure)
         };
         self.shared.changed.notify_all();
