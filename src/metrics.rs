@@ -4,9 +4,11 @@
 //! exposition 0.0.4 by the HTTP server.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{LabelPair, MetricFamily, MetricType};
 use prometheus::{
     CounterVec, Gauge, GaugeVec, HistogramOpts, HistogramVec, Opts, Registry, TextEncoder,
 };
@@ -45,22 +47,82 @@ impl VolumeStatus {
 /// deleted exactly when the status changes or the PV goes away.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct VolumeSeries {
-    driver: String,
+    /// Shared by every series: the driver name is set once, before any volume is seen.
+    driver: Arc<str>,
     namespace: String,
     pvc: String,
     status: VolumeStatus,
 }
 
+type VolumeMap = Arc<Mutex<HashMap<String, VolumeSeries>>>;
+
+const VOLUME_STATUS_NAME: &str = "csi_volume_health_status";
+const VOLUME_STATUS_HELP: &str = "Health of a volume as last reported by the CSI driver: 1 on the current status (normal, abnormal, not_found)";
+/// In label-name order, as the registry's own vectors emit them.
+const VOLUME_STATUS_LABELS: [&str; 5] = [
+    "driver_name",
+    "namespace",
+    "persistentvolume",
+    "persistentvolumeclaim",
+    "status",
+];
+
+/// `csi_volume_health_status`, rendered from the compact per-PV map at scrape time. A
+/// prometheus `GaugeVec` child keeps its own copy of the descriptor (help text, label names)
+/// and label pairs: about 1 KiB per PV, a third of the sidecar's memory at 10,000 volumes
+/// (BENCHMARKS.md). Scrapes are rare; the map is always there.
+struct VolumeStatusCollector {
+    desc: Desc,
+    volumes: VolumeMap,
+}
+
+impl Collector for VolumeStatusCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let pair = |name: &str, value: &str| {
+            let mut p = LabelPair::default();
+            p.set_name(name.to_string());
+            p.set_value(value.to_string());
+            p
+        };
+        let volumes = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
+        let metrics = volumes
+            .iter()
+            .map(|(pv, s)| {
+                let values = [&*s.driver, &s.namespace, pv, &s.pvc, s.status.as_str()];
+                let labels = VOLUME_STATUS_LABELS
+                    .iter()
+                    .zip(values)
+                    .map(|(n, v)| pair(n, v))
+                    .collect();
+                let mut g = prometheus::proto::Gauge::default();
+                g.set_value(1.0);
+                let mut m = prometheus::proto::Metric::from_gauge(g);
+                m.set_label(labels);
+                m
+            })
+            .collect();
+        let mut family = MetricFamily::default();
+        family.set_name(VOLUME_STATUS_NAME.to_string());
+        family.set_help(VOLUME_STATUS_HELP.to_string());
+        family.set_field_type(MetricType::GAUGE);
+        family.set_metric(metrics);
+        vec![family]
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
-    driver: RwLock<String>,
+    driver: RwLock<Arc<str>>,
     csi_ops: HistogramVec,
-    volume_status: GaugeVec,
     probe_total: CounterVec,
     probe_duration: HistogramVec,
     last_sweep: GaugeVec,
     rest_requests: CounterVec,
-    volumes: Mutex<HashMap<String, VolumeSeries>>,
+    volumes: VolumeMap,
 }
 
 impl Default for Metrics {
@@ -92,14 +154,17 @@ impl Metrics {
             &["driver_name", "method_name", "grpc_status_code"],
         )
         .unwrap_or_else(unreachable_metric);
-        let volume_status = GaugeVec::new(
-            Opts::new(
-                "csi_volume_health_status",
-                "Health of a volume as last reported by the CSI driver: 1 on the current status (normal, abnormal, not_found)",
-            ),
-            &["driver_name", "namespace", "persistentvolumeclaim", "persistentvolume", "status"],
-        )
-        .unwrap_or_else(unreachable_metric);
+        let volumes: VolumeMap = Arc::new(Mutex::new(HashMap::new()));
+        let volume_status = VolumeStatusCollector {
+            desc: Desc::new(
+                VOLUME_STATUS_NAME.to_string(),
+                VOLUME_STATUS_HELP.to_string(),
+                VOLUME_STATUS_LABELS.iter().map(|l| l.to_string()).collect(),
+                HashMap::new(),
+            )
+            .unwrap_or_else(unreachable_metric),
+            volumes: volumes.clone(),
+        };
         let probe_total = CounterVec::new(
             Opts::new(
                 "csi_volume_health_probe_total",
@@ -136,7 +201,7 @@ impl Metrics {
         for c in [
             Box::new(start) as Box<dyn prometheus::core::Collector>,
             Box::new(csi_ops.clone()),
-            Box::new(volume_status.clone()),
+            Box::new(volume_status),
             Box::new(probe_total.clone()),
             Box::new(probe_duration.clone()),
             Box::new(last_sweep.clone()),
@@ -148,14 +213,13 @@ impl Metrics {
         }
         Metrics {
             registry,
-            driver: RwLock::new(UNKNOWN_DRIVER.to_string()),
+            driver: RwLock::new(Arc::from(UNKNOWN_DRIVER)),
             csi_ops,
-            volume_status,
             probe_total,
             probe_duration,
             last_sweep,
             rest_requests,
-            volumes: Mutex::new(HashMap::new()),
+            volumes,
         }
     }
 
@@ -163,10 +227,10 @@ impl Metrics {
     /// csi-lib-utils does.
     pub fn set_driver_name(&self, name: &str) {
         let mut d = self.driver.write().unwrap_or_else(|p| p.into_inner());
-        *d = name.to_string();
+        *d = Arc::from(name);
     }
 
-    fn driver(&self) -> String {
+    fn driver(&self) -> Arc<str> {
         self.driver
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -178,48 +242,48 @@ impl Metrics {
     pub fn observe_csi_call(&self, method: &str, grpc_code: &str, seconds: f64) {
         let driver = self.driver();
         self.csi_ops
-            .with_label_values(&[driver.as_str(), method, grpc_code])
+            .with_label_values(&[&*driver, method, grpc_code])
             .observe(seconds);
     }
 
     /// Makes `status` the one series of `pv`, removing the series of its previous status (or of
     /// a previous claim, should the PV have been re-bound).
     pub fn set_volume_status(&self, namespace: &str, pvc: &str, pv: &str, status: VolumeStatus) {
-        let series = VolumeSeries {
-            driver: self.driver(),
-            namespace: namespace.to_string(),
-            pvc: pvc.to_string(),
-            status,
-        };
+        let driver = self.driver();
         let mut volumes = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = volumes.get(pv) {
-            if *old != series {
-                self.delete_volume_series(pv, old);
+        match volumes.get_mut(pv) {
+            Some(s) => {
+                if *s.driver != *driver || s.namespace != namespace || s.pvc != pvc {
+                    *s = VolumeSeries {
+                        driver,
+                        namespace: namespace.to_string(),
+                        pvc: pvc.to_string(),
+                        status,
+                    };
+                } else {
+                    s.status = status;
+                }
+            }
+            None => {
+                volumes.insert(
+                    pv.to_string(),
+                    VolumeSeries {
+                        driver,
+                        namespace: namespace.to_string(),
+                        pvc: pvc.to_string(),
+                        status,
+                    },
+                );
             }
         }
-        self.volume_status
-            .with_label_values(&[series.driver.as_str(), namespace, pvc, pv, status.as_str()])
-            .set(1.0);
-        volumes.insert(pv.to_string(), series);
     }
 
     /// Drops every series of `pv` (the PV was deleted or is no longer ours).
     pub fn remove_volume(&self, pv: &str) {
-        let mut volumes = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = volumes.remove(pv) {
-            self.delete_volume_series(pv, &old);
-        }
-    }
-
-    fn delete_volume_series(&self, pv: &str, s: &VolumeSeries) {
-        // An error only means the series was already gone.
-        let _ = self.volume_status.remove_label_values(&[
-            s.driver.as_str(),
-            s.namespace.as_str(),
-            s.pvc.as_str(),
-            pv,
-            s.status.as_str(),
-        ]);
+        self.volumes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(pv);
     }
 
     /// One health check: `method` is `ListVolumes` or `ControllerGetVolume`, `result` one of a
@@ -227,17 +291,17 @@ impl Metrics {
     pub fn observe_probe(&self, method: &str, result: &str, seconds: f64) {
         let driver = self.driver();
         self.probe_total
-            .with_label_values(&[driver.as_str(), method, result])
+            .with_label_values(&[&*driver, method, result])
             .inc();
         self.probe_duration
-            .with_label_values(&[driver.as_str(), method])
+            .with_label_values(&[&*driver, method])
             .observe(seconds);
     }
 
     pub fn set_last_sweep(&self, unix_seconds: f64) {
         let driver = self.driver();
         self.last_sweep
-            .with_label_values(&[driver.as_str()])
+            .with_label_values(&[&*driver])
             .set(unix_seconds);
     }
 

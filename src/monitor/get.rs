@@ -104,12 +104,28 @@ pub struct GetLoop {
 
 impl GetLoop {
     pub fn run(self, shutdown: Shutdown) -> std::io::Result<()> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(self.workers)
-            .thread_name(|i| format!("csi-worker-{i}"))
-            .build()
-            .map_err(std::io::Error::other)?;
         let (done_tx, done_rx): (Sender<String>, Receiver<String>) = crossbeam_channel::unbounded();
+        // Plain threads blocked on a channel, not a rayon pool: rayon's idle workers spin with
+        // sched_yield before they sleep, which cost about 0.4 ms of CPU per check at a few
+        // hundred checks a second (BENCHMARKS.md). The schedule never hands out more than
+        // `workers` names at once, so the queue stays empty.
+        let (job_tx, job_rx) = crossbeam_channel::unbounded::<String>();
+        for i in 0..self.workers {
+            let jobs = job_rx.clone();
+            let done = done_tx.clone();
+            let monitor = self.monitor.clone();
+            let source = self.source.clone();
+            // Detached: a worker ends when the job channel closes at shutdown.
+            std::thread::Builder::new()
+                .name(format!("csi-worker-{i}"))
+                .spawn(move || {
+                    for name in jobs {
+                        check(&monitor, source.as_ref(), &name);
+                        let _ = done.send(name);
+                    }
+                })?;
+        }
+        drop(job_rx);
         let stop = shutdown.receiver();
         let mut schedule = Schedule::default();
         let mut next_rescan = Instant::now();
@@ -120,7 +136,7 @@ impl GetLoop {
                 next_rescan = now + self.add_interval;
             }
             while let Some(name) = schedule.next_ready(Instant::now(), self.workers) {
-                self.dispatch(&pool, name, done_tx.clone());
+                let _ = job_tx.send(name);
             }
             let wake = schedule
                 .next_wakeup(self.workers)
@@ -163,44 +179,41 @@ impl GetLoop {
             schedule.in_flight()
         );
     }
+}
 
-    fn dispatch(&self, pool: &rayon::ThreadPool, name: String, done: Sender<String>) {
-        let monitor = self.monitor.clone();
-        let source = self.source.clone();
-        pool.spawn(move || {
-            // Re-read the PV: it may have been deleted or unbound since it was scheduled.
-            if let Some(pv) = monitor.pvs.get(&name).filter(|pv| checkable(pv).is_ok()) {
-                log::trace!("Started PV processing pv=\"{}\"", pv.name);
-                let started = Instant::now();
-                let result = source.get_volume(&pv.volume_handle);
-                let secs = started.elapsed().as_secs_f64();
-                match result {
-                    Ok(cond) => {
-                        let label = if cond.abnormal { "abnormal" } else { "normal" };
-                        monitor
-                            .metrics()
-                            .observe_probe("ControllerGetVolume", label, secs);
-                        monitor.observe(&pv, &Observation::Condition(cond));
-                    }
-                    Err(e) if e.is_not_found() => {
-                        monitor
-                            .metrics()
-                            .observe_probe("ControllerGetVolume", "not_found", secs);
-                        monitor.observe(&pv, &Observation::Missing);
-                    }
-                    Err(e) => {
-                        monitor
-                            .metrics()
-                            .observe_probe("ControllerGetVolume", "error", secs);
-                        log::error!(
-                            "Check controller volume status error pv=\"{}\" err=\"{e}\"",
-                            pv.name
-                        );
-                    }
-                }
-            }
-            let _ = done.send(name);
-        });
+/// One check of one PV on a worker thread.
+fn check(monitor: &Monitor, source: &dyn HealthSource, name: &str) {
+    // Re-read the PV: it may have been deleted or unbound since it was scheduled.
+    let Some(pv) = monitor.pvs.get(name).filter(|pv| checkable(pv).is_ok()) else {
+        return;
+    };
+    log::trace!("Started PV processing pv=\"{}\"", pv.name);
+    let started = Instant::now();
+    let result = source.get_volume(&pv.volume_handle);
+    let secs = started.elapsed().as_secs_f64();
+    match result {
+        Ok(cond) => {
+            let label = if cond.abnormal { "abnormal" } else { "normal" };
+            monitor
+                .metrics()
+                .observe_probe("ControllerGetVolume", label, secs);
+            monitor.observe(&pv, &Observation::Condition(cond));
+        }
+        Err(e) if e.is_not_found() => {
+            monitor
+                .metrics()
+                .observe_probe("ControllerGetVolume", "not_found", secs);
+            monitor.observe(&pv, &Observation::Missing);
+        }
+        Err(e) => {
+            monitor
+                .metrics()
+                .observe_probe("ControllerGetVolume", "error", secs);
+            log::error!(
+                "Check controller volume status error pv=\"{}\" err=\"{e}\"",
+                pv.name
+            );
+        }
     }
 }
 

@@ -5,9 +5,12 @@
 //!   Event the sidecar wrote, then the recovery.
 //! - `apiserver [--port N] [--token T] [--tls-cert F --tls-key F]`: only the fake API server.
 //! - `csi-driver --socket PATH [--name NAME] [--volume ID[=abnormal:MESSAGE]]...`: only the mock driver.
+//! - `bench [...]`: the footprint and speed benchmark (bench.rs; BENCHMARKS.md has the figures).
 
 #[allow(dead_code)]
 mod apiserver;
+// Only in this binary, not in tests/kit/mod.rs: the e2e crate has no use for it.
+mod bench;
 #[allow(dead_code)]
 mod csidriver;
 #[allow(dead_code)]
@@ -27,8 +30,9 @@ fn main() -> ExitCode {
         None | Some("sandbox") => sandbox(),
         Some("apiserver") => run_apiserver(&args[1..]),
         Some("csi-driver") => run_driver(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         Some("-h") | Some("--help") | Some("help") => {
-            println!("usage: csi-hm-testkit [sandbox | apiserver [--port N] [--token T] [--tls-cert F --tls-key F] | csi-driver --socket PATH [--name NAME] [--volume ID[=abnormal:MESSAGE]]...]");
+            println!("usage: csi-hm-testkit [sandbox | apiserver [--port N] [--token T] [--tls-cert F --tls-key F] | csi-driver --socket PATH [--name NAME] [--volume ID[=abnormal:MESSAGE]]... | {}]", bench::usage());
             Ok(())
         }
         Some(other) => Err(format!("unknown command {other:?}; try --help")),

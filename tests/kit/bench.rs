@@ -1,0 +1,1037 @@
+//! `csi-hm-testkit bench`: the footprint and speed benchmark of issue #8 (and the figures
+//! issues #3 and #4 ask for). It runs the real release binary as a process against the
+//! in-process fake API server and mock CSI driver, for each volume count and mode, and prints
+//! one Markdown table: resident memory, one full sweep (wall and CPU from sweep start to the
+//! last event accepted), API requests and bytes per sweep and per idle hour, start-up time,
+//! idle CPU, plus the stripped binary size and GetVolume concurrency with a slow driver.
+//!
+//! CPU is user+sys of the sidecar process from `/proc/<pid>/stat` (clock ticks, 10 ms), sampled
+//! by a thread every 10 ms so a sweep's start and end can be matched to the samples around
+//! them. Sweep boundaries come from the driver's call log (ListVolumes calls without a token,
+//! the N-th ControllerGetVolume call) and the fake server's request log (event writes).
+//!
+//! `--quick` (1,000 volumes, short idle window) is what CI runs: it fails only on gross
+//! regressions (RSS above 64 MiB, a sweep above 10 s). Performance goals are reported, never
+//! asserted anywhere else.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::apiserver::{FakeApiServer, RequestRecord};
+use crate::csidriver::{self, MockDriver};
+use crate::fixtures;
+
+const DRIVER: &str = "bench.csi.example.com";
+/// Namespace of the PVCs: event writes about volumes are the writes under it.
+const VOL_NS: &str = "vols";
+const NOISE_NS: &str = "noise";
+const LEASE_NS: &str = "bench";
+const QUICK_MAX_RSS_KIB: u64 = 64 * 1024;
+const QUICK_MAX_SWEEP: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ModeArg {
+    List,
+    Get,
+}
+
+impl ModeArg {
+    fn name(self) -> &'static str {
+        match self {
+            ModeArg::List => "ListVolumes",
+            ModeArg::Get => "GetVolume",
+        }
+    }
+}
+
+struct Opts {
+    volumes: Vec<usize>,
+    modes: Vec<ModeArg>,
+    /// Which noise settings to run: false = no unrelated objects, true = 50k Pods + 50k Events.
+    noise: Vec<bool>,
+    noise_objects: usize,
+    idle: Duration,
+    quick: bool,
+    qps: String,
+    burst: String,
+    page_size: usize,
+    /// ControllerGetVolume checks per second asked of the scheduler (sets --monitor-interval).
+    get_rate: usize,
+    concurrency: bool,
+    /// MALLOC_ARENA_MAX for the sidecar (None = leave the environment alone). The image sets 1.
+    arena_max: Option<String>,
+}
+
+fn parse(args: &[String]) -> Result<Opts, String> {
+    let mut o = Opts {
+        volumes: vec![1_000, 10_000, 100_000],
+        modes: vec![ModeArg::List, ModeArg::Get],
+        noise: vec![false, true],
+        noise_objects: 50_000,
+        idle: Duration::from_secs(60),
+        quick: false,
+        qps: "1000".into(),
+        burst: "2000".into(),
+        page_size: 1000,
+        get_rate: 1000,
+        concurrency: true,
+        arena_max: Some("1".into()),
+    };
+    let mut idle_given = false;
+    let mut volumes_given = false;
+    let mut noise_given = false;
+    let mut i = 0;
+    while i < args.len() {
+        let flag = args[i].as_str();
+        let mut val = || -> Result<String, String> {
+            i += 1;
+            args.get(i)
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag {
+            "--volumes" => {
+                o.volumes = val()?
+                    .split(',')
+                    .map(|s| s.trim().replace('_', "").parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("--volumes: {e}"))?;
+                volumes_given = true;
+            }
+            "--modes" => {
+                o.modes = val()?
+                    .split(',')
+                    .map(|s| match s.trim() {
+                        "list" => Ok(ModeArg::List),
+                        "get" => Ok(ModeArg::Get),
+                        other => Err(format!("--modes: unknown mode {other:?} (list, get)")),
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            "--noise" => {
+                o.noise = match val()?.as_str() {
+                    "off" => vec![false],
+                    "on" => vec![true],
+                    "both" => vec![false, true],
+                    other => return Err(format!("--noise: {other:?} is not off, on or both")),
+                };
+                noise_given = true;
+            }
+            "--noise-objects" => {
+                o.noise_objects = val()?
+                    .parse()
+                    .map_err(|e| format!("--noise-objects: {e}"))?
+            }
+            "--idle-secs" => {
+                o.idle = Duration::from_secs_f64(
+                    val()?.parse().map_err(|e| format!("--idle-secs: {e}"))?,
+                );
+                idle_given = true;
+            }
+            "--qps" => o.qps = val()?,
+            "--burst" => o.burst = val()?,
+            "--page-size" => {
+                o.page_size = val()?.parse().map_err(|e| format!("--page-size: {e}"))?
+            }
+            "--get-rate" => o.get_rate = val()?.parse().map_err(|e| format!("--get-rate: {e}"))?,
+            "--no-concurrency" => o.concurrency = false,
+            "--malloc-arena-max" => {
+                o.arena_max = match val()?.as_str() {
+                    "unset" => None,
+                    v => Some(v.to_string()),
+                }
+            }
+            "--quick" => o.quick = true,
+            other => return Err(format!("bench: unknown flag {other:?}")),
+        }
+        i += 1;
+    }
+    if o.quick {
+        if !volumes_given {
+            o.volumes = vec![1_000];
+        }
+        if !idle_given {
+            o.idle = Duration::from_secs(5);
+        }
+        if !noise_given {
+            o.noise = vec![false];
+        }
+    }
+    if o.volumes.iter().any(|&n| n < 100) || o.get_rate == 0 {
+        return Err("bench: at least 100 volumes (1% abnormal) and a positive --get-rate".into());
+    }
+    Ok(o)
+}
+
+pub fn usage() -> &'static str {
+    "bench [--volumes 1000,10000,100000] [--modes list,get] [--noise off|on|both] [--noise-objects 50000] [--idle-secs 60] [--qps 1000 --burst 2000] [--page-size 1000] [--get-rate 1000] [--malloc-arena-max 1|unset] [--no-concurrency] [--quick]"
+}
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    let o = parse(args)?;
+    let bin = fixtures::sibling_binary("csi-external-health-monitor-controller");
+    if !bin.exists() {
+        return Err(format!(
+            "{} not found: cargo build --release --bins",
+            bin.display()
+        ));
+    }
+    println!("# csi-hm-testkit bench {}", args.join(" "));
+    println!("binary: {}", bin.display());
+    println!("load average at start: {}", loadavg());
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    for &n in &o.volumes {
+        for &mode in &o.modes {
+            for &noise in &o.noise {
+                eprintln!("== {n} volumes, {}, noise {noise}", mode.name());
+                let row = run_one(&o, n, mode, noise)?;
+                eprintln!("   {row:?}");
+                rows.push(row);
+            }
+        }
+    }
+    let concurrency = if o.concurrency {
+        eprintln!("== GetVolume concurrency with a slow driver");
+        Some(concurrency(&o)?)
+    } else {
+        None
+    };
+    let size = binary_size(&bin);
+    println!("load average at end: {}", loadavg());
+    println!(
+        "total benchmark time: {:.0} s\n",
+        started.elapsed().as_secs_f64()
+    );
+    print_report(&o, &rows, concurrency.as_ref(), size);
+
+    if o.quick {
+        let mut bad = Vec::new();
+        for r in &rows {
+            if r.rss_kib.max(r.hwm_kib) > QUICK_MAX_RSS_KIB {
+                bad.push(format!(
+                    "{} volumes {}: memory {} KiB (VmHWM) above {} KiB",
+                    r.volumes,
+                    r.mode.name(),
+                    r.hwm_kib,
+                    QUICK_MAX_RSS_KIB
+                ));
+            }
+            if r.sweep_wall > QUICK_MAX_SWEEP {
+                bad.push(format!(
+                    "{} volumes {}: sweep took {:.2} s, above {} s",
+                    r.volumes,
+                    r.mode.name(),
+                    r.sweep_wall.as_secs_f64(),
+                    QUICK_MAX_SWEEP.as_secs()
+                ));
+            }
+        }
+        if !bad.is_empty() {
+            return Err(format!("gross regression: {}", bad.join("; ")));
+        }
+        println!("bench-quick: within the gross-regression limits (RSS ≤ 64 MiB, sweep ≤ 10 s)");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// one configuration
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Traffic {
+    requests: usize,
+    bytes: usize,
+    event_writes: usize,
+    lease: usize,
+    watch: usize,
+    /// Neither event writes nor lease nor watch requests.
+    other: usize,
+}
+
+#[derive(Debug)]
+struct Row {
+    volumes: usize,
+    mode: ModeArg,
+    noise: bool,
+    populate: Duration,
+    startup: Duration,
+    rss_kib: u64,
+    hwm_kib: u64,
+    rss_after_first_kib: u64,
+    sweep_wall: Duration,
+    sweep_cpu: Duration,
+    sweep_traffic: Traffic,
+    pages: usize,
+    abnormal: usize,
+    idle_window: Duration,
+    idle_cpu: Duration,
+    idle_traffic: Traffic,
+    /// --monitor-interval (get mode) or --list-volumes-interval (list mode).
+    interval: Duration,
+}
+
+fn run_one(o: &Opts, n: usize, mode: ModeArg, noise: bool) -> Result<Row, String> {
+    let api = FakeApiServer::start();
+    let driver = MockDriver::start(DRIVER);
+    let t = Instant::now();
+    populate(
+        &api,
+        &driver,
+        n,
+        if noise { o.noise_objects } else { 0 },
+        o.page_size,
+    );
+    if mode == ModeArg::Get {
+        driver.with(|s| s.list_volumes = false);
+    }
+    let populate_time = t.elapsed();
+    eprintln!("   populated in {:.1} s", populate_time.as_secs_f64());
+    let abnormal = n.div_ceil(100);
+    let pages = if o.page_size == 0 {
+        1
+    } else {
+        n.div_ceil(o.page_size)
+    };
+
+    let dir = csidriver::temp_dir("bench");
+    let kubeconfig = dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig)
+        .map_err(|e| format!("write kubeconfig: {e}"))?;
+    let log_path = dir.join("sidecar.log");
+    let log = File::create(&log_path).map_err(|e| format!("create {}: {e}", log_path.display()))?;
+
+    // List mode: the second sweep comes one interval after the first one ends, which leaves
+    // room for the event drain and the idle window in between. Get mode: checks spread over
+    // the interval at --get-rate per second.
+    let interval = match mode {
+        ModeArg::List => {
+            o.idle + Duration::from_secs(6) + Duration::from_secs_f64(n as f64 / 20_000.0)
+        }
+        ModeArg::Get => Duration::from_secs_f64((n as f64 / o.get_rate as f64).max(2.0)),
+    };
+    let interval_flag = format!("{}ms", interval.as_millis());
+    let mut flags = vec![
+        "--leader-election".to_string(),
+        format!("--leader-election-namespace={LEASE_NS}"),
+        format!("--kube-api-qps={}", o.qps),
+        format!("--kube-api-burst={}", o.burst),
+    ];
+    match mode {
+        ModeArg::List => flags.push(format!("--list-volumes-interval={interval_flag}")),
+        ModeArg::Get => flags.push(format!("--monitor-interval={interval_flag}")),
+    }
+    let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let spawned = Instant::now();
+    let child = spawn(
+        o,
+        &kubeconfig,
+        driver.socket(),
+        &flag_refs,
+        Stdio::from(log),
+    )?;
+    let guard = ChildGuard(Some(child));
+    let pid = guard.pid();
+    let sampler = Sampler::start(pid);
+
+    let result = measure(
+        o, &api, &driver, mode, n, abnormal, pages, spawned, &sampler, pid, interval,
+    );
+    sampler.stop();
+    let exited = guard.terminate();
+    if !exited {
+        eprintln!("   warning: the sidecar did not exit within 20 s of SIGTERM");
+    }
+    let result = result.map(|mut r| {
+        r.populate = populate_time;
+        r.noise = noise;
+        r
+    });
+    if let Err(e) = &result {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(30).collect();
+        eprintln!("   failed: {e}\n   sidecar log (last lines):");
+        for l in tail.into_iter().rev() {
+            eprintln!("   | {l}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    o: &Opts,
+    api: &FakeApiServer,
+    driver: &MockDriver,
+    mode: ModeArg,
+    n: usize,
+    abnormal: usize,
+    pages: usize,
+    spawned: Instant,
+    sampler: &Sampler,
+    pid: u32,
+    interval: Duration,
+) -> Result<Row, String> {
+    let long = Duration::from_secs(600);
+    // sweep/round 1, ends with its last event accepted
+    match mode {
+        ModeArg::List => {
+            wait_driver(driver, long, "the first ListVolumes sweep", |s| {
+                finished(s, csidriver::LIST_VOLUMES) >= pages
+            })?;
+        }
+        ModeArg::Get => {
+            wait_driver(driver, long, "the first round of checks", |s| {
+                finished(s, csidriver::GET_VOLUME) >= n
+            })?;
+        }
+    }
+    let first_done = wait_event_writes(api, abnormal, long)?;
+    let startup = first_done.saturating_duration_since(spawned);
+    let (rss_after_first_kib, _) = memory(pid)?;
+
+    let mut row = Row {
+        volumes: n,
+        mode,
+        noise: false,
+        populate: Duration::ZERO,
+        startup,
+        rss_kib: 0,
+        hwm_kib: 0,
+        rss_after_first_kib,
+        sweep_wall: Duration::ZERO,
+        sweep_cpu: Duration::ZERO,
+        sweep_traffic: Traffic::default(),
+        pages,
+        abnormal,
+        idle_window: Duration::ZERO,
+        idle_cpu: Duration::ZERO,
+        idle_traffic: Traffic::default(),
+        interval,
+    };
+
+    if mode == ModeArg::List {
+        // Idle: after the first sweep's events, before the second sweep starts.
+        let idle_start = Instant::now() + Duration::from_millis(500);
+        let planned_end = idle_start + o.idle;
+        let sweep2 = driver
+            .wait_until(planned_end.saturating_duration_since(Instant::now()), |s| {
+                starts(s) >= 2
+            });
+        let end = if sweep2 {
+            let at = nth_sweep_start(driver, 2).unwrap_or_else(Instant::now);
+            eprintln!(
+                "   warning: the second sweep began inside the idle window; window cut short"
+            );
+            at
+        } else {
+            planned_end
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        row.idle_window = end.saturating_duration_since(idle_start);
+        row.idle_cpu = sampler.cpu_between(idle_start, end);
+        row.idle_traffic = traffic(&api.requests(), idle_start, end);
+
+        // The measured sweep: the second one.
+        wait_driver(driver, long, "the second ListVolumes sweep", |s| {
+            finished(s, csidriver::LIST_VOLUMES) >= 2 * pages
+        })?;
+        let start = nth_sweep_start(driver, 2).ok_or("no second sweep start")?;
+        let end = wait_event_writes(api, 2 * abnormal, long)?;
+        let end = end.max(last_finished(driver, csidriver::LIST_VOLUMES));
+        row.sweep_wall = end.saturating_duration_since(start);
+        row.sweep_cpu = sampler.cpu_between(start, end);
+        row.sweep_traffic = traffic(&api.requests(), start, end);
+    } else {
+        // The measured round: checks N+1..2N.
+        wait_driver(driver, long, "the second round of checks", |s| {
+            finished(s, csidriver::GET_VOLUME) >= 2 * n
+        })?;
+        let (start, last) = {
+            let calls = driver.calls(csidriver::GET_VOLUME);
+            let start = calls[n].started;
+            let mut fin: Vec<Instant> = calls.iter().filter_map(|c| c.finished).collect();
+            fin.sort();
+            (start, fin[2 * n - 1])
+        };
+        let end = wait_event_writes(api, 2 * abnormal, long)?.max(last);
+        row.sweep_wall = end.saturating_duration_since(start);
+        row.sweep_cpu = sampler.cpu_between(start, end);
+        row.sweep_traffic = traffic(&api.requests(), start, end);
+
+        // No idle in this mode: checks never stop. The window shows steady checking.
+        let idle_start = Instant::now() + Duration::from_millis(200);
+        std::thread::sleep(o.idle + Duration::from_millis(250));
+        let end = idle_start + o.idle;
+        row.idle_window = o.idle;
+        row.idle_cpu = sampler.cpu_between(idle_start, end);
+        row.idle_traffic = traffic(&api.requests(), idle_start, end);
+    }
+    let (rss, hwm) = memory(pid)?;
+    row.rss_kib = rss;
+    row.hwm_kib = hwm;
+    Ok(row)
+}
+
+fn finished(s: &csidriver::State, method: &str) -> usize {
+    s.calls
+        .iter()
+        .filter(|c| c.method == method && c.finished.is_some())
+        .count()
+}
+
+/// ListVolumes calls without a starting token: one per sweep.
+fn starts(s: &csidriver::State) -> usize {
+    s.calls
+        .iter()
+        .filter(|c| c.method == csidriver::LIST_VOLUMES && c.arg.is_empty())
+        .count()
+}
+
+fn nth_sweep_start(driver: &MockDriver, k: usize) -> Option<Instant> {
+    driver
+        .calls(csidriver::LIST_VOLUMES)
+        .into_iter()
+        .filter(|c| c.arg.is_empty())
+        .nth(k - 1)
+        .map(|c| c.started)
+}
+
+fn last_finished(driver: &MockDriver, method: &str) -> Instant {
+    driver
+        .calls(method)
+        .iter()
+        .filter_map(|c| c.finished)
+        .max()
+        .unwrap_or_else(Instant::now)
+}
+
+fn wait_driver(
+    driver: &MockDriver,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&csidriver::State) -> bool,
+) -> Result<(), String> {
+    if driver.wait_until(timeout, pred) {
+        Ok(())
+    } else {
+        Err(format!("timed out after {timeout:?} waiting for {what}"))
+    }
+}
+
+fn is_event_write(r: &RequestRecord) -> bool {
+    r.method != "GET"
+        && (200..300).contains(&r.status)
+        && r.path
+            .starts_with(&format!("/api/v1/namespaces/{VOL_NS}/events"))
+}
+
+fn is_lease(r: &RequestRecord) -> bool {
+    r.path.contains("/leases")
+}
+
+/// Waits for the `k`-th accepted event write about a volume; returns when it was accepted.
+fn wait_event_writes(api: &FakeApiServer, k: usize, timeout: Duration) -> Result<Instant, String> {
+    let count = |a: &FakeApiServer| a.requests().iter().filter(|r| is_event_write(r)).count();
+    if !api.wait_until(timeout, |a| count(a) >= k) {
+        return Err(format!(
+            "timed out waiting for {k} event writes (saw {})",
+            count(api)
+        ));
+    }
+    api.requests()
+        .iter()
+        .filter(|r| is_event_write(r))
+        .nth(k - 1)
+        .map(|r| r.at)
+        .ok_or_else(|| "event write vanished".to_string())
+}
+
+fn traffic(log: &[RequestRecord], from: Instant, to: Instant) -> Traffic {
+    let mut t = Traffic::default();
+    for r in log.iter().filter(|r| r.at >= from && r.at <= to) {
+        t.requests += 1;
+        t.bytes += r.request_bytes + r.response_bytes;
+        if r.is_watch() {
+            t.watch += 1;
+        } else if is_lease(r) {
+            t.lease += 1;
+        } else if is_event_write(r) {
+            t.event_writes += 1;
+        } else {
+            t.other += 1;
+        }
+    }
+    t
+}
+
+// ---------------------------------------------------------------------------------------------
+// cluster contents
+
+/// `n` Bound PVs of the driver with their PVCs (1% abnormal in the driver), and `noise` Pods
+/// plus `noise` Events that have nothing to do with the driver.
+fn populate(api: &FakeApiServer, driver: &MockDriver, n: usize, noise: usize, page_size: usize) {
+    for ns in [VOL_NS, NOISE_NS, LEASE_NS] {
+        fixtures::namespace(api, ns);
+    }
+    let mut objects = Vec::with_capacity(2 * n + 2 * noise);
+    for i in 0..n {
+        let pvc_uid = format!("00000000-0000-4000-8000-{i:012}");
+        objects.push(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": format!("pvc-{i:06}"), "namespace": VOL_NS, "uid": pvc_uid},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                     "storageClassName": "bench", "volumeMode": "Filesystem",
+                     "volumeName": format!("pv-{i:06}")},
+            "status": {"phase": "Bound", "accessModes": ["ReadWriteOnce"], "capacity": {"storage": "1Gi"}}
+        }));
+        objects.push(json!({
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": format!("pv-{i:06}"),
+                         "annotations": {"pv.kubernetes.io/provisioned-by": DRIVER}},
+            "spec": {
+                "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Delete", "storageClassName": "bench",
+                "volumeMode": "Filesystem",
+                "csi": {"driver": DRIVER, "volumeHandle": format!("vol-{i:06}"),
+                        "fsType": "ext4",
+                        "volumeAttributes": {"storage.kubernetes.io/csiProvisionerIdentity": "1700000000000-1234-bench.csi.example.com"}},
+                "claimRef": {"kind": "PersistentVolumeClaim", "namespace": VOL_NS,
+                             "name": format!("pvc-{i:06}"), "uid": pvc_uid, "apiVersion": "v1"}
+            },
+            "status": {"phase": "Bound"}
+        }));
+    }
+    for i in 0..noise {
+        objects.push(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("app-{i:06}"), "namespace": NOISE_NS,
+                         "labels": {"app": "noise", "pod-template-hash": "5d8f7c9b6d"}},
+            "spec": {"nodeName": format!("node-{:03}", i % 500),
+                     "containers": [{"name": "app", "image": "registry.example.com/app:1.2.3",
+                                     "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}],
+                     "restartPolicy": "Always", "serviceAccountName": "default"},
+            "status": {"phase": "Running", "podIP": format!("10.{}.{}.{}", i / 65536 % 256, i / 256 % 256, i % 256)}
+        }));
+        objects.push(json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": format!("app-{i:06}.17a3c0d2e4f5a6b7"), "namespace": NOISE_NS},
+            "involvedObject": {"kind": "Pod", "namespace": NOISE_NS, "name": format!("app-{i:06}"),
+                               "apiVersion": "v1", "uid": format!("10000000-0000-4000-8000-{i:012}")},
+            "reason": "Scheduled", "type": "Normal",
+            "message": format!("Successfully assigned {NOISE_NS}/app-{i:06} to node-{:03}", i % 500),
+            "source": {"component": "default-scheduler"}, "count": 1,
+            "firstTimestamp": "2026-11-27T10:00:00Z", "lastTimestamp": "2026-11-27T10:00:00Z"
+        }));
+    }
+    api.create_many(objects);
+    driver.with(|s| {
+        s.page_size = page_size;
+        for i in 0..n {
+            let abnormal = i % 100 == 0;
+            s.volumes.insert(
+                format!("vol-{i:06}"),
+                csidriver::Volume {
+                    abnormal,
+                    message: if abnormal {
+                        format!("Volume vol-{i:06}: 3 unreadable blocks on the backend")
+                    } else {
+                        String::new()
+                    },
+                    omit_volume: false,
+                    omit_condition: false,
+                },
+            );
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// GetVolume concurrency with a slow driver
+
+#[derive(Debug)]
+struct Concurrency {
+    workers: usize,
+    latency: Duration,
+    volumes: usize,
+    window: Duration,
+    max_in_flight: usize,
+    mean_in_flight: f64,
+    calls: usize,
+}
+
+fn concurrency(o: &Opts) -> Result<Concurrency, String> {
+    let workers = 10;
+    let latency = Duration::from_millis(50);
+    let volumes = 1000;
+    let api = FakeApiServer::start();
+    let driver = MockDriver::start(DRIVER);
+    populate(&api, &driver, volumes, 0, o.page_size);
+    driver.with(|s| {
+        s.list_volumes = false;
+        s.latency = latency;
+    });
+    let dir = csidriver::temp_dir("bench-conc");
+    let kubeconfig = dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig)
+        .map_err(|e| format!("write kubeconfig: {e}"))?;
+    // 1,000 checks a second wanted, 200 a second possible: the pool is the bottleneck.
+    let flags = [
+        "--monitor-interval=1s".to_string(),
+        format!("--worker-threads={workers}"),
+        format!("--kube-api-qps={}", o.qps),
+        format!("--kube-api-burst={}", o.burst),
+    ];
+    let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let child = spawn(o, &kubeconfig, driver.socket(), &refs, Stdio::null())?;
+    let guard = ChildGuard(Some(child));
+    let ok = driver.wait_until(Duration::from_secs(60), |s| {
+        finished(s, csidriver::GET_VOLUME) >= 100
+    });
+    if !ok {
+        guard.terminate();
+        return Err("the sidecar made no 100 ControllerGetVolume calls within 60 s".into());
+    }
+    let from = Instant::now();
+    let window = Duration::from_secs(5);
+    std::thread::sleep(window);
+    let to = from + window;
+    let calls = driver.calls(csidriver::GET_VOLUME);
+    let max_in_flight = driver.max_in_flight();
+    guard.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+    // Time-weighted number of calls in flight within [from, to].
+    let mut busy = 0.0;
+    let mut count = 0;
+    for c in &calls {
+        let end = c.finished.unwrap_or(to).min(to);
+        let start = c.started.max(from);
+        if end > start {
+            busy += (end - start).as_secs_f64();
+            count += 1;
+        }
+    }
+    Ok(Concurrency {
+        workers,
+        latency,
+        volumes,
+        window,
+        max_in_flight,
+        mean_in_flight: busy / window.as_secs_f64(),
+        calls: count,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// process measurements
+
+/// The sidecar with the environment the container image gives it (MALLOC_ARENA_MAX, see the
+/// Dockerfile), unless `--malloc-arena-max unset`.
+fn spawn(
+    o: &Opts,
+    kubeconfig: &Path,
+    socket: &Path,
+    extra: &[&str],
+    stderr: Stdio,
+) -> Result<Child, String> {
+    let bin = fixtures::sibling_binary("csi-external-health-monitor-controller");
+    let mut cmd = Command::new(&bin);
+    cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .arg(format!("--csi-address={}", socket.display()))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    match &o.arena_max {
+        Some(v) => cmd.env("MALLOC_ARENA_MAX", v),
+        None => cmd.env_remove("MALLOC_ARENA_MAX"),
+    };
+    cmd.spawn()
+        .map_err(|e| format!("spawn {}: {e}", bin.display()))
+}
+
+/// Kills (TERM, then KILL) the sidecar when the benchmark ends, even on an error path.
+struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    fn pid(&self) -> u32 {
+        self.0.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// SIGTERM and wait up to 20 s; true when it exited by itself.
+    fn terminate(mut self) -> bool {
+        let Some(mut child) = self.0.take() else {
+            return true;
+        };
+        fixtures::terminate(&child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn clock_ticks() -> f64 {
+    static TCK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TCK.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// utime + stime of `pid` in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state); utime is field 14, stime field 15.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// (VmRSS, VmHWM) in KiB.
+fn memory(pid: u32) -> Result<(u64, u64), String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("read /proc/{pid}/status (did the sidecar exit?): {e}"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
+/// Samples the sidecar's CPU time every 10 ms so intervals can be cut at any instant.
+struct Sampler {
+    samples: Arc<Mutex<Vec<(Instant, u64)>>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    fn start(pid: u32) -> Sampler {
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (samples.clone(), stop.clone());
+        let handle = std::thread::Builder::new()
+            .name("bench-cpu-sampler".into())
+            .spawn(move || {
+                while !st.load(Ordering::SeqCst) {
+                    if let Some(t) = cpu_ticks(pid) {
+                        s.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((Instant::now(), t));
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+            .ok();
+        Sampler {
+            samples,
+            stop,
+            handle,
+        }
+    }
+
+    /// CPU used between the last sample at or before `from` and the first at or after `to`.
+    fn cpu_between(&self, from: Instant, to: Instant) -> Duration {
+        let s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let before = s.iter().rev().find(|(at, _)| *at <= from).or(s.first());
+        let after = s.iter().find(|(at, _)| *at >= to).or(s.last());
+        match (before, after) {
+            (Some(a), Some(b)) => {
+                Duration::from_secs_f64(b.1.saturating_sub(a.1) as f64 / clock_ticks())
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// (unstripped bytes, stripped bytes) of the sidecar binary; stripped is measured on a copy.
+fn binary_size(bin: &Path) -> (u64, Option<u64>) {
+    let size = std::fs::metadata(bin).map(|m| m.len()).unwrap_or(0);
+    let dir = csidriver::temp_dir("bench-strip");
+    let copy: PathBuf = dir.join("sidecar");
+    let stripped = std::fs::copy(bin, &copy)
+        .ok()
+        .and_then(|_| Command::new("strip").arg(&copy).status().ok())
+        .filter(|s| s.success())
+        .and_then(|_| std::fs::metadata(&copy).ok())
+        .map(|m| m.len());
+    let _ = std::fs::remove_dir_all(&dir);
+    (size, stripped)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// report
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64())
+}
+
+fn per_hour(count: usize, window: Duration) -> String {
+    if window.is_zero() {
+        return "-".into();
+    }
+    format!("{:.0}", count as f64 * 3600.0 / window.as_secs_f64())
+}
+
+fn print_report(o: &Opts, rows: &[Row], conc: Option<&Concurrency>, size: (u64, Option<u64>)) {
+    println!(
+        "Sidecar flags: --leader-election, --kube-api-qps={} --kube-api-burst={}; environment MALLOC_ARENA_MAX={}; driver page size {}; 1% of volumes abnormal; GetVolume mode at {} checks/s (--monitor-interval = volumes / rate, at least 2 s).",
+        o.qps,
+        o.burst,
+        o.arena_max.as_deref().unwrap_or("(unset)"),
+        if o.page_size == 0 { "unlimited".to_string() } else { o.page_size.to_string() },
+        o.get_rate
+    );
+    println!(
+        "Noise = {} unrelated Pods + {} unrelated Events in the API server.\n",
+        o.noise_objects, o.noise_objects
+    );
+    println!("### Memory and start-up\n");
+    println!("| volumes | mode | noise | VmRSS after 1st sweep MiB | VmRSS steady MiB | VmHWM MiB | start-up to 1st completed sweep s | cluster populate s |");
+    println!("|---:|---|---|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} |",
+            r.volumes,
+            r.mode.name(),
+            if r.noise { "yes" } else { "no" },
+            mib(r.rss_after_first_kib),
+            mib(r.rss_kib),
+            mib(r.hwm_kib),
+            secs(r.startup),
+            r.populate.as_secs_f64(),
+        );
+    }
+    println!("\n### One full sweep (second sweep / second round of checks)\n");
+    println!("| volumes | mode | noise | interval s | abnormal | driver pages | wall s | CPU s (user+sys) | API requests | of which event writes | lease, watch, other | bytes |");
+    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let t = &r.sweep_traffic;
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.volumes,
+            r.mode.name(),
+            if r.noise { "yes" } else { "no" },
+            secs(r.interval),
+            r.abnormal,
+            if r.mode == ModeArg::List {
+                r.pages.to_string()
+            } else {
+                "-".into()
+            },
+            secs(r.sweep_wall),
+            secs(r.sweep_cpu),
+            t.requests,
+            t.event_writes,
+            t.other + t.lease + t.watch,
+            t.bytes
+        );
+    }
+    println!("\n### Idle (ListVolumes: between two sweeps; GetVolume: checks never stop, so this is steady checking)\n");
+    println!("| volumes | mode | noise | window s | CPU s in window | requests in window (lease / watch / event writes / other) | bytes in window | requests per hour | bytes per hour | other requests per hour |");
+    println!("|---:|---|---|---:|---:|---|---:|---:|---:|---:|");
+    for r in rows {
+        let t = &r.idle_traffic;
+        println!(
+            "| {} | {} | {} | {} | {} | {} / {} / {} / {} | {} | {} | {} | {} |",
+            r.volumes,
+            r.mode.name(),
+            if r.noise { "yes" } else { "no" },
+            secs(r.idle_window),
+            secs(r.idle_cpu),
+            t.lease,
+            t.watch,
+            t.event_writes,
+            t.other,
+            t.bytes,
+            per_hour(t.requests, r.idle_window),
+            per_hour(t.bytes, r.idle_window),
+            per_hour(t.other, r.idle_window),
+        );
+    }
+    // Bytes per volume: the slope of steady RSS between the smallest and the largest count
+    // (ListVolumes mode, no noise), so the fixed cost of the process cancels out.
+    let mut by_n: BTreeMap<usize, u64> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.mode == ModeArg::List && !r.noise) {
+        by_n.insert(r.volumes, r.rss_kib);
+    }
+    if let (Some((&n0, &r0)), Some((&n1, &r1))) = (by_n.iter().next(), by_n.iter().next_back()) {
+        if n1 > n0 {
+            let per = (r1 as f64 - r0 as f64) * 1024.0 / (n1 - n0) as f64;
+            println!(
+                "\nMemory per volume (PV + PVC + state + metric series), ListVolumes mode: {per:.0} bytes (VmRSS slope between {n0} and {n1} volumes)"
+            );
+        }
+    }
+    if let Some(c) = conc {
+        println!(
+            "\nGetVolume concurrency: {} volumes, --worker-threads={}, driver latency {:?}, --monitor-interval=1s (demand above capacity): max in flight {}, mean in flight {:.2} over {:?} ({} calls)",
+            c.volumes, c.workers, c.latency, c.max_in_flight, c.mean_in_flight, c.window, c.calls
+        );
+    }
+    println!(
+        "\nBinary: {} bytes as built ({:.1} MiB); stripped copy: {}",
+        size.0,
+        size.0 as f64 / 1048576.0,
+        match size.1 {
+            Some(s) => format!("{s} bytes ({:.1} MiB)", s as f64 / 1048576.0),
+            None => "strip failed".into(),
+        }
+    );
+}
