@@ -7,6 +7,7 @@ mod kit;
 mod cli;
 mod docs;
 mod getmode;
+mod leader;
 mod listmode;
 mod nodes;
 mod startup;
