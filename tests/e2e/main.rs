@@ -10,5 +10,6 @@ mod getmode;
 mod leader;
 mod listmode;
 mod nodes;
+mod observability;
 mod startup;
 mod support;
