@@ -271,14 +271,17 @@ fn two_and_three_replicas_exactly_one_leads() {
                     r.name
                 );
             }
-            // Every replica serves the leader-election health check; all are healthy.
+            // Every replica serves the leader-election health check; all are healthy, and
+            // all are ready (followers stand by; a rollout must not wait for them to lead).
             let addr = http_addr(&r.sidecar.stderr);
-            assert_eq!(
-                http_get(&addr, "/healthz/leader-election"),
-                (200, "ok".to_string()),
-                "{}",
-                r.name
-            );
+            for path in ["/healthz/leader-election", "/readyz"] {
+                assert_eq!(
+                    http_get(&addr, path),
+                    (200, "ok".to_string()),
+                    "{} {path}",
+                    r.name
+                );
+            }
         }
         // Every event on the PVC came from the leader.
         let event_writers: Vec<&RequestRecord> =
