@@ -413,6 +413,7 @@ fn json_logs_are_one_object_per_line() {
     assert!(lines.len() > 10, "{lines:#?}");
     let mut verbosities = BTreeSet::new();
     let mut msgs = Vec::new();
+    let mut objects = Vec::new();
     let now_ms = unix_now() * 1000.0;
     for line in &lines {
         let j: serde_json::Value =
@@ -431,7 +432,24 @@ fn json_logs_are_one_object_per_line() {
         assert!(!msg.is_empty(), "{line}");
         verbosities.insert(o["v"].as_u64().unwrap_or_else(|| panic!("v: {line}")));
         msgs.push(msg.to_string());
+        objects.push(j.clone());
     }
+    // Key/values are fields, as component-base's JSON logger writes them, not message text.
+    let version = objects
+        .iter()
+        .find(|o| o["msg"] == "Version")
+        .unwrap_or_else(|| panic!("no plain \"Version\" message: {lines:#?}"));
+    assert_eq!(version["version"], healthmon::flags::VERSION);
+    let sweep_error = objects
+        .iter()
+        .find(|o| o["msg"] == "Check controller volume status error")
+        .unwrap_or_else(|| panic!("no sweep error line: {lines:#?}"));
+    assert!(
+        sweep_error["err"]
+            .as_str()
+            .is_some_and(|e| e.contains("Internal") || e.contains("INTERNAL")),
+        "{sweep_error}"
+    );
     // The info, V(5) and shutdown messages all came through in this format.
     for want in [
         "Version",
