@@ -213,7 +213,11 @@ fn two_and_three_replicas_exactly_one_leads() {
     for names in [&["rep-a", "rep-b"][..], &["rep-a", "rep-b", "rep-c"][..]] {
         let env = Env::new();
         abnormal_volume(&env, "v1");
-        let replicas = spawn_all(&env, names, &flags(&["--http-endpoint=127.0.0.1:0"]));
+        let replicas = spawn_all(
+            &env,
+            names,
+            &flags(&["--http-endpoint=127.0.0.1:0", "-v=3"]),
+        );
         let l = wait_leader(&env, &replicas);
         let leader = &replicas[l];
         assert!(
@@ -269,6 +273,12 @@ fn two_and_three_replicas_exactly_one_leads() {
                     lease_reads >= 2,
                     "follower {} does not poll the lease",
                     r.name
+                );
+                // Upstream's V(3) line names the leader.
+                assert!(
+                    r.log_has(&format!("New leader detected leader=\"{}\"", leader.name)),
+                    "{}",
+                    all_logs(&replicas)
                 );
             }
             // Every replica serves the leader-election health check; all are healthy, and
