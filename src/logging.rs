@@ -459,7 +459,8 @@ mod tests {
 
     #[test]
     fn message_key_values_are_split_for_json() {
-        let cases: Vec<(&str, Option<(&str, Vec<(&str, serde_json::Value)>)>)> = vec![
+        type Split<'a> = Option<(&'a str, Vec<(&'a str, serde_json::Value)>)>;
+        let cases: Vec<(&str, Split)> = vec![
             (
                 "Version version=\"0.1.0\"",
                 Some(("Version", vec![("version", serde_json::json!("0.1.0"))])),
