@@ -64,7 +64,8 @@ impl std::error::Error for Error {}
 pub struct Health {
     /// With leader election: its state and the lease duration (for the +20 s rule).
     pub leader: Option<(Arc<LeaderStatus>, Duration)>,
-    /// Set by main once the CSI driver is connected and the caches are synced.
+    /// Set by main once the CSI driver is connected and the caches are synced (the leader's
+    /// readiness; a follower is ready while it stands by).
     pub ready: Arc<AtomicBool>,
 }
 
@@ -277,7 +278,14 @@ impl Routes {
             },
             HEALTHZ_PATH => Response::text(200, "ok"),
             READYZ_PATH => {
-                if self.health.ready.load(Ordering::SeqCst) {
+                // A follower has connected to the driver and stands by: ready. Holding it back
+                // until it leads would stall every rolling update that waits for readiness.
+                let standing_by = self
+                    .health
+                    .leader
+                    .as_ref()
+                    .is_some_and(|(status, _)| !status.is_leader());
+                if standing_by || self.health.ready.load(Ordering::SeqCst) {
                     Response::text(200, "ok")
                 } else {
                     Response::text(503, "not ready\n")
@@ -547,6 +555,8 @@ mod tests {
             get(addr, "/healthz"),
             (200, TEXT_CONTENT_TYPE.into(), "ok".into())
         );
+        // A leader is ready once its caches are synced.
+        r.leader.mark_leading(Instant::now());
         assert_eq!(get(addr, "/readyz").0, 503);
         r.ready.store(true, Ordering::SeqCst);
         assert_eq!(
@@ -583,6 +593,18 @@ mod tests {
         );
         r.leader.mark_renewed(Instant::now());
         assert_eq!(get(addr, LEADER_HEALTHZ_PATH).0, 200);
+    }
+
+    #[test]
+    fn readiness_of_followers_and_of_a_single_instance() {
+        let follower = start(true);
+        let addr = follower.server.as_ref().unwrap().local_addr();
+        assert_eq!(get(addr, "/readyz").0, 200, "a follower stands by");
+        let single = start(false);
+        let addr = single.server.as_ref().unwrap().local_addr();
+        assert_eq!(get(addr, "/readyz").0, 503);
+        single.ready.store(true, Ordering::SeqCst);
+        assert_eq!(get(addr, "/readyz").0, 200);
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub trait LeaseApi: Send + 'static {
     /// PUT; 409 when `metadata.resourceVersion` is stale.
     fn update(&self, namespace: &str, name: &str, lease: &Value) -> Result<Value, kube::Error>;
     fn create_event(&self, namespace: &str, event: &Value) -> Result<Value, kube::Error>;
+    /// Bounds the calls that follow by `deadline` (None lifts it), as client-go's renew context
+    /// does: a hanging request must not keep a leader leading past its renew deadline.
+    fn set_deadline(&mut self, _deadline: Option<Instant>) {}
 }
 
 fn leases_path(namespace: &str) -> String {
@@ -59,6 +62,9 @@ impl LeaseApi for kube::Client {
     }
     fn create_event(&self, namespace: &str, event: &Value) -> Result<Value, kube::Error> {
         self.post(&format!("/api/v1/namespaces/{namespace}/events"), event)
+    }
+    fn set_deadline(&mut self, deadline: Option<Instant>) {
+        kube::Client::set_deadline(self, deadline)
     }
 }
 
@@ -553,6 +559,7 @@ impl<A: LeaseApi> Elector<A> {
                 return true;
             }
             let deadline = Instant::now() + self.s.renew_deadline;
+            self.api.set_deadline(Some(deadline));
             let renewed = loop {
                 let ok = self.try_acquire_or_renew();
                 self.maybe_report_transition();
@@ -573,6 +580,7 @@ impl<A: LeaseApi> Elector<A> {
                     break false;
                 }
             };
+            self.api.set_deadline(None);
             if renewed {
                 self.status.mark_renewed(Instant::now());
                 crate::vlog!(5, "Successfully renewed lease lease=\"{desc}\"");
@@ -742,6 +750,8 @@ impl<A: LeaseApi> Elector<A> {
     /// it at once instead of waiting for expiry. Re-reads first so the write is conditional on
     /// the current version and never clobbers a lease someone else holds.
     fn release(&mut self) {
+        // Shutdown may have interrupted a renewal: its deadline is not the release's.
+        self.api.set_deadline(None);
         if !self.is_leader() {
             return;
         }

@@ -121,7 +121,15 @@ fn render(format: LogFormat, record: &log::Record<'_>, now: SystemTime) -> Strin
         Level::Trace => 5,
         _ => 0,
     });
-    let msg = record.args().to_string();
+    let mut msg = record.args().to_string();
+    if format == LogFormat::Json {
+        // Call sites write klog's key/values into the message text; JSON carries them as
+        // fields, as component-base's JSON logger does.
+        if let Some((head, pairs)) = split_message_kvs(&msg) {
+            collect.kvs.extend(pairs);
+            msg = head.to_string();
+        }
+    }
     let parts = LineParts {
         level: record.level(),
         time: now,
@@ -190,6 +198,80 @@ fn short_caller(path: &str) -> &str {
         (Some(_), Some((i, _))) => &path[i + 1..],
         _ => path,
     }
+}
+
+fn is_key_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_'
+}
+
+fn is_key_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+/// The length of `key=` at the start of `s`, if it starts so.
+fn key_len(s: &[u8]) -> Option<usize> {
+    if !s.first().copied().is_some_and(is_key_start) {
+        return None;
+    }
+    let n = s.iter().take_while(|c| is_key_char(**c)).count();
+    (s.get(n) == Some(&b'=')).then_some(n)
+}
+
+/// Parses `k1="v 1" k2=v2 ...` to its end; None unless all of `s` is such pairs. A quoted value
+/// ends at the first `"` followed by the end or by ` key=`, so a quote inside an error text
+/// does not cut it short. Unquoted numbers and booleans stay typed.
+fn parse_kv_tail(s: &str) -> Option<Vec<(String, serde_json::Value)>> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let k = key_len(&b[i..])?;
+        let key = &s[i..i + k];
+        i += k + 1;
+        let (value, next) = if b.get(i) == Some(&b'"') {
+            let start = i + 1;
+            let end = (start..b.len()).find(|&j| {
+                b[j] == b'"'
+                    && (j + 1 == b.len() || (b[j + 1] == b' ' && key_len(&b[j + 2..]).is_some()))
+            })?;
+            (
+                serde_json::Value::String(s[start..end].to_string()),
+                end + 1,
+            )
+        } else {
+            let end = (i..b.len()).find(|&j| b[j] == b' ').unwrap_or(b.len());
+            let raw = &s[i..end];
+            let v = if let Ok(n) = raw.parse::<i64>() {
+                serde_json::Value::from(n)
+            } else if let Ok(t) = raw.parse::<bool>() {
+                serde_json::Value::Bool(t)
+            } else {
+                serde_json::Value::String(raw.to_string())
+            };
+            (v, end)
+        };
+        out.push((key.to_string(), value));
+        i = next;
+        if i < b.len() {
+            if b[i] != b' ' {
+                return None;
+            }
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// Splits `Message key="value" n=3` into the message and its key/values (the earliest split
+/// whose whole tail is pairs); None when there are none.
+pub fn split_message_kvs(msg: &str) -> Option<(&str, Vec<(String, serde_json::Value)>)> {
+    let b = msg.as_bytes();
+    (1..b.len())
+        .filter(|&i| b[i - 1] == b' ' && key_len(&b[i..]).is_some())
+        .find_map(|i| {
+            let pairs = parse_kv_tail(&msg[i..])?;
+            Some((&msg[..i - 1], pairs))
+        })
 }
 
 /// klog's header and message: `I1127 18:34:39.123456   12345 file.rs:42] message key="value"`.
@@ -373,6 +455,70 @@ mod tests {
             line.starts_with("{\"ts\":1732732479123.456,\"caller\":"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn message_key_values_are_split_for_json() {
+        type Split<'a> = Option<(&'a str, Vec<(&'a str, serde_json::Value)>)>;
+        let cases: Vec<(&str, Split)> = vec![
+            (
+                "Version version=\"0.1.0\"",
+                Some(("Version", vec![("version", serde_json::json!("0.1.0"))])),
+            ),
+            (
+                "Failed to renew lease lease=\"ns/l\" err=\"timed out waiting for the condition\"",
+                Some((
+                    "Failed to renew lease",
+                    vec![
+                        ("lease", serde_json::json!("ns/l")),
+                        (
+                            "err",
+                            serde_json::json!("timed out waiting for the condition"),
+                        ),
+                    ],
+                )),
+            ),
+            (
+                "ListVolumes sweep done pages=2 volumes=3 ok=true duration=\"1.2ms\"",
+                Some((
+                    "ListVolumes sweep done",
+                    vec![
+                        ("pages", serde_json::json!(2)),
+                        ("volumes", serde_json::json!(3)),
+                        ("ok", serde_json::json!(true)),
+                        ("duration", serde_json::json!("1.2ms")),
+                    ],
+                )),
+            ),
+            // A quote inside an error text does not end the value.
+            (
+                "Fatal err=\"GET /x: \"pv-1\" not found\" pv=\"pv-1\"",
+                Some((
+                    "Fatal",
+                    vec![
+                        ("err", serde_json::json!("GET /x: \"pv-1\" not found")),
+                        ("pv", serde_json::json!("pv-1")),
+                    ],
+                )),
+            ),
+            ("No pairs here", None),
+            ("Option --worker-threads=0 is bad", None),
+            ("x=1 at the start", None),
+            ("Unterminated err=\"oops", None),
+            ("Trailing junk a=1 b", None),
+        ];
+        for (msg, want) in cases {
+            let got = split_message_kvs(msg);
+            let want = want.map(|(m, kvs)| {
+                (
+                    m,
+                    kvs.into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect::<Vec<_>>(),
+                )
+            });
+            assert_eq!(got, want, "{msg}");
+        }
     }
 
     #[test]

@@ -286,8 +286,8 @@ impl Metrics {
             .remove(pv);
     }
 
-    /// One health check: `method` is `ListVolumes` or `ControllerGetVolume`, `result` one of a
-    /// small fixed set chosen by the caller (`normal`, `abnormal`, `not_found`, `error`).
+    /// One health check: `method` is `ListVolumes` (one per sweep, `result` `ok` or `error`)
+    /// or `ControllerGetVolume` (one per volume: `normal`, `abnormal`, `not_found`, `error`).
     pub fn observe_probe(&self, method: &str, result: &str, seconds: f64) {
         let driver = self.driver();
         self.probe_total

@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use ureq::http;
 
 /// Time to set up a connection (TCP + TLS), as client-go's dialer (30 s) but a bit shorter so a
@@ -78,6 +78,9 @@ struct Shared {
 pub struct Client {
     shared: Arc<Shared>,
     limiter: RateLimiter,
+    /// When set, no normal request of this handle runs past it (the lease loop's renew
+    /// deadline, as client-go's context does); watches are not affected.
+    deadline: Option<Instant>,
 }
 
 impl std::fmt::Debug for Client {
@@ -144,6 +147,7 @@ impl Client {
                 observer: RwLock::new(None),
             }),
             limiter: RateLimiter::new(qps, burst),
+            deadline: None,
         })
     }
 
@@ -152,7 +156,14 @@ impl Client {
         Client {
             shared: self.shared.clone(),
             limiter: RateLimiter::new(qps, burst),
+            deadline: None,
         }
+    }
+
+    /// Bounds every later normal request of this handle by `deadline` (None: the usual
+    /// [`REQUEST_TIMEOUT`] only). A request that would start after it fails at once.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
     }
 
     pub fn server(&self) -> &str {
@@ -219,6 +230,17 @@ impl Client {
         let mut retried = false;
         loop {
             self.limiter.acquire();
+            let budget = match (self.deadline, read_timeout) {
+                (Some(d), None) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        self.observe(method, "<error>");
+                        return Err(transport(&what, "deadline exceeded"));
+                    }
+                    Some(left.min(REQUEST_TIMEOUT))
+                }
+                _ => None,
+            };
             let auth = self.shared.creds.authorization()?;
             let mut b = http::Request::builder().method(method).uri(&url);
             if let Some(a) = &auth {
@@ -230,7 +252,16 @@ impl Client {
                         .header("Content-Type", ctype)
                         .body(bytes.to_vec())
                         .map_err(|e| transport(&what, e))?;
-                    self.shared.agent.run(req)
+                    match budget {
+                        Some(t) => self.shared.agent.run(
+                            self.shared
+                                .agent
+                                .configure_request(req)
+                                .timeout_global(Some(t))
+                                .build(),
+                        ),
+                        None => self.shared.agent.run(req),
+                    }
                 }
                 None => {
                     let req = b.body(()).map_err(|e| transport(&what, e))?;
@@ -247,7 +278,16 @@ impl Client {
                                 .build();
                             self.shared.agent.run(req)
                         }
-                        None => self.shared.agent.run(req),
+                        None => match budget {
+                            Some(t) => self.shared.agent.run(
+                                self.shared
+                                    .agent
+                                    .configure_request(req)
+                                    .timeout_global(Some(t))
+                                    .build(),
+                            ),
+                            None => self.shared.agent.run(req),
+                        },
                     }
                 }
             };
@@ -899,6 +939,27 @@ pub(crate) mod tests {
         assert!(srv.requests()[6]
             .to_ascii_lowercase()
             .contains("content-type: application/strategic-merge-patch+json"));
+    }
+
+    #[test]
+    fn a_deadline_bounds_a_hanging_request() {
+        // Accepts and never answers: only the deadline can end the request.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}", l.local_addr().unwrap());
+        let mut c = client(&addr);
+        c.set_deadline(Some(std::time::Instant::now() + Duration::from_millis(300)));
+        let t0 = std::time::Instant::now();
+        let e = c.put("/x", &serde_json::json!({})).unwrap_err();
+        assert!(e.is_transport(), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        // Past the deadline nothing is sent at all.
+        assert!(c
+            .get("/x")
+            .unwrap_err()
+            .to_string()
+            .contains("deadline exceeded"));
+        c.set_deadline(None);
+        drop(l);
     }
 
     #[test]

@@ -111,6 +111,12 @@ impl ListLoop {
     pub fn sweep(&mut self) {
         let started = Instant::now();
         let result = collect(self.source.as_ref(), self.max_entries);
+        // In this mode the probe is the whole (paged) listing: one observation per sweep.
+        self.monitor.metrics().observe_probe(
+            "ListVolumes",
+            if result.is_ok() { "ok" } else { "error" },
+            started.elapsed().as_secs_f64(),
+        );
         let snapshot = self.monitor.pvs.snapshot();
         let current: HashSet<String> = snapshot.keys().cloned().collect();
         let (volumes, pages) = match result {

@@ -130,6 +130,7 @@ mod tests {
             response_bytes: 0,
             at: Instant::now(),
             user_agent: None,
+            authorization: None,
             body: None,
         }
     }

@@ -240,3 +240,49 @@ pub fn run_binary(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A plain HTTP/1.1 GET (the sidecar's server closes every connection): status and body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)
+        .unwrap_or_else(|e| panic!("read {addr}{path}: {e}"));
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad response from {addr}{path}: {raw:?}"));
+    (status, body.to_string())
+}
+
+/// The `host:port` the sidecar's HTTP server listens on, from its "ServeMux listening" line
+/// (so tests can pass port 0 and never race for a free port).
+pub fn http_addr(stderr: &Output) -> String {
+    assert!(
+        stderr.wait_for("ServeMux listening", Duration::from_secs(30)),
+        "no HTTP server:\n{}",
+        stderr.text()
+    );
+    let text = stderr.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("ServeMux listening"))
+        .unwrap_or_default();
+    let start = line
+        .find("127.0.0.1:")
+        .unwrap_or_else(|| panic!("no address in {line}"));
+    line[start..]
+        .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}

@@ -72,6 +72,8 @@ pub struct RequestRecord {
     pub response_bytes: usize,
     pub at: Instant,
     pub user_agent: Option<String>,
+    /// The `Authorization` header as sent: tells apart processes that share a user agent.
+    pub authorization: Option<String>,
     /// The parsed JSON body of writes (POST, PUT, PATCH, DELETE with a body).
     pub body: Option<Value>,
 }
@@ -2393,6 +2395,7 @@ fn handle(inner: &Arc<Inner>, req: &Request, w: &mut Conn) -> io::Result<Next> {
         response_bytes: 0,
         at: Instant::now(),
         user_agent: req.header("user-agent").map(str::to_string),
+        authorization: req.header("authorization").map(str::to_string),
         body: if req.method == "GET" {
             None
         } else {
