@@ -372,16 +372,18 @@ fn run_controller(shared: &Shared, shutdown: &Shutdown) -> Result<(), String> {
         Vec::new()
     };
     shared.ready.store(true, Ordering::SeqCst);
-    let mon = Arc::new(Monitor::new(
-        shared.driver.clone(),
-        pvs,
-        pvcs,
-        shared.client.clone(),
-        shared.recorder.clone(),
-        shared.metrics.clone(),
-        shared.cfg.report_missing_volumes,
-        seed,
-    ));
+    let mon = Arc::new(
+        Monitor::new(
+            shared.driver.clone(),
+            pvs,
+            pvcs,
+            shared.client.clone(),
+            shared.recorder.clone(),
+            shared.metrics.clone(),
+            seed,
+        )
+        .report_missing(shared.cfg.report_missing_volumes),
+    );
     match shared.mode {
         Mode::ListVolumes => ListLoop::new(
             mon,

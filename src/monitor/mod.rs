@@ -49,7 +49,6 @@ impl Monitor {
         client: Client,
         recorder: Recorder,
         metrics: Arc<Metrics>,
-        report_missing: bool,
         seed: HashMap<String, Reported>,
     ) -> Monitor {
         Monitor {
@@ -59,10 +58,16 @@ impl Monitor {
             client,
             recorder,
             metrics,
-            report_missing,
+            report_missing: true,
             reported: Mutex::new(seed),
             with_series: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// `--report-missing-volumes` (default true, DESIGN §3.1).
+    pub fn report_missing(mut self, on: bool) -> Monitor {
+        self.report_missing = on;
+        self
     }
 
     pub fn metrics(&self) -> &Metrics {

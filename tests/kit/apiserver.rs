@@ -8,8 +8,6 @@
 //! Every expectation in `/work/shared/tools/kube-api-conformance.py` was observed on a real
 //! kube-apiserver; this fake passes it without special cases.
 
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown as NetShutdown, SocketAddr, TcpListener, TcpStream};
