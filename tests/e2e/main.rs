@@ -6,7 +6,9 @@ mod kit;
 
 mod cli;
 mod docs;
+mod faults;
 mod getmode;
+mod kubeconfig;
 mod listmode;
 mod nodes;
 mod startup;

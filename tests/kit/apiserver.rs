@@ -171,7 +171,8 @@ impl FakeApiServer {
             stop_rx,
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
-            token: opts.token.clone(),
+            token: Mutex::new(opts.token.clone()),
+            bookmarks: Mutex::new(HashMap::new()),
             bookmark_interval: opts.bookmark_interval,
             tls,
         });
@@ -209,7 +210,7 @@ impl FakeApiServer {
             s += &format!("    certificate-authority-data: {}\n", base64_encode(ca));
         }
         s += "users:\n- name: fake\n";
-        match &self.inner.token {
+        match &*lock(&self.inner.token) {
             Some(t) => s += &format!("  user:\n    token: {}\n", yaml_quote(t)),
             None => s += "  user: {}\n",
         }
@@ -366,6 +367,18 @@ impl FakeApiServer {
     /// issued before now get 410 Expired.
     pub fn compact(&self) {
         self.inner.store().compact();
+    }
+
+    /// Requires this bearer token from now on (`None`: no authentication), as when a cluster
+    /// rotates a service-account token; kubeconfigs written earlier keep the old one.
+    pub fn set_token(&self, token: Option<&str>) {
+        *lock(&self.inner.token) = token.map(str::to_string);
+    }
+
+    /// The resourceVersion carried by the last BOOKMARK sent on a watch of `resource` (plural),
+    /// so a test can wait for a bookmark instead of sleeping.
+    pub fn last_bookmark(&self, resource: &str) -> Option<u64> {
+        lock(&self.inner.bookmarks).get(resource).copied()
     }
 
     pub fn resource_version(&self) -> u64 {
@@ -1961,7 +1974,10 @@ struct Inner {
     stop_rx: Receiver<()>,
     conns: Mutex<HashMap<u64, TcpStream>>,
     next_conn: AtomicU64,
-    token: Option<String>,
+    /// Replaceable at run time (`set_token`) to test credential rotation.
+    token: Mutex<Option<String>>,
+    /// The resourceVersion of the last BOOKMARK sent, per resource plural.
+    bookmarks: Mutex<HashMap<&'static str, u64>>,
     bookmark_interval: Option<Duration>,
     tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -2421,7 +2437,8 @@ fn handle(inner: &Arc<Inner>, req: &Request, w: &mut Conn) -> io::Result<Next> {
         }
         Some(Fault::Delay(_)) | None => {}
     }
-    if let Some(token) = &inner.token {
+    let required = lock(&inner.token).clone();
+    if let Some(token) = &required {
         let ok = req
             .header("authorization")
             .and_then(|a| a.strip_prefix("Bearer "))
@@ -2915,6 +2932,8 @@ fn watch_stream(
                         "metadata": {"resourceVersion": last_rv.to_string()},
                     });
                     write_chunk(w, &event_line("BOOKMARK", &bm))?;
+                    lock(&inner.bookmarks).insert(def.plural, last_rv);
+                    inner.bump();
                 }
             }
         }
