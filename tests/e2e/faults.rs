@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::kit::apiserver::{FakeApiServer, Fault, FaultRule, Options, RequestRecord};
-use crate::kit::csidriver::{temp_dir, MockDriver, LIST_VOLUMES};
+use crate::kit::csidriver::{temp_dir, MockDriver, GET_VOLUME, LIST_VOLUMES};
 use crate::kit::fixtures;
 use crate::support::{Env, Sidecar, DRIVER, NS};
 
@@ -69,8 +69,13 @@ fn wait_steady(env: &Env, sidecar: &Sidecar) {
         "{}",
         sidecar.stderr.text()
     );
+    let checked = |s: &crate::kit::csidriver::State| {
+        s.calls
+            .iter()
+            .any(|c| (c.method == LIST_VOLUMES || c.method == GET_VOLUME) && c.finished.is_some())
+    };
     assert!(
-        env.wait_calls(LIST_VOLUMES, 1, WAIT),
+        env.driver.wait_until(WAIT, checked),
         "{}",
         sidecar.stderr.text()
     );
@@ -244,12 +249,26 @@ fn closed_watch_resumes_from_the_last_resource_version_without_relisting() {
     );
 }
 
-#[test]
-fn watch_expired_during_an_outage_relists_and_reflects_the_gap() {
+/// The PV watch is down while a PV is deleted and another created, and the history is
+/// compacted: the resumed watch gets 410, the relist drops the deleted PV (no more checks, no
+/// metric series, no event) and picks up the new one.
+fn watch_expired_during_an_outage(get_mode: bool) {
     let env = Env::new();
+    let mut flags = vec!["--http-endpoint=127.0.0.1:0"];
+    let method = if get_mode {
+        env.driver.with(|s| s.list_volumes = false);
+        flags.extend([
+            "--monitor-interval=300ms",
+            "--volume-list-add-interval=300ms",
+        ]);
+        GET_VOLUME
+    } else {
+        flags.push(FAST);
+        LIST_VOLUMES
+    };
     volume(&env, "kept", false);
     volume(&env, "gone", false);
-    let sidecar = env.spawn(&[FAST, "--http-endpoint=127.0.0.1:0"]);
+    let sidecar = env.spawn(&flags);
     wait_steady(&env, &sidecar);
     let addr = metrics_addr(&sidecar);
     assert!(wait_series(&addr, |s| s.contains_key("pv-gone")));
@@ -267,6 +286,7 @@ fn watch_expired_during_an_outage_relists_and_reflects_the_gap() {
     env.api.clear_faults();
 
     assert_event(&env, &sidecar, "new");
+    let recovered = Instant::now();
     assert!(
         wait_series(&addr, |s| !s.contains_key("pv-gone")),
         "the deleted PV is still monitored: {:?}",
@@ -285,9 +305,31 @@ fn watch_expired_during_an_outage_relists_and_reflects_the_gap() {
     env.driver.set_volume("gone", true, "volume is broken");
     env.driver.set_volume("kept", true, "volume is broken");
     assert_event(&env, &sidecar, "kept");
-    let sweeps = env.driver.call_count(LIST_VOLUMES);
-    assert!(env.wait_calls(LIST_VOLUMES, sweeps + 2, WAIT));
+    let checks = env.driver.call_count(method);
+    assert!(env.wait_calls(method, checks + 4, WAIT));
     assert!(env.events("pvc-gone", "VolumeConditionAbnormal").is_empty());
+    if get_mode {
+        let late: Vec<_> = env
+            .driver
+            .calls(GET_VOLUME)
+            .into_iter()
+            .filter(|c| c.arg == "gone" && c.started > recovered)
+            .collect();
+        assert!(
+            late.is_empty(),
+            "the deleted PV's volume is still checked: {late:?}"
+        );
+    }
+}
+
+#[test]
+fn watch_expired_during_an_outage_relists_and_reflects_the_gap() {
+    watch_expired_during_an_outage(false);
+}
+
+#[test]
+fn watch_expired_during_an_outage_relists_and_reflects_the_gap_get_mode() {
+    watch_expired_during_an_outage(true);
 }
 
 #[test]
