@@ -27,6 +27,10 @@ pub const WATCH_DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(600);
 pub const MAX_BODY: u64 = 2 << 30;
 /// How much of a non-Status error body ends up in the error message.
 const ERROR_BODY_EXCERPT: usize = 256;
+/// client-go's REST client (`rest.Request.maxRetries`) sends a request again, after the wait the
+/// server asked for, when a 429 or 5xx answer carries `Retry-After`; API priority and fairness
+/// throttles that way. Up to this many times, then the answer is returned as an error.
+pub const MAX_RETRY_AFTER_RETRIES: u32 = 10;
 
 /// Called after every request with the method and the HTTP code (`"200"`) or `"<error>"`.
 pub type RequestObserver = Arc<dyn Fn(&str, &str) + Send + Sync>;
@@ -78,6 +82,8 @@ struct Shared {
 pub struct Client {
     shared: Arc<Shared>,
     limiter: RateLimiter,
+    /// How often a 429/5xx with `Retry-After` is waited out and sent again.
+    retry_after_retries: u32,
 }
 
 impl std::fmt::Debug for Client {
@@ -144,14 +150,19 @@ impl Client {
                 observer: RwLock::new(None),
             }),
             limiter: RateLimiter::new(qps, burst),
+            retry_after_retries: MAX_RETRY_AFTER_RETRIES,
         })
     }
 
-    /// Same agent and credentials, a separate limiter (the lease loop must not starve).
+    /// Same agent and credentials, a separate limiter (the lease loop must not starve), and no
+    /// waiting out `Retry-After`: client-go bounds those waits by the renew deadline's context,
+    /// which a blocking sleep here cannot, and a renewal that outlasts the lease could leave two
+    /// leaders. The lease loop retries every retryPeriod itself.
     pub fn with_own_limiter(&self, qps: f64, burst: u32) -> Client {
         Client {
             shared: self.shared.clone(),
             limiter: RateLimiter::new(qps, burst),
+            retry_after_retries: 0,
         }
     }
 
@@ -206,7 +217,7 @@ impl Client {
 
     /// Send one request (after a limiter token) and return the response; a 401 with a
     /// refreshable credential is retried once with a fresh one (client-go's exec authenticator
-    /// refreshes on 401 too).
+    /// refreshes on 401 too), a 429/5xx with `Retry-After` after that wait, as client-go does.
     fn send(
         &self,
         method: &str,
@@ -217,6 +228,7 @@ impl Client {
         let what = format!("{method} {path}");
         let url = format!("{}{}", self.shared.server, path);
         let mut retried = false;
+        let mut throttled = 0;
         loop {
             self.limiter.acquire();
             let auth = self.shared.creds.authorization()?;
@@ -263,6 +275,17 @@ impl Client {
             if code == 401 && !retried && self.shared.creds.invalidate() {
                 retried = true;
                 continue;
+            }
+            if let Some(wait) = server_wait(&resp) {
+                if throttled < self.retry_after_retries {
+                    throttled += 1;
+                    log::debug!(
+                        "{what}: the API server answered {code} with Retry-After, sending again in {wait:?} (retry {throttled})"
+                    );
+                    drop(resp);
+                    std::thread::sleep(wait);
+                    continue;
+                }
             }
             return Ok(resp);
         }
@@ -318,6 +341,19 @@ impl Client {
             done: false,
         })
     }
+}
+
+/// client-go's `checkWait`: a 429 or any 5xx with a whole number of seconds in `Retry-After`.
+fn server_wait(resp: &http::Response<ureq::Body>) -> Option<Duration> {
+    let code = resp.status().as_u16();
+    if code != 429 && code < 500 {
+        return None;
+    }
+    resp.headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
 }
 
 fn read_error(what: &str, e: std::io::Error) -> Error {
@@ -381,7 +417,9 @@ fn api_error(what: &str, resp: http::Response<ureq::Body>) -> Error {
         .take(1 << 20)
         .read_to_end(&mut buf);
     let mut status = status_from_body(code, &buf, &canonical);
-    status.retry_after = retry_after;
+    if retry_after.is_some() {
+        status.retry_after = retry_after;
+    }
     Error::Api {
         what: what.to_string(),
         status,
@@ -863,7 +901,16 @@ pub(crate) mod tests {
             http(404, "", &status(404, "NotFound")),
             http(409, "", &status(409, "AlreadyExists")),
             http(410, "", &status(410, "Expired")),
-            http(429, "Retry-After: 7\r\n", &status(429, "TooManyRequests")),
+            // Without the header (which would make the client wait and send again), the wait
+            // comes from the Status details.
+            http(
+                429,
+                "",
+                &status(429, "TooManyRequests").replace(
+                    r#""code":429"#,
+                    r#""code":429,"details":{"retryAfterSeconds":7}"#,
+                ),
+            ),
             http(503, "", "<html>upstream down</html>"),
             http(403, "", &status(403, "Forbidden")),
             http(422, "", &status(422, "Invalid")),
@@ -899,6 +946,50 @@ pub(crate) mod tests {
         assert!(srv.requests()[6]
             .to_ascii_lowercase()
             .contains("content-type: application/strategic-merge-patch+json"));
+    }
+
+    #[test]
+    fn retry_after_is_waited_and_the_request_sent_again() {
+        let busy = |code: u16| {
+            http(
+                code,
+                "Retry-After: 0\r\n",
+                r#"{"kind":"Status","code":429}"#,
+            )
+        };
+        let srv = Canned::start(vec![busy(429), busy(503), http(200, "", r#"{"ok":1}"#)]);
+        let c = client(&srv.addr);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        c.set_request_observer(Arc::new(move |m: &str, code: &str| {
+            s2.lock().unwrap().push(format!("{m} {code}"))
+        }));
+        assert_eq!(c.post("/x", &serde_json::json!({"a": 1})).unwrap()["ok"], 1);
+        let reqs = srv.requests();
+        assert_eq!(reqs.len(), 3);
+        assert!(reqs.iter().all(|r| r.ends_with(r#"{"a":1}"#)), "{reqs:?}");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec!["POST 429", "POST 503", "POST 200"]
+        );
+
+        // Bounded; a 500 without the header and a 409 are answers, not waits.
+        let n = MAX_RETRY_AFTER_RETRIES as usize + 1;
+        let mut script: Vec<Vec<u8>> = (0..n).map(|_| busy(429)).collect();
+        script.push(http(500, "", "{}"));
+        script.push(http(409, "Retry-After: 0\r\n", "{}"));
+        let srv = Canned::start(script);
+        let c = client(&srv.addr);
+        assert_eq!(c.get("/x").unwrap_err().code(), Some(429));
+        assert_eq!(srv.requests().len(), n);
+        assert_eq!(c.get("/x").unwrap_err().code(), Some(500));
+        assert_eq!(c.get("/x").unwrap_err().code(), Some(409));
+
+        // The lease loop's client answers at once: its renew deadline must not be outslept.
+        let srv = Canned::start(vec![busy(429), http(200, "", "{}")]);
+        let lease = client(&srv.addr).with_own_limiter(-1.0, 1);
+        assert_eq!(lease.get("/x").unwrap_err().code(), Some(429));
+        assert_eq!(srv.requests().len(), 1);
     }
 
     #[test]
