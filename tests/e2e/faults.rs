@@ -422,7 +422,7 @@ fn bookmarks_move_the_resume_point() {
 
 /// The PV watch hits `fault` once when it is re-established; a PV created meanwhile must still
 /// be reported. `relist`: the fault must cause a full LIST (410), not a plain re-watch.
-fn watch_fault(fault: Fault, relist: bool, logged: &str) {
+fn watch_fault(fault: Fault, relist: bool, logged: &str) -> Env {
     let env = Env::new();
     volume(&env, "a", false);
     let mut sidecar = env.spawn(&[FAST]);
@@ -469,6 +469,8 @@ fn watch_fault(fault: Fault, relist: bool, logged: &str) {
         );
     }
     assert_alive(&mut sidecar);
+    drop(sidecar);
+    env
 }
 
 #[test]
@@ -513,6 +515,23 @@ fn watch_fault_truncated_chunk() {
 #[test]
 fn watch_fault_410_gone() {
     watch_fault(Fault::Status(410), true, "too old, relisting");
+}
+
+#[test]
+fn watch_fault_410_error_event() {
+    watch_fault(Fault::WatchError(410), true, "watch expired");
+}
+
+#[test]
+fn watch_fault_500_error_event_relists_after_a_backoff() {
+    let env = watch_fault(
+        Fault::WatchError(500),
+        true,
+        "reflector-pv: watch error event 500",
+    );
+    let failed = gets(&env.api, PVS, true)[1].clone();
+    let relist = gets(&env.api, PVS, false)[1].clone();
+    assert_retry_gap(&Fault::WatchError(500), &failed, &relist);
 }
 
 /// A failed request is retried after the first backoff step (0.8-1 s) at the earliest, and
@@ -615,6 +634,23 @@ fn api_server_outage_is_survived() {
     volume(&env, "late", true);
     env.api.set_unavailable(false);
     assert_event(&env, &sidecar, "late");
+    assert_alive(&mut sidecar);
+}
+
+#[test]
+fn api_server_down_at_startup_then_back() {
+    let env = Env::new();
+    volume(&env, "a", true);
+    env.api.set_unavailable(true);
+    let mut sidecar = env.spawn(&[FAST]);
+    assert!(
+        sidecar.stderr.wait_for("reflector-pv: list failed", WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
+    assert!(env.api.events().is_empty());
+    env.api.set_unavailable(false);
+    assert_event(&env, &sidecar, "a");
     assert_alive(&mut sidecar);
 }
 

@@ -96,6 +96,9 @@ pub enum Fault {
     MalformedBody,
     /// A watch answers 200, sends half an event line and closes (applies to watches only).
     TruncatedWatch,
+    /// A watch answers 200, sends an ERROR event carrying a Status with this code, and ends
+    /// cleanly, as the real server does when its watch cache fails (applies to watches only).
+    WatchError(u16),
 }
 
 #[derive(Clone, Debug)]
@@ -2013,7 +2016,7 @@ impl Inner {
                 && r.path_contains
                     .as_deref()
                     .is_none_or(|p| target.contains(p))
-                && (r.fault != Fault::TruncatedWatch || is_watch)
+                && (!matches!(r.fault, Fault::TruncatedWatch | Fault::WatchError(_)) || is_watch)
         })?;
         let fault = faults[idx].fault.clone();
         if faults[idx].times > 0 {
@@ -2434,6 +2437,18 @@ fn handle(inner: &Arc<Inner>, req: &Request, w: &mut Conn) -> io::Result<Next> {
             rec.response_bytes = head.len() + half.len();
             inner.record(rec);
             return Ok(Next::Close);
+        }
+        Some(Fault::WatchError(code)) => {
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+            let line = event_line("ERROR", &fault_failure(code).to_json());
+            let n = w
+                .write_all(head.as_bytes())
+                .and_then(|_| write_chunk(w, &line))
+                .and_then(|_| write_chunk(w, b""));
+            rec.status = 200;
+            rec.response_bytes = head.len() + line.len();
+            inner.record(rec);
+            return n.map(|_| Next::KeepAlive);
         }
         Some(Fault::Delay(_)) | None => {}
     }
@@ -4130,6 +4145,13 @@ mod tests {
         assert_eq!(get_json(&s, "/api/v1/nodes").0, 200);
         let mut w = WatchConn::open(&s, "/api/v1/nodes?watch=1");
         assert!(w.next().is_none() && !w.pending.is_empty());
+        // so does a WatchError rule, which ends the watch with one ERROR event
+        s.inject(FaultRule::new(Fault::WatchError(500)).times(1));
+        assert_eq!(get_json(&s, "/api/v1/nodes").0, 200);
+        let mut w = WatchConn::open(&s, "/api/v1/nodes?watch=1");
+        let (t, o) = w.next_typed().expect("error event");
+        assert_eq!((t.as_str(), &o["code"]), ("ERROR", &json!(500)));
+        assert!(w.next().is_none());
         s.inject(FaultRule::new(Fault::Status(503)));
         assert_eq!(get_json(&s, "/api/v1/nodes").0, 503);
         s.clear_faults();
