@@ -296,8 +296,7 @@ fn watch_expired_during_an_outage(get_mode: bool) {
     assert_eq!(lists.len(), 2, "one relist: {:#?}", summary(&env.api));
     let last_failed = gets(&env.api, PVS, true)
         .into_iter()
-        .filter(|r| r.status == 500)
-        .next_back()
+        .rfind(|r| r.status == 500)
         .unwrap();
     assert!(lists[1].at > last_failed.at);
 
