@@ -62,6 +62,13 @@ fn wait_gets(api: &FakeApiServer, path: &str, watch: bool, n: usize) -> bool {
     api.wait_until(WAIT, |a| gets(a, path, watch).len() >= n)
 }
 
+/// The LISTs of `path` once there are at least `n`: a request is logged just after its answer
+/// is written, so it may trail what the sidecar did with that answer.
+fn lists_of(api: &FakeApiServer, path: &str, n: usize) -> Vec<RequestRecord> {
+    wait_gets(api, path, false, n);
+    gets(api, path, false)
+}
+
 /// Both caches synced and watching, and at least one sweep done: the steady state.
 fn wait_steady(env: &Env, sidecar: &Sidecar) {
     assert!(
@@ -188,7 +195,7 @@ fn many_pages_are_listed_with_limit_and_continue_and_every_volume_is_monitored()
     );
 
     for path in [PVS, PVCS] {
-        let lists = gets(&env.api, path, false);
+        let lists = lists_of(&env.api, path, 3);
         assert_eq!(lists.len(), 3, "{path}: {:#?}", summary(&env.api));
         assert!(lists
             .iter()
@@ -292,7 +299,7 @@ fn watch_expired_during_an_outage(get_mode: bool) {
         "the deleted PV is still monitored: {:?}",
         volume_series(&addr)
     );
-    let lists = gets(&env.api, PVS, false);
+    let lists = lists_of(&env.api, PVS, 2);
     assert_eq!(lists.len(), 2, "one relist: {:#?}", summary(&env.api));
     let last_failed = gets(&env.api, PVS, true)
         .into_iter()
@@ -358,7 +365,7 @@ fn expired_continue_token_restarts_the_list_and_drops_what_was_deleted() {
 
     assert_event(&env, &sidecar, "a-kept");
     assert_event(&env, &sidecar, "a-new");
-    let lists: Vec<(u16, bool)> = gets(&env.api, PVS, false)
+    let lists: Vec<(u16, bool)> = lists_of(&env.api, PVS, 4)
         .iter()
         .map(|r| (r.status, param(r, "continue").is_some()))
         .collect();
@@ -447,7 +454,7 @@ fn watch_fault(fault: Fault, relist: bool, logged: &str) -> Env {
     };
     assert_eq!(watches[1].status, want, "{:#?}", summary(&env.api));
     assert_eq!(
-        gets(&env.api, PVS, false).len(),
+        lists_of(&env.api, PVS, if relist { 2 } else { 1 }).len(),
         if relist { 2 } else { 1 },
         "{:#?}",
         summary(&env.api)
@@ -559,7 +566,7 @@ fn list_fault(fault: Fault, logged: &str) {
     );
     let mut sidecar = env.spawn(&[FAST]);
     assert_event(&env, &sidecar, "a");
-    let lists = gets(&env.api, PVS, false);
+    let lists = lists_of(&env.api, PVS, 2);
     let want = match fault {
         Fault::Status(c) => c,
         Fault::DropConnection => 0,
@@ -618,7 +625,7 @@ fn list_fault_slow_response() {
     let mut sidecar = env.spawn(&[FAST]);
     assert_event(&env, &sidecar, "a");
     // Slow is not broken: one list, no retry.
-    assert_eq!(gets(&env.api, PVS, false).len(), 1);
+    assert_eq!(lists_of(&env.api, PVS, 1).len(), 1);
     assert_alive(&mut sidecar);
 }
 
@@ -672,6 +679,14 @@ fn kube_api_qps_and_burst_bound_the_request_rate() {
         env.api.events().len(),
         sidecar.stderr.text()
     );
+    // Logged just after their answers: wait for the last writes to show up.
+    env.api.wait_until(WAIT, |a| {
+        a.requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.status == 201)
+            .count()
+            >= VOLUMES
+    });
     let mut times: Vec<Instant> = env.api.requests().iter().map(|r| r.at).collect();
     times.sort();
     // Every request: lists, watches, the event seeding and the event writes.
@@ -708,12 +723,14 @@ fn event_write_throttled_with_retry_after_is_sent_again() {
     volume(&env, "a", true);
     let mut sidecar = env.spawn(&[FAST]);
     assert_event(&env, &sidecar, "a");
-    let posts: Vec<RequestRecord> = env
-        .api
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "POST" && r.path.ends_with("/events"))
-        .collect();
+    let posts_of = |a: &FakeApiServer| -> Vec<RequestRecord> {
+        a.requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with("/events"))
+            .collect()
+    };
+    env.api.wait_until(WAIT, |a| posts_of(a).len() >= 3);
+    let posts = posts_of(&env.api);
     let codes: Vec<u16> = posts.iter().map(|r| r.status).collect();
     assert_eq!(codes, vec![429, 429, 201], "{:#?}", summary(&env.api));
     assert_retry_gap(&Fault::Status(429), &posts[0], &posts[1]);
