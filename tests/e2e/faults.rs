@@ -645,6 +645,29 @@ fn api_server_outage_is_survived() {
     assert_alive(&mut sidecar);
 }
 
+/// A server (or a proxy) that ends every watch at once must not get a tight re-watch loop.
+#[test]
+fn watches_ended_at_once_are_retried_with_backoff() {
+    let env = Env::new();
+    volume(&env, "a", false);
+    let mut sidecar = env.spawn(&[FAST]);
+    wait_steady(&env, &sidecar);
+    env.api
+        .inject(FaultRule::new(Fault::EmptyWatch).path(PV_WATCH));
+    env.api.close_watches();
+    let before = gets(&env.api, PVS, true).len();
+    // Proving an absence: a fixed observation window. Backoff allows about 3 tries in 3 s
+    // (0.8 s, 1.6 s, ...); without it only the client's QPS limit (5/s) would hold the loop.
+    std::thread::sleep(Duration::from_secs(3));
+    let tries = gets(&env.api, PVS, true).len() - before;
+    assert!((1..=5).contains(&tries), "{tries} watches in 3 s");
+    env.api.clear_faults();
+    volume(&env, "late", true);
+    assert_event(&env, &sidecar, "late");
+    assert_eq!(gets(&env.api, PVS, false).len(), 1, "no relist needed");
+    assert_alive(&mut sidecar);
+}
+
 #[test]
 fn api_server_down_at_startup_then_back() {
     let env = Env::new();

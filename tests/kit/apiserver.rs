@@ -99,6 +99,8 @@ pub enum Fault {
     /// A watch answers 200, sends an ERROR event carrying a Status with this code, and ends
     /// cleanly, as the real server does when its watch cache fails (applies to watches only).
     WatchError(u16),
+    /// A watch answers 200 and ends at once without an event (applies to watches only).
+    EmptyWatch,
 }
 
 #[derive(Clone, Debug)]
@@ -2016,7 +2018,10 @@ impl Inner {
                 && r.path_contains
                     .as_deref()
                     .is_none_or(|p| target.contains(p))
-                && (!matches!(r.fault, Fault::TruncatedWatch | Fault::WatchError(_)) || is_watch)
+                && (!matches!(
+                    r.fault,
+                    Fault::TruncatedWatch | Fault::WatchError(_) | Fault::EmptyWatch
+                ) || is_watch)
         })?;
         let fault = faults[idx].fault.clone();
         if faults[idx].times > 0 {
@@ -2447,6 +2452,16 @@ fn handle(inner: &Arc<Inner>, req: &Request, w: &mut Conn) -> io::Result<Next> {
                 .and_then(|_| write_chunk(w, b""));
             rec.status = 200;
             rec.response_bytes = head.len() + line.len();
+            inner.record(rec);
+            return n.map(|_| Next::KeepAlive);
+        }
+        Some(Fault::EmptyWatch) => {
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+            let n = w
+                .write_all(head.as_bytes())
+                .and_then(|_| write_chunk(w, b""));
+            rec.status = 200;
+            rec.response_bytes = head.len();
             inner.record(rec);
             return n.map(|_| Next::KeepAlive);
         }
@@ -4152,6 +4167,10 @@ mod tests {
         let (t, o) = w.next_typed().expect("error event");
         assert_eq!((t.as_str(), &o["code"]), ("ERROR", &json!(500)));
         assert!(w.next().is_none());
+        s.inject(FaultRule::new(Fault::EmptyWatch).times(1));
+        assert_eq!(get_json(&s, "/api/v1/nodes").0, 200);
+        let mut w = WatchConn::open(&s, "/api/v1/nodes?watch=1");
+        assert!(w.next().is_none() && w.pending.is_empty());
         s.inject(FaultRule::new(Fault::Status(503)));
         assert_eq!(get_json(&s, "/api/v1/nodes").0, 503);
         s.clear_faults();
