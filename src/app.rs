@@ -79,6 +79,7 @@ pub fn run(cfg: Config) -> Result<(), Fatal> {
     let user_agent = format!("csi-external-health-monitor-controller/{}", flags::VERSION);
     let client = Client::new(kube_cfg, cfg.kube_api_qps, cfg.kube_api_burst, &user_agent)
         .map_err(|e| fatal("Failed to create a Clientset", e))?;
+    client.set_shutdown(shutdown.clone());
     {
         let m = metrics.clone();
         let host = client.server().to_string();

@@ -27,6 +27,10 @@ pub const WATCH_DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(600);
 pub const MAX_BODY: u64 = 2 << 30;
 /// How much of a non-Status error body ends up in the error message.
 const ERROR_BODY_EXCERPT: usize = 256;
+/// client-go's REST client (`rest.Request.maxRetries`) sends a request again, after the wait the
+/// server asked for, when a 429 or 5xx answer carries `Retry-After`; API priority and fairness
+/// throttles that way. Up to this many times, then the answer is returned as an error.
+pub const MAX_RETRY_AFTER_RETRIES: u32 = 10;
 
 /// Called after every request with the method and the HTTP code (`"200"`) or `"<error>"`.
 pub type RequestObserver = Arc<dyn Fn(&str, &str) + Send + Sync>;
@@ -71,6 +75,8 @@ struct Shared {
     host: String,
     creds: Arc<Credentials>,
     observer: RwLock<Option<RequestObserver>>,
+    /// Cuts a Retry-After wait short, so a throttling API server cannot hold up shutdown.
+    stop: std::sync::OnceLock<crate::shutdown::Shutdown>,
 }
 
 /// A cheap-to-clone handle; clones share the connection pool, credentials, observer and limiter.
@@ -81,6 +87,8 @@ pub struct Client {
     /// When set, no normal request of this handle runs past it (the lease loop's renew
     /// deadline, as client-go's context does); watches are not affected.
     deadline: Option<Instant>,
+    /// How often a 429/5xx with `Retry-After` is waited out and sent again.
+    retry_after_retries: u32,
 }
 
 impl std::fmt::Debug for Client {
@@ -145,18 +153,24 @@ impl Client {
                 host,
                 creds,
                 observer: RwLock::new(None),
+                stop: std::sync::OnceLock::new(),
             }),
             limiter: RateLimiter::new(qps, burst),
             deadline: None,
+            retry_after_retries: MAX_RETRY_AFTER_RETRIES,
         })
     }
 
-    /// Same agent and credentials, a separate limiter (the lease loop must not starve).
+    /// Same agent and credentials, a separate limiter (the lease loop must not starve), and no
+    /// waiting out `Retry-After`: client-go bounds those waits by the renew deadline's context,
+    /// which a blocking sleep here cannot, and a renewal that outlasts the lease could leave two
+    /// leaders. The lease loop retries every retryPeriod itself.
     pub fn with_own_limiter(&self, qps: f64, burst: u32) -> Client {
         Client {
             shared: self.shared.clone(),
             limiter: RateLimiter::new(qps, burst),
             deadline: None,
+            retry_after_retries: 0,
         }
     }
 
@@ -173,6 +187,12 @@ impl Client {
     /// `host[:port]` of the server, for the `host` label of request metrics.
     pub fn host(&self) -> &str {
         &self.shared.host
+    }
+
+    /// Retry-After waits of this client and its clones end early, with an error, once
+    /// `shutdown` is triggered. Set once; later calls are ignored.
+    pub fn set_shutdown(&self, shutdown: crate::shutdown::Shutdown) {
+        let _ = self.shared.stop.set(shutdown);
     }
 
     pub fn set_request_observer(&self, f: RequestObserver) {
@@ -217,7 +237,7 @@ impl Client {
 
     /// Send one request (after a limiter token) and return the response; a 401 with a
     /// refreshable credential is retried once with a fresh one (client-go's exec authenticator
-    /// refreshes on 401 too).
+    /// refreshes on 401 too), a 429/5xx with `Retry-After` after that wait, as client-go does.
     fn send(
         &self,
         method: &str,
@@ -228,6 +248,7 @@ impl Client {
         let what = format!("{method} {path}");
         let url = format!("{}{}", self.shared.server, path);
         let mut retried = false;
+        let mut throttled = 0;
         loop {
             self.limiter.acquire();
             let budget = match (self.deadline, read_timeout) {
@@ -304,6 +325,24 @@ impl Client {
                 retried = true;
                 continue;
             }
+            if let Some(wait) = server_wait(&resp) {
+                if throttled < self.retry_after_retries {
+                    throttled += 1;
+                    log::debug!(
+                        "{what}: the API server answered {code} with Retry-After, sending again in {wait:?} (retry {throttled})"
+                    );
+                    drop(resp);
+                    match self.shared.stop.get() {
+                        Some(stop) => {
+                            if stop.wait_timeout(wait) {
+                                return Err(transport(&what, "shutting down"));
+                            }
+                        }
+                        None => std::thread::sleep(wait),
+                    }
+                    continue;
+                }
+            }
             return Ok(resp);
         }
     }
@@ -358,6 +397,19 @@ impl Client {
             done: false,
         })
     }
+}
+
+/// client-go's `checkWait`: a 429 or any 5xx with a whole number of seconds in `Retry-After`.
+fn server_wait(resp: &http::Response<ureq::Body>) -> Option<Duration> {
+    let code = resp.status().as_u16();
+    if code != 429 && code < 500 {
+        return None;
+    }
+    resp.headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
 }
 
 fn read_error(what: &str, e: std::io::Error) -> Error {
@@ -421,7 +473,9 @@ fn api_error(what: &str, resp: http::Response<ureq::Body>) -> Error {
         .take(1 << 20)
         .read_to_end(&mut buf);
     let mut status = status_from_body(code, &buf, &canonical);
-    status.retry_after = retry_after;
+    if retry_after.is_some() {
+        status.retry_after = retry_after;
+    }
     Error::Api {
         what: what.to_string(),
         status,
@@ -903,7 +957,16 @@ pub(crate) mod tests {
             http(404, "", &status(404, "NotFound")),
             http(409, "", &status(409, "AlreadyExists")),
             http(410, "", &status(410, "Expired")),
-            http(429, "Retry-After: 7\r\n", &status(429, "TooManyRequests")),
+            // Without the header (which would make the client wait and send again), the wait
+            // comes from the Status details.
+            http(
+                429,
+                "",
+                &status(429, "TooManyRequests").replace(
+                    r#""code":429"#,
+                    r#""code":429,"details":{"retryAfterSeconds":7}"#,
+                ),
+            ),
             http(503, "", "<html>upstream down</html>"),
             http(403, "", &status(403, "Forbidden")),
             http(422, "", &status(422, "Invalid")),
@@ -960,6 +1023,72 @@ pub(crate) mod tests {
             .contains("deadline exceeded"));
         c.set_deadline(None);
         drop(l);
+    }
+
+    #[test]
+    fn retry_after_is_waited_and_the_request_sent_again() {
+        let busy = |code: u16| {
+            http(
+                code,
+                "Retry-After: 0\r\n",
+                r#"{"kind":"Status","code":429}"#,
+            )
+        };
+        let srv = Canned::start(vec![busy(429), busy(503), http(200, "", r#"{"ok":1}"#)]);
+        let c = client(&srv.addr);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        c.set_request_observer(Arc::new(move |m: &str, code: &str| {
+            s2.lock().unwrap().push(format!("{m} {code}"))
+        }));
+        assert_eq!(c.post("/x", &serde_json::json!({"a": 1})).unwrap()["ok"], 1);
+        let reqs = srv.requests();
+        assert_eq!(reqs.len(), 3);
+        assert!(reqs.iter().all(|r| r.ends_with(r#"{"a":1}"#)), "{reqs:?}");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec!["POST 429", "POST 503", "POST 200"]
+        );
+
+        // Bounded; a 500 without the header and a 409 are answers, not waits.
+        let n = MAX_RETRY_AFTER_RETRIES as usize + 1;
+        let mut script: Vec<Vec<u8>> = (0..n).map(|_| busy(429)).collect();
+        script.push(http(500, "", "{}"));
+        script.push(http(409, "Retry-After: 0\r\n", "{}"));
+        let srv = Canned::start(script);
+        let c = client(&srv.addr);
+        assert_eq!(c.get("/x").unwrap_err().code(), Some(429));
+        assert_eq!(srv.requests().len(), n);
+        assert_eq!(c.get("/x").unwrap_err().code(), Some(500));
+        assert_eq!(c.get("/x").unwrap_err().code(), Some(409));
+
+        // The lease loop's client answers at once: its renew deadline must not be outslept.
+        let srv = Canned::start(vec![busy(429), http(200, "", "{}")]);
+        let lease = client(&srv.addr).with_own_limiter(-1.0, 1);
+        assert_eq!(lease.get("/x").unwrap_err().code(), Some(429));
+        assert_eq!(srv.requests().len(), 1);
+    }
+
+    #[test]
+    fn shutdown_cuts_a_retry_after_wait_short() {
+        let busy = http(
+            429,
+            "Retry-After: 60\r\n",
+            r#"{"kind":"Status","code":429}"#,
+        );
+        let srv = Canned::start(vec![busy]);
+        let c = client(&srv.addr);
+        let shutdown = crate::shutdown::Shutdown::new();
+        c.set_shutdown(shutdown.clone());
+        let t0 = std::time::Instant::now();
+        let trigger = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            shutdown.trigger();
+        });
+        let e = c.get("/x").unwrap_err();
+        trigger.join().unwrap();
+        assert!(e.to_string().contains("shutting down"), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
     }
 
     #[test]

@@ -96,6 +96,11 @@ pub enum Fault {
     MalformedBody,
     /// A watch answers 200, sends half an event line and closes (applies to watches only).
     TruncatedWatch,
+    /// A watch answers 200, sends an ERROR event carrying a Status with this code, and ends
+    /// cleanly, as the real server does when its watch cache fails (applies to watches only).
+    WatchError(u16),
+    /// A watch answers 200 and ends at once without an event (applies to watches only).
+    EmptyWatch,
 }
 
 #[derive(Clone, Debug)]
@@ -171,7 +176,8 @@ impl FakeApiServer {
             stop_rx,
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
-            token: opts.token.clone(),
+            token: Mutex::new(opts.token.clone()),
+            bookmarks: Mutex::new(HashMap::new()),
             bookmark_interval: opts.bookmark_interval,
             tls,
         });
@@ -209,7 +215,7 @@ impl FakeApiServer {
             s += &format!("    certificate-authority-data: {}\n", base64_encode(ca));
         }
         s += "users:\n- name: fake\n";
-        match &self.inner.token {
+        match &*lock(&self.inner.token) {
             Some(t) => s += &format!("  user:\n    token: {}\n", yaml_quote(t)),
             None => s += "  user: {}\n",
         }
@@ -384,6 +390,18 @@ impl FakeApiServer {
     /// issued before now get 410 Expired.
     pub fn compact(&self) {
         self.inner.store().compact();
+    }
+
+    /// Requires this bearer token from now on (`None`: no authentication), as when a cluster
+    /// rotates a service-account token; kubeconfigs written earlier keep the old one.
+    pub fn set_token(&self, token: Option<&str>) {
+        *lock(&self.inner.token) = token.map(str::to_string);
+    }
+
+    /// The resourceVersion carried by the last BOOKMARK sent on a watch of `resource` (plural),
+    /// so a test can wait for a bookmark instead of sleeping.
+    pub fn last_bookmark(&self, resource: &str) -> Option<u64> {
+        lock(&self.inner.bookmarks).get(resource).copied()
     }
 
     pub fn resource_version(&self) -> u64 {
@@ -1979,7 +1997,10 @@ struct Inner {
     stop_rx: Receiver<()>,
     conns: Mutex<HashMap<u64, TcpStream>>,
     next_conn: AtomicU64,
-    token: Option<String>,
+    /// Replaceable at run time (`set_token`) to test credential rotation.
+    token: Mutex<Option<String>>,
+    /// The resourceVersion of the last BOOKMARK sent, per resource plural.
+    bookmarks: Mutex<HashMap<&'static str, u64>>,
     bookmark_interval: Option<Duration>,
     tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -2015,7 +2036,10 @@ impl Inner {
                 && r.path_contains
                     .as_deref()
                     .is_none_or(|p| target.contains(p))
-                && (r.fault != Fault::TruncatedWatch || is_watch)
+                && (!matches!(
+                    r.fault,
+                    Fault::TruncatedWatch | Fault::WatchError(_) | Fault::EmptyWatch
+                ) || is_watch)
         })?;
         let fault = faults[idx].fault.clone();
         if faults[idx].times > 0 {
@@ -2447,9 +2471,32 @@ fn handle(inner: &Arc<Inner>, req: &Request, w: &mut Conn) -> io::Result<Next> {
             inner.record(rec);
             return Ok(Next::Close);
         }
+        Some(Fault::WatchError(code)) => {
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+            let line = event_line("ERROR", &fault_failure(code).to_json());
+            let n = w
+                .write_all(head.as_bytes())
+                .and_then(|_| write_chunk(w, &line))
+                .and_then(|_| write_chunk(w, b""));
+            rec.status = 200;
+            rec.response_bytes = head.len() + line.len();
+            inner.record(rec);
+            return n.map(|_| Next::KeepAlive);
+        }
+        Some(Fault::EmptyWatch) => {
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+            let n = w
+                .write_all(head.as_bytes())
+                .and_then(|_| write_chunk(w, b""));
+            rec.status = 200;
+            rec.response_bytes = head.len();
+            inner.record(rec);
+            return n.map(|_| Next::KeepAlive);
+        }
         Some(Fault::Delay(_)) | None => {}
     }
-    if let Some(token) = &inner.token {
+    let required = lock(&inner.token).clone();
+    if let Some(token) = &required {
         let ok = req
             .header("authorization")
             .and_then(|a| a.strip_prefix("Bearer "))
@@ -2944,6 +2991,8 @@ fn watch_stream(
                         "metadata": {"resourceVersion": last_rv.to_string()},
                     });
                     write_chunk(w, &event_line("BOOKMARK", &bm))?;
+                    lock(&inner.bookmarks).insert(def.plural, last_rv);
+                    inner.bump();
                 }
             }
         }
@@ -4140,6 +4189,17 @@ mod tests {
         assert_eq!(get_json(&s, "/api/v1/nodes").0, 200);
         let mut w = WatchConn::open(&s, "/api/v1/nodes?watch=1");
         assert!(w.next().is_none() && !w.pending.is_empty());
+        // so does a WatchError rule, which ends the watch with one ERROR event
+        s.inject(FaultRule::new(Fault::WatchError(500)).times(1));
+        assert_eq!(get_json(&s, "/api/v1/nodes").0, 200);
+        let mut w = WatchConn::open(&s, "/api/v1/nodes?watch=1");
+        let (t, o) = w.next_typed().expect("error event");
+        assert_eq!((t.as_str(), &o["code"]), ("ERROR", &json!(500)));
+        assert!(w.next().is_none());
+        s.inject(FaultRule::new(Fault::EmptyWatch).times(1));
+        assert_eq!(get_json(&s, "/api/v1/nodes").0, 200);
+        let mut w = WatchConn::open(&s, "/api/v1/nodes?watch=1");
+        assert!(w.next().is_none() && w.pending.is_empty());
         s.inject(FaultRule::new(Fault::Status(503)));
         assert_eq!(get_json(&s, "/api/v1/nodes").0, 503);
         s.clear_faults();
