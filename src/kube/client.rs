@@ -273,16 +273,7 @@ impl Client {
                         .header("Content-Type", ctype)
                         .body(bytes.to_vec())
                         .map_err(|e| transport(&what, e))?;
-                    match budget {
-                        Some(t) => self.shared.agent.run(
-                            self.shared
-                                .agent
-                                .configure_request(req)
-                                .timeout_global(Some(t))
-                                .build(),
-                        ),
-                        None => self.shared.agent.run(req),
-                    }
+                    self.run_within(req, budget)
                 }
                 None => {
                     let req = b.body(()).map_err(|e| transport(&what, e))?;
@@ -299,16 +290,7 @@ impl Client {
                                 .build();
                             self.shared.agent.run(req)
                         }
-                        None => match budget {
-                            Some(t) => self.shared.agent.run(
-                                self.shared
-                                    .agent
-                                    .configure_request(req)
-                                    .timeout_global(Some(t))
-                                    .build(),
-                            ),
-                            None => self.shared.agent.run(req),
-                        },
+                        None => self.run_within(req, budget),
                     }
                 }
             };
@@ -400,6 +382,27 @@ impl Client {
 }
 
 /// client-go's `checkWait`: a 429 or any 5xx with a whole number of seconds in `Retry-After`.
+impl Client {
+    /// Send `req`, within `budget` when one is set (the lease loop's renew deadline), else
+    /// within the agent's usual request timeout.
+    fn run_within<B: ureq::AsSendBody>(
+        &self,
+        req: http::Request<B>,
+        budget: Option<Duration>,
+    ) -> Result<http::Response<ureq::Body>, ureq::Error> {
+        match budget {
+            Some(t) => self.shared.agent.run(
+                self.shared
+                    .agent
+                    .configure_request(req)
+                    .timeout_global(Some(t))
+                    .build(),
+            ),
+            None => self.shared.agent.run(req),
+        }
+    }
+}
+
 fn server_wait(resp: &http::Response<ureq::Body>) -> Option<Duration> {
     let code = resp.status().as_u16();
     if code != 429 && code < 500 {

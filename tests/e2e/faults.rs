@@ -10,9 +10,9 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::kit::apiserver::{FakeApiServer, Fault, FaultRule, Options, RequestRecord};
-use crate::kit::csidriver::{temp_dir, MockDriver, GET_VOLUME, LIST_VOLUMES};
+use crate::kit::csidriver::{GET_VOLUME, LIST_VOLUMES};
 use crate::kit::fixtures;
-use crate::support::{Env, Sidecar, DRIVER, NS};
+use crate::support::{Env, Sidecar};
 
 const WAIT: Duration = Duration::from_secs(30);
 const FAST: &str = "--list-volumes-interval=300ms";
@@ -20,21 +20,6 @@ const PVS: &str = "/api/v1/persistentvolumes";
 const PVCS: &str = "/api/v1/persistentvolumeclaims";
 /// Matches watches of PVs only (not of PVCs, whose path continues with "claims").
 const PV_WATCH: &str = "persistentvolumes?watch=true";
-
-fn env_with(opts: Options) -> Env {
-    let api = FakeApiServer::start_with(opts).expect("start fake api server");
-    let driver = MockDriver::start(DRIVER);
-    let dir = temp_dir("faults");
-    let kubeconfig = dir.join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).expect("write kubeconfig");
-    fixtures::namespace(&api, NS);
-    Env {
-        api,
-        driver,
-        dir,
-        kubeconfig,
-    }
-}
 
 /// A volume the driver knows (first, so it is never reported missing) with a PV and PVC.
 fn volume(env: &Env, id: &str, abnormal: bool) -> serde_json::Value {
@@ -388,10 +373,14 @@ fn expired_continue_token_restarts_the_list_and_drops_what_was_deleted() {
 
 #[test]
 fn bookmarks_move_the_resume_point() {
-    let env = env_with(Options {
-        bookmark_interval: Some(Duration::from_millis(200)),
-        ..Options::default()
-    });
+    let env = Env::with_api(
+        FakeApiServer::start_with(Options {
+            bookmark_interval: Some(Duration::from_millis(200)),
+            ..Options::default()
+        })
+        .expect("start fake api server"),
+        None,
+    );
     volume(&env, "a", false);
     let sidecar = env.spawn(&[FAST]);
     wait_steady(&env, &sidecar);

@@ -10,9 +10,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::kit::apiserver::{FakeApiServer, Options, TlsFiles};
-use crate::kit::csidriver::{temp_dir, MockDriver};
+use crate::kit::csidriver::temp_dir;
 use crate::kit::fixtures;
-use crate::support::{run_binary, Env, Sidecar, DRIVER, NS};
+use crate::support::{run_binary, Env, Sidecar};
 
 const WAIT: Duration = Duration::from_secs(30);
 const FAST: &str = "--list-volumes-interval=300ms";
@@ -40,21 +40,6 @@ openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out s
         "openssl failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn env_for(api: FakeApiServer, kubeconfig_yaml: Option<String>) -> Env {
-    let driver = MockDriver::start(DRIVER);
-    let dir = temp_dir("kubeconfig");
-    let kubeconfig = dir.join("kubeconfig");
-    let yaml = kubeconfig_yaml.unwrap_or_else(|| api.kubeconfig_yaml());
-    std::fs::write(&kubeconfig, yaml).unwrap();
-    fixtures::namespace(&api, NS);
-    Env {
-        api,
-        driver,
-        dir,
-        kubeconfig,
-    }
 }
 
 fn abnormal(env: &Env, id: &str) {
@@ -109,7 +94,7 @@ fn https_with_a_test_ca_and_bearer_token() {
         &healthmon::kube::config::base64_encode(&read("ca.crt")),
         &healthmon::kube::config::base64_encode(&read("other-ca.crt")),
     );
-    let env = env_for(api, None);
+    let env = Env::with_api(api, None);
     abnormal(&env, "a");
     let untrusting = env.dir.join("wrong-ca");
     std::fs::write(&untrusting, wrong).unwrap();
@@ -154,7 +139,7 @@ fn token_file_is_used_and_reread_after_rotation() {
     let token = dir.join("token");
     std::fs::write(&token, "first\n").unwrap();
     let yaml = kubeconfig_with_user(&api, &format!("    tokenFile: {}\n", token.display()));
-    let env = env_for(api, Some(yaml));
+    let env = Env::with_api(api, Some(yaml));
     abnormal(&env, "a");
     let sidecar = env.spawn(&[FAST]);
     assert_event(&env, &sidecar, "a");
@@ -218,7 +203,7 @@ fn exec_credential_plugin_is_run_and_rerun_after_401() {
             plugin.display()
         ),
     );
-    let env = env_for(api, Some(yaml));
+    let env = Env::with_api(api, Some(yaml));
     abnormal(&env, "a");
     let sidecar = env.spawn(&[FAST]);
     assert_event(&env, &sidecar, "a");

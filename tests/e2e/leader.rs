@@ -174,18 +174,11 @@ fn is_event_write(r: &RequestRecord) -> bool {
         && (200..300).contains(&r.status)
 }
 
-/// klog's verdict on client-go's format: `2006-01-02T15:04:05.000000Z07:00` in UTC.
+/// client-go's MicroTime format `2006-01-02T15:04:05.000000Z07:00` in UTC: exactly six
+/// fractional digits and `Z`, i.e. unchanged by a parse and a MicroTime rendering.
 fn is_micro_time(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 27
-        && b.iter().enumerate().all(|(i, c)| match i {
-            4 | 7 => *c == b'-',
-            10 => *c == b'T',
-            13 | 16 => *c == b':',
-            19 => *c == b'.',
-            26 => *c == b'Z',
-            _ => c.is_ascii_digit(),
-        })
+    healthmon::timeutil::parse_rfc3339(s)
+        .is_some_and(|t| healthmon::timeutil::rfc3339_micros(t) == s)
 }
 
 fn abnormal_volume(env: &Env, id: &str) {

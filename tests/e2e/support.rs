@@ -150,11 +150,17 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
-        let api = FakeApiServer::start();
+        Env::with_api(FakeApiServer::start(), None)
+    }
+
+    /// An environment around a fake API server started with special options, reached with
+    /// `kubeconfig_yaml` (default: the server's own kubeconfig).
+    pub fn with_api(api: FakeApiServer, kubeconfig_yaml: Option<String>) -> Env {
         let driver = MockDriver::start(DRIVER);
         let dir = temp_dir("e2e");
         let kubeconfig = dir.join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig).expect("write kubeconfig");
+        let yaml = kubeconfig_yaml.unwrap_or_else(|| api.kubeconfig_yaml());
+        std::fs::write(&kubeconfig, yaml).expect("write kubeconfig");
         fixtures::namespace(&api, NS);
         Env {
             api,
