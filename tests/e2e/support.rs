@@ -221,10 +221,25 @@ impl Drop for Env {
         // Every test doubles as an RBAC check: whatever the sidecar asked of the API server
         // must be allowed by the shipped manifest (issue 7).
         if !std::thread::panicking() {
-            let refused = crate::rbac::refused(&self.api.requests());
+            let requests = self.api.requests();
+            let refused = crate::rbac::refused(&requests);
             assert!(
                 refused.is_empty(),
                 "deploy/kubernetes/rbac.yaml does not allow requests the sidecar made: {refused:#?}"
+            );
+            // Operators find our traffic in audit logs by this User-Agent.
+            let ua = format!(
+                "csi-external-health-monitor-controller/{}",
+                healthmon::flags::VERSION
+            );
+            let strangers: Vec<String> = requests
+                .iter()
+                .filter(|r| r.user_agent.as_deref() != Some(ua.as_str()))
+                .map(|r| format!("{} {} {:?}", r.method, r.path, r.user_agent))
+                .collect();
+            assert!(
+                strangers.is_empty(),
+                "requests without User-Agent {ua}: {strangers:#?}"
             );
         }
     }
