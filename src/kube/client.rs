@@ -505,7 +505,7 @@ pub fn status_from_body(code: u16, body: &[u8], canonical: &str) -> Status {
     };
     Status {
         code,
-        reason: reason_for(code).to_string(),
+        reason: super::error::reason_for(code).to_string(),
         message,
         retry_after: None,
     }
@@ -524,7 +524,7 @@ fn status_from_value(v: &Value, fallback_code: u16) -> Status {
         .unwrap_or("")
         .to_string();
     let reason = if reason.is_empty() {
-        reason_for(code).to_string()
+        super::error::reason_for(code).to_string()
     } else {
         reason
     };
@@ -542,28 +542,6 @@ fn status_from_value(v: &Value, fallback_code: u16) -> Status {
             .unwrap_or("")
             .to_string(),
         retry_after,
-    }
-}
-
-/// apimachinery's `reasonForError` defaults for a bare code.
-fn reason_for(code: u16) -> &'static str {
-    match code {
-        400 => "BadRequest",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "NotFound",
-        405 => "MethodNotAllowed",
-        406 => "NotAcceptable",
-        409 => "Conflict",
-        410 => "Gone",
-        413 => "RequestEntityTooLarge",
-        415 => "UnsupportedMediaType",
-        422 => "Invalid",
-        429 => "TooManyRequests",
-        500 => "InternalError",
-        503 => "ServiceUnavailable",
-        504 => "Timeout",
-        _ => "",
     }
 }
 

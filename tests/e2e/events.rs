@@ -110,14 +110,8 @@ impl Lib {
         );
     }
 
-    /// The event writes once the server has logged `n` of them. It logs a request after
-    /// answering it, so right after `flush` the last one may not be in the log yet.
-    fn writes_settled(&self, n: usize) -> Vec<RequestRecord> {
-        self.api.wait_until(WAIT, |_| self.writes().len() >= n);
-        self.writes()
-    }
-
-    /// Event writes seen by the server, in order.
+    /// Event writes seen by the server, in order (after `flush`, all of them: the server logs
+    /// a request before answering it).
     fn writes(&self) -> Vec<RequestRecord> {
         self.api
             .requests()
@@ -157,7 +151,7 @@ fn identical_reports_patch_one_event_and_the_spam_filter_holds_back_the_rest() {
     lib.flush();
 
     // Burst 25: one POST, 24 PATCHes; reports 26-30 are not written at all.
-    let writes = lib.writes_settled(25);
+    let writes = lib.writes();
     assert_eq!(writes.len(), 25, "{:#?}", summary(&writes));
     assert_eq!(writes[0].method, "POST");
     assert_eq!(writes[0].path, format!("/api/v1/namespaces/{NS}/events"));
@@ -193,7 +187,7 @@ fn identical_reports_patch_one_event_and_the_spam_filter_holds_back_the_rest() {
     lib.clock.advance(Duration::from_secs(1));
     lib.warn("Volume not found");
     lib.flush();
-    let writes = lib.writes_settled(26);
+    let writes = lib.writes();
     assert_eq!(writes.len(), 26, "{:#?}", summary(&writes));
     let last = writes.last().unwrap();
     assert_eq!(last.method, "PATCH");
@@ -220,7 +214,7 @@ fn an_empty_driver_message_is_kept_empty() {
         lib.warn("");
     }
     lib.flush();
-    let writes = lib.writes_settled(3);
+    let writes = lib.writes();
     // client-go's two-way merge patch leaves out a message equal to its empty base.
     for w in &writes[1..] {
         assert_eq!(w.method, "PATCH");
@@ -282,7 +276,7 @@ fn ten_distinct_messages_are_combined() {
         events[9]["message"],
         "(combined from similar events): disk 10 is failing"
     );
-    let last = lib.writes_settled(11).pop().unwrap();
+    let last = lib.writes().pop().unwrap();
     assert_eq!(last.method, "PATCH");
     assert_eq!(last.content_type.as_deref(), Some(STRATEGIC));
 }
@@ -322,7 +316,7 @@ fn patch_of_a_deleted_event_falls_back_to_create_keeping_count_and_first_timesta
     lib.clock.advance(Duration::from_secs(10));
     lib.warn("bad");
     lib.flush();
-    let writes = lib.writes_settled(4);
+    let writes = lib.writes();
     assert_eq!(
         summary(&writes[2..]),
         [
@@ -349,7 +343,7 @@ fn patch_of_a_deleted_event_falls_back_to_create_keeping_count_and_first_timesta
     lib.clock.advance(Duration::from_secs(10));
     lib.warn("bad");
     lib.flush();
-    let last = lib.writes_settled(5).pop().unwrap();
+    let last = lib.writes().pop().unwrap();
     assert_eq!((last.method.as_str(), last.status), ("PATCH", 200));
     assert_eq!(lib.events()[0]["count"], 4);
 }
@@ -364,7 +358,7 @@ fn injected_404_on_patch_also_falls_back_to_create() {
     lib.clock.advance(Duration::from_secs(5));
     lib.warn("bad");
     lib.flush();
-    let writes = lib.writes_settled(3);
+    let writes = lib.writes();
     let methods: Vec<(String, u16)> = writes
         .iter()
         .map(|w| (w.method.clone(), w.status))
@@ -382,7 +376,7 @@ fn injected_404_on_patch_also_falls_back_to_create() {
     lib.clock.advance(Duration::from_secs(5));
     lib.warn("bad");
     lib.flush();
-    let last = lib.writes_settled(4).pop().unwrap();
+    let last = lib.writes().pop().unwrap();
     assert_eq!((last.method.as_str(), last.status), ("PATCH", 200));
     assert_eq!(lib.events().len(), 1);
     assert_eq!(lib.events()[0]["count"], 3);
@@ -426,21 +420,15 @@ fn events_reported_while_the_api_is_down_arrive_when_it_returns() {
         .collect();
     assert_eq!(got, [(ABNORMAL, "first", 1), (NORMAL, RECOVERED, 1)]);
     // Each written once: the failed tries never reached the server.
-    let writes = lib.writes_settled(2);
+    let writes = lib.writes();
     assert_eq!(writes.len(), 2, "{:#?}", summary(&writes));
 }
 
 // ---- the binary ----------------------------------------------------------------------------
 
-fn get_mode_env() -> Env {
-    let env = Env::new();
-    env.driver.with(|s| s.list_volumes = false);
-    env
-}
-
 #[test]
 fn repeated_abnormal_reports_are_one_patched_event() {
-    let env = get_mode_env();
+    let env = Env::get_mode();
     let (_pv, pvc) = env.volume("sick");
     env.driver.set_volume("sick", true, "I/O errors on sick");
     let sidecar = env.spawn(&["--monitor-interval=200ms"]);
@@ -482,7 +470,7 @@ fn repeated_abnormal_reports_are_one_patched_event() {
 
 #[test]
 fn the_spam_filter_caps_a_fast_reporting_binary_at_25_writes() {
-    let env = get_mode_env();
+    let env = Env::get_mode();
     env.volume("sick");
     env.driver.set_volume("sick", true, "I/O errors on sick");
     // A generous client rate so the writes keep pace with the checks.
@@ -502,8 +490,8 @@ fn the_spam_filter_caps_a_fast_reporting_binary_at_25_writes() {
         "{}",
         sidecar.stderr.text()
     );
-    // Ten more checks after the 25th write (writes may trail the checks, and the server logs
-    // a request just after answering it): the Event still says 25, the next token being 300 s
+    // Ten more checks after the 25th write (writes may trail the checks): the Event still
+    // says 25, the next token being 300 s
     // away.
     let seen = env.driver.call_count(GET_VOLUME);
     assert!(env.wait_calls(GET_VOLUME, seen + 10, WAIT));
@@ -537,7 +525,7 @@ impl Mode {
     fn env(self) -> Env {
         match self {
             Mode::List => Env::new(),
-            Mode::Get => get_mode_env(),
+            Mode::Get => Env::get_mode(),
         }
     }
     fn flags(self) -> &'static [&'static str] {
@@ -572,6 +560,7 @@ fn assert_one_recovery(env: &Env, pvc: &str) {
     let e = &normal[0];
     assert_eq!(e["type"], "Normal");
     assert_eq!(e["message"], RECOVERED);
+    assert_eq!(e["involvedObject"]["namespace"], NS);
     assert_eq!(
         e["count"], 1,
         "recovery is reported once, not on every check"

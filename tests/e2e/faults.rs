@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::kit::apiserver::{FakeApiServer, Fault, FaultRule, Options, RequestRecord};
 use crate::kit::csidriver::{GET_VOLUME, LIST_VOLUMES};
 use crate::kit::fixtures;
-use crate::support::{Env, Sidecar};
+use crate::support::{poll, Env, Sidecar};
 
 const WAIT: Duration = Duration::from_secs(30);
 const FAST: &str = "--list-volumes-interval=300ms";
@@ -47,8 +47,7 @@ fn wait_gets(api: &FakeApiServer, path: &str, watch: bool, n: usize) -> bool {
     api.wait_until(WAIT, |a| gets(a, path, watch).len() >= n)
 }
 
-/// The LISTs of `path` once there are at least `n`: a request is logged just after its answer
-/// is written, so it may trail what the sidecar did with that answer.
+/// The LISTs of `path` once the sidecar has sent at least `n`.
 fn lists_of(api: &FakeApiServer, path: &str, n: usize) -> Vec<RequestRecord> {
     wait_gets(api, path, false, n);
     gets(api, path, false)
@@ -137,14 +136,7 @@ fn volume_series(addr: &str) -> BTreeMap<String, String> {
 }
 
 fn wait_series(addr: &str, pred: impl Fn(&BTreeMap<String, String>) -> bool) -> bool {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if pred(&volume_series(addr)) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
+    poll(WAIT, || pred(&volume_series(addr)).then_some(())).is_some()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-//! ControllerGetVolume mode end to end: the upstream §14 rows for this mode and the scheduling
-//! fix (one check per interval per volume, never concurrent on one volume).
+//! ControllerGetVolume mode end to end: the upstream §14 abnormal row for this mode, NOT_FOUND,
+//! and the scheduling fix (one check per interval per volume, never concurrent on one volume).
+//! The normal and recovery rows of both modes are in `events.rs`.
 
 use std::time::Duration;
 
 use crate::kit::csidriver::{GET_VOLUME, LIST_VOLUMES};
-use crate::support::{Env, DRIVER, NS};
+use crate::support::{Env, DRIVER};
 
 const WAIT: Duration = Duration::from_secs(30);
 const FAST: &[&str] = &[
@@ -12,15 +13,9 @@ const FAST: &[&str] = &[
     "--volume-list-add-interval=300ms",
 ];
 
-fn get_mode_env() -> Env {
-    let env = Env::new();
-    env.driver.with(|s| s.list_volumes = false);
-    env
-}
-
 #[test]
 fn abnormal_volume_without_list_volumes() {
-    let env = get_mode_env();
+    let env = Env::get_mode();
     env.volume("abnormal-volume-1");
     env.driver
         .set_volume("abnormal-volume-1", true, "Volume not found");
@@ -41,44 +36,8 @@ fn abnormal_volume_without_list_volumes() {
 }
 
 #[test]
-fn normal_volume_without_list_volumes_yields_no_event() {
-    let env = get_mode_env();
-    env.volume("normal-volume-1");
-    env.driver.set_volume("normal-volume-1", false, "");
-    let sidecar = env.spawn(FAST);
-    assert!(
-        env.wait_calls(GET_VOLUME, 3, WAIT),
-        "{}",
-        sidecar.stderr.text()
-    );
-    assert!(env.api.events().is_empty(), "{:#?}", env.api.events());
-}
-
-#[test]
-fn recovery_without_list_volumes() {
-    let env = get_mode_env();
-    env.volume("flaky");
-    env.driver.set_volume("flaky", true, "bad");
-    let sidecar = env.spawn(FAST);
-    assert!(
-        env.wait_event("pvc-flaky", "VolumeConditionAbnormal", WAIT),
-        "{}",
-        sidecar.stderr.text()
-    );
-    env.driver.set_volume("flaky", false, "");
-    assert!(
-        env.wait_event("pvc-flaky", "VolumeConditionNormal", WAIT),
-        "{}",
-        sidecar.stderr.text()
-    );
-    let e = &env.events("pvc-flaky", "VolumeConditionNormal")[0];
-    assert_eq!(e["message"], "The Volume returns to the healthy state");
-    assert_eq!(e["involvedObject"]["namespace"], NS);
-}
-
-#[test]
 fn one_volume_ten_workers_is_never_checked_concurrently() {
-    let env = get_mode_env();
+    let env = Env::get_mode();
     env.volume("single");
     env.driver.set_volume("single", false, "");
     env.driver.with(|s| s.latency = Duration::from_millis(50));
@@ -101,7 +60,7 @@ fn one_volume_ten_workers_is_never_checked_concurrently() {
 
 #[test]
 fn not_found_volume_is_reported_missing() {
-    let env = get_mode_env();
+    let env = Env::get_mode();
     env.volume("gone");
     let sidecar = env.spawn(FAST);
     assert!(

@@ -3,10 +3,10 @@
 //! termination message on CSI connection loss, and HTTP listener errors.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::kit::csidriver::LIST_VOLUMES;
-use crate::support::{http_addr, http_get, Env, Sidecar, DRIVER, NS};
+use crate::support::{http_addr, http_get, poll, Env, Sidecar, DRIVER, NS};
 
 const WAIT: Duration = Duration::from_secs(30);
 const FAST: &str = "--list-volumes-interval=300ms";
@@ -119,18 +119,8 @@ fn scrape(addr: &str) -> Scrape {
 
 /// Scrapes until `pred` holds (metrics change with the monitor's sweeps).
 fn scrape_until(addr: &str, what: &str, pred: impl Fn(&Scrape) -> bool) -> Scrape {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let s = scrape(addr);
-        if pred(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}:\n{s:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    poll(WAIT, || Some(scrape(addr)).filter(|s| pred(s)))
+        .unwrap_or_else(|| panic!("timed out waiting for {what}:\n{:#?}", scrape(addr)))
 }
 
 fn unix_now() -> f64 {
@@ -351,11 +341,11 @@ fn health_endpoints_and_metrics_path() {
     let addr = http_addr(&sidecar.stderr);
     assert_eq!(http_get(&addr, "/healthz"), (200, "ok".into()));
     // Ready once the driver is connected and the caches synced.
-    let deadline = Instant::now() + WAIT;
-    while http_get(&addr, "/readyz").0 != 200 {
-        assert!(Instant::now() < deadline, "{}", sidecar.stderr.text());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        poll(WAIT, || (http_get(&addr, "/readyz").0 == 200).then_some(())).is_some(),
+        "{}",
+        sidecar.stderr.text()
+    );
     assert_eq!(http_get(&addr, "/readyz").1, "ok");
     let (code, body) = http_get(&addr, "/custom-metrics");
     assert_eq!(code, 200);

@@ -12,12 +12,6 @@ use crate::support::{Env, DRIVER, NS};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn get_mode_env() -> Env {
-    let env = Env::new();
-    env.driver.with(|s| s.list_volumes = false);
-    env
-}
-
 /// Answered ControllerGetVolume calls per volume id.
 fn checks(s: &State) -> HashMap<String, usize> {
     let mut out = HashMap::new();
@@ -34,7 +28,7 @@ fn two_hundred_volumes_four_workers_slow_driver() {
     const N: usize = 200;
     // 200 checks × 50 ms / 4 workers = 2.5 s of work per sweep; a 3 s interval leaves room.
     const INTERVAL: Duration = Duration::from_secs(3);
-    let env = get_mode_env();
+    let env = Env::get_mode();
     for i in 0..N {
         let id = format!("v{i:03}");
         env.volume(&id);
@@ -82,7 +76,7 @@ fn two_hundred_volumes_four_workers_slow_driver() {
 
 #[test]
 fn a_volume_bound_later_is_picked_up_by_the_rescan() {
-    let env = get_mode_env();
+    let env = Env::get_mode();
     env.volume("early");
     env.driver.set_volume("early", false, "");
     env.driver.set_volume("late", true, "late trouble");
@@ -148,7 +142,7 @@ fn a_volume_bound_later_is_picked_up_by_the_rescan() {
 
 #[test]
 fn a_deleted_volume_is_no_longer_checked() {
-    let env = get_mode_env();
+    let env = Env::get_mode();
     for id in ["keep", "drop"] {
         env.volume(id);
         env.driver.set_volume(id, false, "");

@@ -153,6 +153,13 @@ impl Env {
         Env::with_api(FakeApiServer::start(), None)
     }
 
+    /// A driver without LIST_VOLUMES: the sidecar runs in ControllerGetVolume mode.
+    pub fn get_mode() -> Env {
+        let env = Env::new();
+        env.driver.with(|s| s.list_volumes = false);
+        env
+    }
+
     /// An environment around a fake API server started with special options, reached with
     /// `kubeconfig_yaml` (default: the server's own kubeconfig).
     pub fn with_api(api: FakeApiServer, kubeconfig_yaml: Option<String>) -> Env {
@@ -260,6 +267,21 @@ pub fn run_binary(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Calls `probe` every 100 ms until it yields a value, for state only reachable by asking
+/// (HTTP endpoints of the sidecar); None after `timeout`.
+pub fn poll<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A plain HTTP/1.1 GET (the sidecar's server closes every connection): status and body.

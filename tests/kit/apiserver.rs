@@ -20,6 +20,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::{json, Map, Value};
 
+use healthmon::kube::config::{base64_decode, base64_encode};
+use healthmon::timeutil::{parse_rfc3339, rfc3339, rfc3339_micros};
+
 // ---------------------------------------------------------------------------------------------
 // public API
 
@@ -618,7 +621,11 @@ impl Failure {
     fn new(code: u16, message: impl Into<String>) -> Failure {
         Failure {
             code,
-            reason: reason_for(code),
+            // The client's table is apimachinery's; "Unknown" is what the server says otherwise.
+            reason: match healthmon::kube::error::reason_for(code) {
+                "" => "Unknown",
+                r => r,
+            },
             message: message.into(),
             details: None,
             retry_after: None,
@@ -686,27 +693,6 @@ impl Failure {
         }
         m.insert("code".into(), json!(self.code));
         Value::Object(m)
-    }
-}
-
-fn reason_for(code: u16) -> &'static str {
-    match code {
-        400 => "BadRequest",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "NotFound",
-        405 => "MethodNotAllowed",
-        406 => "NotAcceptable",
-        409 => "Conflict",
-        410 => "Gone",
-        413 => "RequestEntityTooLarge",
-        415 => "UnsupportedMediaType",
-        422 => "Invalid",
-        429 => "TooManyRequests",
-        500 => "InternalError",
-        503 => "ServiceUnavailable",
-        504 => "Timeout",
-        _ => "Unknown",
     }
 }
 
@@ -1046,7 +1032,7 @@ impl Store {
         if mode != Mode::Direct || !meta.contains_key("creationTimestamp") {
             meta.insert(
                 "creationTimestamp".into(),
-                json!(format_time(now_unix(), None)),
+                json!(rfc3339(SystemTime::now())),
             );
         }
         if mode != Mode::Direct {
@@ -1088,7 +1074,7 @@ impl Store {
         if def.has_status && (mode != Mode::Direct || !given_status) && def.plural != "nodes" {
             let status = match def.plural {
                 "persistentvolumes" => {
-                    json!({"phase": "Pending", "lastPhaseTransitionTime": format_time(now_unix(), None)})
+                    json!({"phase": "Pending", "lastPhaseTransitionTime": rfc3339(SystemTime::now())})
                 }
                 "persistentvolumeclaims" | "pods" => json!({"phase": "Pending"}),
                 "namespaces" => json!({"phase": "Active"}),
@@ -1276,7 +1262,7 @@ impl Store {
         set_meta(
             &mut new,
             "deletionTimestamp",
-            json!(format_time(now_unix(), None)),
+            json!(rfc3339(SystemTime::now())),
         );
         set_meta(&mut new, "deletionGracePeriodSeconds", json!(0));
         if def.plural == "namespaces" {
@@ -1494,8 +1480,8 @@ fn normalize(def: &ResDef, name: &str, obj: &mut Value) -> Result<(), Failure> {
                         "Lease in version \"v1\" cannot be handled as a Lease: spec.{f}: expected a string"
                     )));
                 };
-                match parse_time(s) {
-                    Some((secs, nanos, 6)) => *v = json!(format_time(secs, Some(nanos / 1000))),
+                match parse_rfc3339(s).filter(|_| fraction_digits(s) == 6) {
+                    Some(t) => *v = json!(rfc3339_micros(t)),
                     _ => {
                         return Err(Failure::bad_request(format!(
                             "Lease in version \"v1\" cannot be handled as a Lease: parsing time \"{s}\" as \"2006-01-02T15:04:05.000000Z07:00\": cannot parse \"{s}\" as \".000000\""
@@ -1508,8 +1494,8 @@ fn normalize(def: &ResDef, name: &str, obj: &mut Value) -> Result<(), Failure> {
             for f in ["firstTimestamp", "lastTimestamp"] {
                 let Some(v) = obj.get_mut(f) else { continue };
                 let Some(s) = v.as_str() else { continue };
-                match parse_time(s) {
-                    Some((secs, _, _)) => *v = json!(format_time(secs, None)),
+                match parse_rfc3339(s) {
+                    Some(t) => *v = json!(rfc3339(t)),
                     None => {
                         return Err(Failure::bad_request(format!(
                             "Event in version \"v1\" cannot be handled as a Event: parsing time \"{s}\" as \"2006-01-02T15:04:05Z07:00\""
@@ -1591,7 +1577,7 @@ impl ContinueToken {
     }
     fn decode(s: &str) -> Result<ContinueToken, Failure> {
         let bad = || Failure::bad_request(format!("continue key is not valid: {s}"));
-        let raw = base64_decode(s).ok_or_else(bad)?;
+        let raw = base64_decode(s).map_err(|_| bad())?;
         let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
         if v.get("v").and_then(Value::as_str) != Some("meta.k8s.io/v1") {
             return Err(bad());
@@ -3135,160 +3121,15 @@ fn query_pairs(q: &str) -> Vec<(String, String)> {
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-fn base64_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let n = (chunk[0] as u32) << 16
-            | (*chunk.get(1).unwrap_or(&0) as u32) << 8
-            | *chunk.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            b'=' => continue,
-            _ => return None,
-        };
-        acc = acc << 6 | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits & 0xff) as u8);
-        }
-    }
-    Some(out)
+/// Digits after the seconds' decimal point: a metav1.MicroTime needs exactly six.
+fn fraction_digits(s: &str) -> usize {
+    s.get(19..)
+        .and_then(|r| r.strip_prefix('.'))
+        .map_or(0, |r| r.bytes().take_while(u8::is_ascii_digit).count())
 }
 
 fn yaml_quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719468;
-    let era = if z >= 0 { z } else { z - 146096 } / 146097;
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// RFC 3339 in UTC; with `micros`, six fractional digits (metav1.MicroTime).
-fn format_time(secs: i64, micros: Option<u32>) -> String {
-    let (y, mo, d) = civil_from_days(secs.div_euclid(86400));
-    let s = secs.rem_euclid(86400);
-    let base = format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    );
-    match micros {
-        Some(us) => format!("{base}.{us:06}Z"),
-        None => format!("{base}Z"),
-    }
-}
-
-/// Parses RFC 3339: (unix seconds, nanoseconds, number of fractional digits).
-fn parse_time(s: &str) -> Option<(i64, u32, usize)> {
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let t = s.get(r)?;
-        if t.bytes().all(|c| c.is_ascii_digit()) {
-            t.parse().ok()
-        } else {
-            None
-        }
-    };
-    let (y, mo, d, h, mi, se) = (
-        num(0..4)?,
-        num(5..7)?,
-        num(8..10)?,
-        num(11..13)?,
-        num(14..16)?,
-        num(17..19)?,
-    );
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    let mut i = 19;
-    let mut nanos = 0u32;
-    let mut digits = 0;
-    if b[i] == b'.' {
-        i += 1;
-        let st = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        digits = i - st;
-        if digits == 0 || digits > 9 {
-            return None;
-        }
-        let frac: u32 = s[st..i].parse().ok()?;
-        nanos = frac * 10u32.pow(9 - digits as u32);
-    }
-    let offset = match b.get(i)? {
-        b'Z' | b'z' if i + 1 == b.len() => 0,
-        c @ (b'+' | b'-') if b.len() == i + 6 && b[i + 3] == b':' => {
-            let oh = num(i + 1..i + 3)?;
-            let om = num(i + 4..i + 6)?;
-            let o = oh * 3600 + om * 60;
-            if *c == b'+' {
-                o
-            } else {
-                -o
-            }
-        }
-        _ => return None,
-    };
-    let secs = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se - offset;
-    Some((secs, nanos, digits))
 }
 
 fn random_u64() -> u64 {
@@ -4121,36 +3962,11 @@ mod tests {
     }
 
     #[test]
-    fn time_functions_table() {
-        assert_eq!(format_time(0, None), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            format_time(1_767_323_045, Some(123_456)),
-            "2026-01-02T03:04:05.123456Z"
-        );
-        let cases = [
-            ("2026-01-02T03:04:05Z", Some((1_767_323_045, 0, 0))),
-            (
-                "2026-01-02T03:04:05.5Z",
-                Some((1_767_323_045, 500_000_000, 1)),
-            ),
-            (
-                "2026-01-02T05:04:05.123456+02:00",
-                Some((1_767_323_045, 123_456_000, 6)),
-            ),
-            ("2026-01-02 03:04:05Z", None),
-            ("2026-13-02T03:04:05Z", None),
-            ("2026-01-02T03:04:05", None),
-            ("2026-01-02T03:04:05.Z", None),
-        ];
-        for (s, want) in cases {
-            assert_eq!(parse_time(s), want, "{s}");
-        }
-        for s in ["", "YQ", "YWI", "YWJj", "\u{1}\u{2}\u{3}\u{4}"] {
-            assert_eq!(
-                base64_decode(&base64_encode(s.as_bytes())).as_deref(),
-                Some(s.as_bytes())
-            );
-        }
+    fn only_micro_times_have_six_fraction_digits() {
+        assert_eq!(fraction_digits("2026-01-02T03:04:05.123456Z"), 6);
+        assert_eq!(fraction_digits("2026-01-02T03:04:05.5Z"), 1);
+        assert_eq!(fraction_digits("2026-01-02T03:04:05Z"), 0);
+        assert_eq!(fraction_digits("2026"), 0);
     }
 
     #[test]
