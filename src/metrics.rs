@@ -278,12 +278,13 @@ impl Metrics {
         }
     }
 
-    /// Drops every series of `pv` (the PV was deleted or is no longer ours).
-    pub fn remove_volume(&self, pv: &str) {
+    /// Keeps the series of the PVs `keep` accepts and drops the rest (deleted, or no longer
+    /// ours), so a volume's series disappears with its PV.
+    pub fn retain_volumes(&self, keep: impl Fn(&str) -> bool) {
         self.volumes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(pv);
+            .retain(|pv, _| keep(pv));
     }
 
     /// One health check: `method` is `ListVolumes` (one per sweep, `result` `ok` or `error`)
@@ -518,14 +519,13 @@ mod tests {
         );
         assert_eq!(a.value, "1");
 
-        m.remove_volume("pv-a");
+        m.retain_volumes(|pv| pv != "pv-a");
         let samples = parse_samples(&m.encode());
         let st = series(&samples, "csi_volume_health_status");
         assert_eq!(st.len(), 1);
         assert_eq!(label(st[0], "persistentvolume"), Some("pv-b"));
         assert_eq!(label(st[0], "status"), Some("abnormal"));
-        m.remove_volume("pv-b");
-        m.remove_volume("never-seen");
+        m.retain_volumes(|pv| pv == "never-seen");
         assert!(series(&parse_samples(&m.encode()), "csi_volume_health_status").is_empty());
     }
 

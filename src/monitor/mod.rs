@@ -37,8 +37,6 @@ pub struct Monitor {
     report_missing: bool,
     /// PVC uid → what we last reported. Seeded from existing Events at start.
     reported: Mutex<HashMap<String, Reported>>,
-    /// PV names that currently have per-volume metric series.
-    with_series: Mutex<HashSet<String>>,
 }
 
 impl Monitor {
@@ -60,7 +58,6 @@ impl Monitor {
             metrics,
             report_missing: true,
             reported: Mutex::new(seed),
-            with_series: Mutex::new(HashSet::new()),
         }
     }
 
@@ -108,7 +105,6 @@ impl Monitor {
         };
         self.metrics
             .set_volume_status(&pvc.namespace, &pvc.name, &pv.name, status);
-        lock(&self.with_series).insert(pv.name.clone());
 
         let emit = {
             let mut reported = lock(&self.reported);
@@ -149,15 +145,7 @@ impl Monitor {
 
     /// Drop state and metric series of PVs that left the store (deleted, or no longer ours).
     pub fn forget_gone(&self, current: &HashSet<String>) {
-        let gone: Vec<String> = lock(&self.with_series)
-            .iter()
-            .filter(|n| !current.contains(*n))
-            .cloned()
-            .collect();
-        for name in gone {
-            self.metrics.remove_volume(&name);
-            lock(&self.with_series).remove(&name);
-        }
+        self.metrics.retain_volumes(|pv| current.contains(pv));
         let live_claims: HashSet<String> = self
             .pvs
             .snapshot()
