@@ -473,13 +473,11 @@ fn csi_connection_loss_writes_the_termination_message_and_exits_1() {
     );
     assert!(!term.exists());
     env.driver.stop();
-    let status = sidecar.wait_exit(WAIT);
-    assert_eq!(status.code(), Some(1), "{}", sidecar.stderr.text());
+    let text = sidecar.exit_1_log(WAIT);
     assert_eq!(
         std::fs::read_to_string(&term).unwrap(),
         "Lost connection to CSI driver, exiting"
     );
-    let text = sidecar.stderr.text();
     let lost = text
         .lines()
         .find(|l| l.contains("Lost connection"))
@@ -502,8 +500,7 @@ fn csi_connection_loss_with_an_unwritable_termination_log_still_exits_1() {
         sidecar.stderr.text()
     );
     env.driver.stop();
-    assert_eq!(sidecar.wait_exit(WAIT).code(), Some(1));
-    let text = sidecar.stderr.text();
+    let text = sidecar.exit_1_log(WAIT);
     assert!(
         text.contains("Failed to write termination message"),
         "{text}"
@@ -520,8 +517,7 @@ fn busy_http_port_is_a_clear_error_and_exit_1() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
     let mut sidecar = env.spawn(&[&format!("--http-endpoint={addr}")]);
-    assert_eq!(sidecar.wait_exit(WAIT).code(), Some(1));
-    let text = sidecar.stderr.text();
+    let text = sidecar.exit_1_log(WAIT);
     let line = text
         .lines()
         .find(|l| l.contains("Failed to start HTTP server at specified address and metrics path"))
@@ -538,8 +534,7 @@ fn both_http_flags_are_rejected_with_upstreams_message() {
         "--http-endpoint=127.0.0.1:0",
         "--metrics-address=127.0.0.1:0",
     ]);
-    assert_eq!(sidecar.wait_exit(WAIT).code(), Some(1));
-    let text = sidecar.stderr.text();
+    let text = sidecar.exit_1_log(WAIT);
     assert!(
         text.contains("Only one of `--metrics-address` and `--http-endpoint` can be set."),
         "{text}"

@@ -24,9 +24,7 @@ fn no_socket_times_out_with_a_clear_message_and_exit_1() {
         "{}",
         sidecar.stderr.text()
     );
-    let status = sidecar.wait_exit(Duration::from_secs(45));
-    assert_eq!(status.code(), Some(1));
-    let text = sidecar.stderr.text();
+    let text = sidecar.exit_1_log(Duration::from_secs(45));
     assert!(
         text.contains("Failed to connect to the CSI driver"),
         "{text}"
@@ -40,9 +38,7 @@ fn driver_without_volume_condition_is_an_error_and_exit_1() {
     let env = Env::new();
     env.driver.with(|s| s.volume_condition = false);
     let mut sidecar = env.spawn(&[]);
-    let status = sidecar.wait_exit(Duration::from_secs(20));
-    assert_eq!(status.code(), Some(1));
-    let text = sidecar.stderr.text();
+    let text = sidecar.exit_1_log(Duration::from_secs(20));
     let line = text
         .lines()
         .find(|l| l.contains("does not implement VolumeCondition"))
@@ -58,14 +54,10 @@ fn driver_without_controller_service_is_an_error_and_exit_1() {
     let env = Env::new();
     env.driver.with(|s| s.controller_service = false);
     let mut sidecar = env.spawn(&[]);
-    assert_eq!(sidecar.wait_exit(Duration::from_secs(20)).code(), Some(1));
+    let text = sidecar.exit_1_log(Duration::from_secs(20));
     assert!(
-        sidecar
-            .stderr
-            .text()
-            .contains("does not support Plugin Controller Service"),
-        "{}",
-        sidecar.stderr.text()
+        text.contains("does not support Plugin Controller Service"),
+        "{text}"
     );
 }
 
@@ -95,15 +87,8 @@ fn probe_failure_is_fatal() {
         1,
     );
     let mut sidecar = env.spawn(&[]);
-    assert_eq!(sidecar.wait_exit(Duration::from_secs(20)).code(), Some(1));
-    assert!(
-        sidecar
-            .stderr
-            .text()
-            .contains("Failed to probe the CSI driver"),
-        "{}",
-        sidecar.stderr.text()
-    );
+    let text = sidecar.exit_1_log(Duration::from_secs(20));
+    assert!(text.contains("Failed to probe the CSI driver"), "{text}");
 }
 
 #[test]
@@ -111,12 +96,8 @@ fn empty_driver_name_is_fatal() {
     let env = Env::new();
     env.driver.with(|s| s.name.clear());
     let mut sidecar = env.spawn(&[]);
-    assert_eq!(sidecar.wait_exit(Duration::from_secs(20)).code(), Some(1));
-    assert!(
-        sidecar.stderr.text().contains("driver name is empty"),
-        "{}",
-        sidecar.stderr.text()
-    );
+    let text = sidecar.exit_1_log(Duration::from_secs(20));
+    assert!(text.contains("driver name is empty"), "{text}");
 }
 
 #[test]

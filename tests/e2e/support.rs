@@ -120,6 +120,14 @@ impl Sidecar {
         }
     }
 
+    /// Wait for the process to exit with code 1 (within `timeout`) and return its log.
+    pub fn exit_1_log(&mut self, timeout: Duration) -> String {
+        let status = self.wait_exit(timeout);
+        let text = self.stderr.text();
+        assert_eq!(status.code(), Some(1), "{text}");
+        text
+    }
+
     /// True if the process has not exited within `d` (it keeps running).
     pub fn still_running_after(&mut self, d: Duration) -> bool {
         match self.exit.recv_timeout(d) {
