@@ -87,8 +87,6 @@ pub struct Client {
     /// When set, no normal request of this handle runs past it (the lease loop's renew
     /// deadline, as client-go's context does); watches are not affected.
     deadline: Option<Instant>,
-    /// How often a 429/5xx with `Retry-After` is waited out and sent again.
-    retry_after_retries: u32,
 }
 
 impl std::fmt::Debug for Client {
@@ -157,20 +155,15 @@ impl Client {
             }),
             limiter: RateLimiter::new(qps, burst),
             deadline: None,
-            retry_after_retries: MAX_RETRY_AFTER_RETRIES,
         })
     }
 
-    /// Same agent and credentials, a separate limiter (the lease loop must not starve), and no
-    /// waiting out `Retry-After`: client-go bounds those waits by the renew deadline's context,
-    /// which a blocking sleep here cannot, and a renewal that outlasts the lease could leave two
-    /// leaders. The lease loop retries every retryPeriod itself.
+    /// Same agent and credentials, a separate limiter: the lease loop must not starve.
     pub fn with_own_limiter(&self, qps: f64, burst: u32) -> Client {
         Client {
             shared: self.shared.clone(),
             limiter: RateLimiter::new(qps, burst),
             deadline: None,
-            retry_after_retries: 0,
         }
     }
 
@@ -308,7 +301,10 @@ impl Client {
                 continue;
             }
             if let Some(wait) = server_wait(&resp) {
-                if throttled < self.retry_after_retries {
+                // As client-go's context does, a deadline (the lease loop's renew deadline)
+                // bounds the wait: a renewal that outlasted the lease could leave two leaders.
+                let in_time = self.deadline.is_none_or(|d| Instant::now() + wait < d);
+                if throttled < MAX_RETRY_AFTER_RETRIES && in_time {
                     throttled += 1;
                     log::debug!(
                         "{what}: the API server answered {code} with Retry-After, sending again in {wait:?} (retry {throttled})"
@@ -1043,11 +1039,16 @@ pub(crate) mod tests {
         assert_eq!(c.get("/x").unwrap_err().code(), Some(500));
         assert_eq!(c.get("/x").unwrap_err().code(), Some(409));
 
-        // The lease loop's client answers at once: its renew deadline must not be outslept.
-        let srv = Canned::start(vec![busy(429), http(200, "", "{}")]);
-        let lease = client(&srv.addr).with_own_limiter(-1.0, 1);
+        // A wait that would outlast the handle's deadline (the lease loop's renew deadline)
+        // is not taken: the 429 is the answer.
+        let long = http(429, "Retry-After: 5\r\n", r#"{"kind":"Status","code":429}"#);
+        let srv = Canned::start(vec![long, http(200, "", "{}")]);
+        let mut lease = client(&srv.addr).with_own_limiter(-1.0, 1);
+        lease.set_deadline(Some(std::time::Instant::now() + Duration::from_secs(2)));
+        let t0 = std::time::Instant::now();
         assert_eq!(lease.get("/x").unwrap_err().code(), Some(429));
         assert_eq!(srv.requests().len(), 1);
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     }
 
     #[test]
