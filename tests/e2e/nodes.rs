@@ -185,6 +185,14 @@ fn deleted_node_is_a_failure_without_a_crash_and_never_recovers() {
     // The node object coming back under the same name is a new node, not a recovery.
     env.api.create(node("node2", "True"));
     assert!(
+        sidecar
+            .stderr
+            .wait_for_n("tracking node node=\"node2\"", 2, WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
+    // Evaluated; a wrong NodeRecovered would now be on its way to the API server.
+    assert!(
         sidecar.still_running_after(Duration::from_secs(1)),
         "{}",
         sidecar.stderr.text()

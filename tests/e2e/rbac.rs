@@ -32,10 +32,7 @@ pub fn attributes(r: &RequestRecord) -> Result<Option<Attributes>, String> {
         _ => return Err(format!("non-resource path {}", r.path)),
     };
     let (namespaced, rest) = match rest {
-        ["namespaces", ns, rest @ ..] if !rest.is_empty() => {
-            let _ = ns;
-            (true, rest)
-        }
+        ["namespaces", _, rest @ ..] if !rest.is_empty() => (true, rest),
         _ => (false, rest),
     };
     let (resource, named) = match rest {

@@ -48,10 +48,15 @@ impl Output {
 
     /// Wait until a line contains `needle`.
     pub fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
+        self.wait_for_n(needle, 1, timeout)
+    }
+
+    /// Wait until `n` lines contain `needle`.
+    pub fn wait_for_n(&self, needle: &str, n: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut guard = self.inner.0.lock().unwrap();
         loop {
-            if guard.iter().any(|l| l.contains(needle)) {
+            if guard.iter().filter(|l| l.contains(needle)).count() >= n {
                 return true;
             }
             let now = Instant::now();
