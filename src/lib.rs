@@ -7,6 +7,7 @@ pub mod config;
 pub mod csi;
 pub mod events;
 pub mod flags;
+pub mod health;
 pub mod http;
 pub mod kube;
 pub mod leader;

@@ -7,6 +7,7 @@
 //! Stores keep only what the controller needs: this driver's PVs as `PvRecord`s, and the
 //! name/namespace/uid/resourceVersion of PVCs bound to those PVs.
 
+use crate::health::{PvcCondition, PvcHealth};
 use crate::kube::{encode_query, Client, Error, WatchEvent};
 use crate::shutdown::Shutdown;
 use crate::timeutil;
@@ -122,6 +123,30 @@ pub struct PvcRecord {
     pub uid: String,
     pub resource_version: String,
     pub volume_name: String,
+    /// `status.healthStatus` (Kubernetes 1.37, gate `CSIVolumeHealth`): the baseline the
+    /// health modes compare against, so a restart or a new leader rewrites nothing unchanged.
+    pub health: Option<Box<PvcHealth>>,
+}
+
+/// `status.healthStatus` as the API serves it; `None` when absent, null or without conditions.
+fn pvc_health(v: &Value) -> Option<PvcHealth> {
+    let conditions: Vec<PvcCondition> = v
+        .get("healthConditions")?
+        .as_array()?
+        .iter()
+        .map(|c| PvcCondition {
+            status: s(c, "/status"),
+            reason: s(c, "/reason"),
+            message: s(c, "/message"),
+        })
+        .collect();
+    if conditions.is_empty() {
+        return None;
+    }
+    Some(PvcHealth {
+        conditions,
+        last_transition_time: s(v, "/lastTransitionTime"),
+    })
 }
 
 impl PvcRecord {
@@ -137,6 +162,10 @@ impl PvcRecord {
             uid: s(obj, "/metadata/uid"),
             resource_version: s(obj, "/metadata/resourceVersion"),
             volume_name: s(obj, "/spec/volumeName"),
+            health: obj
+                .pointer("/status/healthStatus")
+                .and_then(pvc_health)
+                .map(Box::new),
         })
     }
 

@@ -1035,6 +1035,7 @@ mod tests {
             uid: format!("uid-{name}"),
             resource_version: "7".into(),
             volume_name: String::new(),
+            health: None,
         }
     }
 

@@ -46,6 +46,10 @@ pub struct Options {
     pub bookmark_interval: Option<Duration>,
     /// How many changes are kept for watch replay; older resourceVersions get 410.
     pub history: usize,
+    /// Kubernetes 1.37 with the `CSIVolumeHealth` feature gate on: PVCs keep
+    /// `status.healthStatus` (validated as the real API validates it). Off, the default, is a
+    /// 1.36 server (or the gate off): the unknown field is dropped from every write, answer 200.
+    pub pvc_health_status: bool,
 }
 
 impl Default for Options {
@@ -56,6 +60,7 @@ impl Default for Options {
             token: None,
             bookmark_interval: None,
             history: 10_000,
+            pvc_health_status: false,
         }
     }
 }
@@ -168,7 +173,7 @@ impl FakeApiServer {
         let url = format!("{scheme}://127.0.0.1:{}", addr.port());
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let inner = Arc::new(Inner {
-            store: Mutex::new(Store::new(opts.history)),
+            store: Mutex::new(Store::new(opts.history, opts.pvc_health_status)),
             changes: Mutex::new(0),
             changed: Condvar::new(),
             requests: Mutex::new(Vec::new()),
@@ -409,6 +414,12 @@ impl FakeApiServer {
 
     pub fn resource_version(&self) -> u64 {
         self.inner.store().rv
+    }
+
+    /// Turns the `CSIVolumeHealth` feature gate on or off from now on, as an API server
+    /// upgrade would; objects already stored keep what they hold.
+    pub fn set_pvc_health_status(&self, on: bool) {
+        self.inner.store().health_gate = on;
     }
 
     pub fn stop(mut self) {
@@ -812,6 +823,8 @@ struct Store {
     next_sub: u64,
     snapshots: VecDeque<Snapshot>,
     next_snap: u64,
+    /// [`Options::pvc_health_status`]
+    health_gate: bool,
 }
 
 struct ListResult {
@@ -832,7 +845,7 @@ struct WatchStart {
 }
 
 impl Store {
-    fn new(history: usize) -> Store {
+    fn new(history: usize, health_gate: bool) -> Store {
         Store {
             rv: FIRST_RV,
             floor: FIRST_RV,
@@ -844,6 +857,7 @@ impl Store {
             next_sub: 1,
             snapshots: VecDeque::new(),
             next_snap: 1,
+            health_gate,
         }
     }
 
@@ -1083,6 +1097,7 @@ impl Store {
             set_obj(&mut obj, "status", status);
         }
         normalize(def, &name, &mut obj)?;
+        pvc_health_status(def, &name, &mut obj, self.health_gate, mode)?;
         let key = Store::key(ns, &name);
         Ok((201, self.put(def, key, obj, EventType::Added)))
     }
@@ -1187,6 +1202,7 @@ impl Store {
             }
         }
         normalize(def, name, &mut new)?;
+        pvc_health_status(def, name, &mut new, self.health_gate, mode)?;
         set_meta(&mut new, "resourceVersion", json!(old_rv));
         let terminating = new.pointer("/metadata/deletionTimestamp").is_some();
         if terminating && finalizers_empty(def, &new) {
@@ -1507,6 +1523,102 @@ fn normalize(def: &ResDef, name: &str, obj: &mut Value) -> Result<(), Failure> {
         _ => {}
     }
     let _ = name;
+    Ok(())
+}
+
+/// `status.healthStatus` of a PVC (Kubernetes 1.37, gate `CSIVolumeHealth`). Gate off: the
+/// field is unknown to the schema and dropped silently (observed on 1.36.2: 200, field gone).
+/// Gate on: validated as `k8s.io/api` `VolumeHealthStatus` is, 422 naming the field path.
+/// Direct writes (test setup) are dropped or kept the same way but never refused.
+fn pvc_health_status(
+    def: &ResDef,
+    name: &str,
+    obj: &mut Value,
+    gate_on: bool,
+    mode: Mode,
+) -> Result<(), Failure> {
+    if def.plural != "persistentvolumeclaims" {
+        return Ok(());
+    }
+    let Some(status) = obj.get_mut("status").and_then(Value::as_object_mut) else {
+        return Ok(());
+    };
+    if !gate_on {
+        status.remove("healthStatus");
+        return Ok(());
+    }
+    if status.get("healthStatus").is_some_and(Value::is_null) {
+        status.remove("healthStatus");
+    }
+    let Some(hs) = status.get("healthStatus") else {
+        return Ok(());
+    };
+    if mode == Mode::Direct {
+        return Ok(());
+    }
+    validate_health_status(hs).map_err(|why| Failure::invalid(def, name, &why))
+}
+
+/// The limits of `VolumeHealthStatus`: at most 16 conditions, status one of the three names,
+/// reason 1..=256 bytes, message at most 1024 bytes, (status, reason) unique.
+fn validate_health_status(hs: &Value) -> Result<(), String> {
+    const STATUSES: [&str; 3] = ["DataLoss", "Degraded", "Inaccessible"];
+    let Some(m) = hs.as_object() else {
+        return Err("status.healthStatus: Invalid value: must be an object".into());
+    };
+    if let Some(t) = m.get("lastTransitionTime") {
+        if !t.as_str().is_some_and(|s| parse_rfc3339(s).is_some()) {
+            return Err(format!(
+                "status.healthStatus.lastTransitionTime: Invalid value: {t}: must be an RFC 3339 time"
+            ));
+        }
+    }
+    let conds = match m.get("healthConditions") {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Array(a)) => a,
+        Some(other) => {
+            return Err(format!(
+                "status.healthStatus.healthConditions: Invalid value: {other}: must be a list"
+            ))
+        }
+    };
+    if conds.len() > 16 {
+        return Err(format!(
+            "status.healthStatus.healthConditions: Too many: {}: must have at most 16 items",
+            conds.len()
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, c) in conds.iter().enumerate() {
+        let at = format!("status.healthStatus.healthConditions[{i}]");
+        let st = c.get("status").and_then(Value::as_str).unwrap_or("");
+        if !STATUSES.contains(&st) {
+            return Err(format!(
+                "{at}.status: Unsupported value: {:?}: supported values: \"DataLoss\", \"Degraded\", \"Inaccessible\"",
+                st
+            ));
+        }
+        let reason = c.get("reason").and_then(Value::as_str).unwrap_or("");
+        if reason.is_empty() {
+            return Err(format!("{at}.reason: Required value"));
+        }
+        if reason.len() > 256 {
+            return Err(format!(
+                "{at}.reason: Too long: may not be more than 256 bytes"
+            ));
+        }
+        let message = c.get("message").and_then(Value::as_str).unwrap_or("");
+        if message.len() > 1024 {
+            return Err(format!(
+                "{at}.message: Too long: may not be more than 1024 bytes"
+            ));
+        }
+        if !seen.insert((st, reason)) {
+            return Err(format!(
+                "{at}: Duplicate value: {{\"reason\":{reason:?},\"status\":{st:?}}}"
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! - `sandbox` (default): starts the fake API server and the mock CSI driver with a few
 //!   volumes, runs the real sidecar against them, turns one volume abnormal and prints the
 //!   Event the sidecar wrote, then the recovery.
-//! - `apiserver [--port N] [--token T] [--tls-cert F --tls-key F]`: only the fake API server.
+//! - `apiserver [--port N] [--token T] [--tls-cert F --tls-key F] [--pvc-health-status]`: only the fake API server.
 //! - `csi-driver --socket PATH [--name NAME] [--volume ID[=abnormal:MESSAGE]]...`: only the mock driver.
 //! - `bench [...]`: the footprint and speed benchmark (bench.rs; BENCHMARKS.md has the figures).
 
@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         Some("csi-driver") => run_driver(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("-h") | Some("--help") | Some("help") => {
-            println!("usage: csi-hm-testkit [sandbox | apiserver [--port N] [--token T] [--tls-cert F --tls-key F] | csi-driver --socket PATH [--name NAME] [--volume ID[=abnormal:MESSAGE]]... | {}]", bench::usage());
+            println!("usage: csi-hm-testkit [sandbox | apiserver [--port N] [--token T] [--tls-cert F --tls-key F] [--pvc-health-status] | csi-driver --socket PATH [--name NAME] [--volume ID[=abnormal:MESSAGE]]... | {}]", bench::usage());
             Ok(())
         }
         Some(other) => Err(format!("unknown command {other:?}; try --help")),
@@ -67,6 +67,7 @@ fn run_apiserver(args: &[String]) -> Result<(), String> {
             "--token" => opts.token = Some(value(args, &mut i, "--token")?.to_string()),
             "--tls-cert" => cert = Some(value(args, &mut i, "--tls-cert")?.to_string()),
             "--tls-key" => key = Some(value(args, &mut i, "--tls-key")?.to_string()),
+            "--pvc-health-status" => opts.pvc_health_status = true,
             other => return Err(format!("apiserver: unknown flag {other:?}")),
         }
         i += 1;
