@@ -12,12 +12,12 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::Config;
-use crate::csi::{self, Connection, HealthSource, Mode};
+use crate::csi::{self, Connection, Generation, HealthSource, Mode};
 use crate::events::{self, RecorderOptions};
 use crate::kube::{self, Client};
 use crate::leader::{self, LeaderEvent, LeaderSettings, LeaderStatus};
 use crate::metrics::Metrics;
-use crate::monitor::{self, get::GetLoop, list::ListLoop, Monitor};
+use crate::monitor::{self, get::GetLoop, list::ListLoop, status::StatusWriter, Monitor};
 use crate::shutdown::Shutdown;
 use crate::{flags, http, watch};
 
@@ -134,15 +134,19 @@ pub fn run(cfg: Config) -> Result<(), Fatal> {
     let caps = conn.capabilities().map_err(|e| {
         fatal("Failed to check whether the CSI driver supports the Plugin Controller Service and its ListVolumes, GetVolume and VolumeCondition capabilities", e)
     })?;
-    let mode = csi::select_mode(&caps).map_err(|u| Fatal {
+    let selected = csi::select_mode(&caps, cfg.volume_health_api).map_err(|u| Fatal {
         message: u.to_string(),
     })?;
+    if let Some(w) = &selected.warning {
+        log::warn!("{w}");
+    }
+    let mode = selected.mode;
     log::info!(
-        "Monitoring mode selected driver=\"{driver}\" mode=\"{}\"",
-        if mode == Mode::ListVolumes {
-            "ListVolumes"
-        } else {
-            "ControllerGetVolume"
+        "Monitoring mode selected driver=\"{driver}\" mode=\"{}\" generation=\"{}\"",
+        mode.name(),
+        match mode.generation() {
+            Generation::Condition => "CSI v1.12 VOLUME_CONDITION",
+            Generation::Health => "CSI v1.13 volume health",
         }
     );
 
@@ -171,7 +175,10 @@ pub fn run(cfg: Config) -> Result<(), Fatal> {
         client: client.clone(),
         driver: driver.clone(),
         mode,
-        source: conn.clone(),
+        source: Arc::new(csi::Rpcs {
+            conn: conn.clone(),
+            generation: mode.generation(),
+        }),
         recorder,
         metrics: metrics.clone(),
         ready: ready.clone(),
@@ -373,27 +380,40 @@ fn run_controller(shared: &Shared, shutdown: &Shutdown) -> Result<(), String> {
         Vec::new()
     };
     shared.ready.store(true, Ordering::SeqCst);
-    let mon = Arc::new(
-        Monitor::new(
-            shared.driver.clone(),
-            pvs,
-            pvcs,
-            shared.client.clone(),
-            shared.recorder.clone(),
-            shared.metrics.clone(),
-            seed,
-        )
-        .report_missing(shared.cfg.report_missing_volumes),
-    );
+    let cfg = &shared.cfg;
+    let mut mon = Monitor::new(
+        shared.driver.clone(),
+        pvs,
+        pvcs,
+        shared.client.clone(),
+        shared.recorder.clone(),
+        shared.metrics.clone(),
+        seed,
+    )
+    .report_missing(cfg.report_missing_volumes);
+    if shared.mode.generation() == Generation::Health {
+        let interval = if shared.mode.is_list() {
+            cfg.list_volumes_interval
+        } else {
+            cfg.monitor_interval
+        };
+        shared.metrics.start_status_writes();
+        mon = mon.health_output(monitor::HealthOutput {
+            writer: StatusWriter::new(shared.client.clone(), shared.metrics.clone(), interval),
+            events: cfg.volume_health_events,
+        });
+    }
+    let mon = Arc::new(mon);
     match shared.mode {
-        Mode::ListVolumes => ListLoop::new(
+        Mode::ListVolumes | Mode::HealthList { .. } => ListLoop::new(
             mon,
             shared.source.clone(),
-            shared.cfg.list_volumes_interval,
-            shared.cfg.list_volumes_max_entries,
+            cfg.list_volumes_interval,
+            cfg.list_volumes_max_entries,
         )
+        .confirm_with_get(shared.mode == Mode::HealthList { confirm: true })
         .run(shutdown.clone()),
-        Mode::GetVolume => GetLoop {
+        Mode::GetVolume | Mode::HealthGet => GetLoop {
             monitor: mon,
             source: shared.source.clone(),
             interval: shared.cfg.monitor_interval,

@@ -41,6 +41,17 @@ pub struct HttpConfig {
     pub deprecated_metrics_address: bool,
 }
 
+/// `--volume-health-api`: which CSI volume health generation may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthApi {
+    /// v1.13 health RPCs when the driver has them, else v1.12 `VOLUME_CONDITION`.
+    Auto,
+    /// v1.13 only.
+    Health,
+    /// v1.12 only.
+    Condition,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Filesystem path of the CSI driver's unix socket (`/p`, `unix:///p` and `unix:/p` all
@@ -62,6 +73,9 @@ pub struct Config {
     pub worker_threads: usize,
     pub enable_node_watcher: bool,
     pub report_missing_volumes: bool,
+    pub volume_health_api: HealthApi,
+    /// Events beside `status.healthStatus` in the v1.13 health modes.
+    pub volume_health_events: bool,
     /// `Some` when `--leader-election` is on.
     pub leader_election: Option<LeaderElectionConfig>,
     pub kube_api_qps: f64,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use crate::config::{Config, HttpConfig, LeaderElectionConfig, LogConfig, LogFormat};
+use crate::config::{Config, HealthApi, HttpConfig, LeaderElectionConfig, LogConfig, LogFormat};
 
 /// Version printed by `--version` and logged at startup; the release build sets
 /// `HEALTHMON_VERSION` (e.g. from `git describe`), like upstream's `-X main.version=`.
@@ -151,6 +151,7 @@ enum Check {
     /// `--kube-api-qps`: NaN and infinities have no rate meaning.
     Finite,
     LogFormat,
+    HealthApi,
     NonEmpty,
 }
 
@@ -233,6 +234,11 @@ const FLAGS: &[Spec] = &[
         "How long a node must stay NotReady before the PVCs of its pods get a NodeFailed event."),
     spec("termination-log-path", Kind::String, "/dev/termination-log", Check::NonEmpty,
         "File the connection-loss message is written to before exiting."),
+    // CSI v1.13 volume health beside v1.12 VOLUME_CONDITION (volume-health-v1.13.md).
+    spec("volume-health-api", Kind::String, "auto", Check::HealthApi,
+        "Which CSI volume health generation to use: \"auto\" (v1.13 ControllerListVolumeHealth/ControllerGetVolumeHealth when the driver has them, else v1.12 VOLUME_CONDITION), \"health\" (v1.13 only) or \"condition\" (v1.12 only)."),
+    spec("volume-health-events", Kind::Bool, "true", Check::None,
+        "In the CSI v1.13 health modes, also report abnormal volumes and recoveries as VolumeConditionAbnormal/VolumeConditionNormal events on the PVC, as the v1.12 modes do."),
     // §1.2: csi-lib-utils standardflags.
     spec("version", Kind::Bool, "false", Check::None, "Show version."),
     spec("kubeconfig", Kind::String, "", Check::None,
@@ -530,9 +536,21 @@ fn check_value(spec: &Spec, raw: &str) -> Result<(), String> {
             Check::LogFormat if parse_log_format(raw).is_none() => Err(format!(
                 "unsupported log format {raw:?}, must be \"text\" or \"json\""
             )),
+            Check::HealthApi if parse_health_api(raw).is_none() => Err(format!(
+                "unsupported value {raw:?}, must be \"auto\", \"health\" or \"condition\""
+            )),
             Check::NonEmpty if raw.is_empty() => Err("must not be empty".into()),
             _ => Ok(()),
         },
+    }
+}
+
+fn parse_health_api(s: &str) -> Option<HealthApi> {
+    match s {
+        "auto" => Some(HealthApi::Auto),
+        "health" => Some(HealthApi::Health),
+        "condition" => Some(HealthApi::Condition),
+        _ => None,
     }
 }
 
@@ -585,6 +603,12 @@ struct RawFlags {
     /// see usage
     #[argh(option)]
     termination_log_path: String,
+    /// see usage
+    #[argh(option)]
+    volume_health_api: String,
+    /// see usage
+    #[argh(switch)]
+    volume_health_events: bool,
     /// see usage
     #[argh(switch)]
     version: bool,
@@ -799,6 +823,9 @@ fn build_config(raw: RawFlags) -> Result<Parsed, Error> {
         worker_threads,
         enable_node_watcher: raw.enable_node_watcher,
         report_missing_volumes: raw.report_missing_volumes,
+        // check_value accepted it already; the fallback is never taken.
+        volume_health_api: parse_health_api(&raw.volume_health_api).unwrap_or(HealthApi::Auto),
+        volume_health_events: raw.volume_health_events,
         leader_election,
         kube_api_qps,
         kube_api_burst,
@@ -1265,6 +1292,8 @@ mod tests {
             worker_threads: 10,
             enable_node_watcher: false,
             report_missing_volumes: true,
+            volume_health_api: HealthApi::Auto,
+            volume_health_events: true,
             leader_election: None,
             kube_api_qps: 5.0,
             kube_api_burst: 10,
@@ -1325,6 +1354,12 @@ mod tests {
             ("list-volumes-max-entries", "500", |c| {
                 c.list_volumes_max_entries = 500
             }),
+            ("volume-health-api", "condition", |c| {
+                c.volume_health_api = HealthApi::Condition
+            }),
+            ("volume-health-api", "health", |c| {
+                c.volume_health_api = HealthApi::Health
+            }),
             ("termination-log-path", "/tmp/t", |c| {
                 c.termination_log_path = "/tmp/t".into()
             }),
@@ -1377,6 +1412,7 @@ mod tests {
         let flags: &[(&str, bool, Get)] = &[
             ("enable-node-watcher", false, |c| c.enable_node_watcher),
             ("report-missing-volumes", true, |c| c.report_missing_volumes),
+            ("volume-health-events", true, |c| c.volume_health_events),
             ("leader-election", false, |c| c.leader_election.is_some()),
         ];
         let forms: &[(&[&str], Option<bool>)] = &[
@@ -1499,6 +1535,7 @@ mod tests {
             (&["--logging-format=xml"][..], "invalid value \"xml\" for flag -logging-format: unsupported log format \"xml\", must be \"text\" or \"json\""),
             (&["--log-text-info-buffer-size=lots"][..], "invalid value \"lots\" for flag -log-text-info-buffer-size: invalid quantity \"lots\""),
             (&["--termination-log-path="][..], "invalid value \"\" for flag -termination-log-path: must not be empty"),
+            (&["--volume-health-api=v13"][..], "invalid value \"v13\" for flag -volume-health-api: unsupported value \"v13\", must be \"auto\", \"health\" or \"condition\""),
             (&["--v=high"][..], "invalid value \"high\" for flag -v: parse error"),
         ];
         for (argv, want) in cases {

@@ -52,11 +52,25 @@ struct VolumeSeries {
     namespace: String,
     pvc: String,
     status: VolumeStatus,
+    /// v1.13 health modes: the (status, reason) of each present condition, the series of
+    /// `csi_controller_volume_health_status`. Empty when healthy or in the v1.12 modes.
+    conditions: Vec<(String, String)>,
 }
 
 type VolumeMap = Arc<Mutex<HashMap<String, VolumeSeries>>>;
 
 const VOLUME_STATUS_NAME: &str = "csi_volume_health_status";
+/// The `result` values of `csi_volume_health_status_writes_total`.
+pub const STATUS_WRITE_RESULTS: [&str; 4] = ["ok", "dropped", "forbidden", "error"];
+const CONDITION_NAME: &str = "csi_controller_volume_health_status";
+const CONDITION_HELP: &str = "CSI v1.13 volume health: 1 for each adverse condition the CSI driver reports on the volume bound to a PVC, by Kubernetes status (Degraded, Inaccessible, DataLoss) and reason";
+const CONDITION_LABELS: [&str; 5] = [
+    "driver_name",
+    "namespace",
+    "persistentvolumeclaim",
+    "reason",
+    "status",
+];
 const VOLUME_STATUS_HELP: &str = "Health of a volume as last reported by the CSI driver: 1 on the current status (normal, abnormal, not_found)";
 /// In label-name order, as the registry's own vectors emit them.
 const VOLUME_STATUS_LABELS: [&str; 5] = [
@@ -72,45 +86,69 @@ const VOLUME_STATUS_LABELS: [&str; 5] = [
 /// and label pairs: about 1 KiB per PV, a third of the sidecar's memory at 10,000 volumes
 /// (BENCHMARKS.md). Scrapes are rare; the map is always there.
 struct VolumeStatusCollector {
-    desc: Desc,
+    descs: [Desc; 2],
     volumes: VolumeMap,
+}
+
+/// A gauge of value 1 with these labels (names in order).
+fn one(names: &[&str], values: &[&str]) -> prometheus::proto::Metric {
+    let labels = names
+        .iter()
+        .zip(values)
+        .map(|(n, v)| {
+            let mut p = LabelPair::default();
+            p.set_name(n.to_string());
+            p.set_value(v.to_string());
+            p
+        })
+        .collect();
+    let mut g = prometheus::proto::Gauge::default();
+    g.set_value(1.0);
+    let mut m = prometheus::proto::Metric::from_gauge(g);
+    m.set_label(labels);
+    m
+}
+
+fn gauge_family(name: &str, help: &str, metrics: Vec<prometheus::proto::Metric>) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_string());
+    family.set_help(help.to_string());
+    family.set_field_type(MetricType::GAUGE);
+    family.set_metric(metrics);
+    family
 }
 
 impl Collector for VolumeStatusCollector {
     fn desc(&self) -> Vec<&Desc> {
-        vec![&self.desc]
+        self.descs.iter().collect()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let pair = |name: &str, value: &str| {
-            let mut p = LabelPair::default();
-            p.set_name(name.to_string());
-            p.set_value(value.to_string());
-            p
-        };
         let volumes = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
-        let metrics = volumes
+        let status = volumes
             .iter()
             .map(|(pv, s)| {
                 let values = [&*s.driver, &s.namespace, pv, &s.pvc, s.status.as_str()];
-                let labels = VOLUME_STATUS_LABELS
-                    .iter()
-                    .zip(values)
-                    .map(|(n, v)| pair(n, v))
-                    .collect();
-                let mut g = prometheus::proto::Gauge::default();
-                g.set_value(1.0);
-                let mut m = prometheus::proto::Metric::from_gauge(g);
-                m.set_label(labels);
-                m
+                one(&VOLUME_STATUS_LABELS, &values)
             })
             .collect();
-        let mut family = MetricFamily::default();
-        family.set_name(VOLUME_STATUS_NAME.to_string());
-        family.set_help(VOLUME_STATUS_HELP.to_string());
-        family.set_field_type(MetricType::GAUGE);
-        family.set_metric(metrics);
-        vec![family]
+        let conditions: Vec<_> = volumes
+            .values()
+            .flat_map(|s| {
+                s.conditions.iter().map(move |(status, reason)| {
+                    one(
+                        &CONDITION_LABELS,
+                        &[&*s.driver, &s.namespace, &s.pvc, reason, status],
+                    )
+                })
+            })
+            .collect();
+        let mut out = vec![gauge_family(VOLUME_STATUS_NAME, VOLUME_STATUS_HELP, status)];
+        // Prometheus' text format has no empty families; leave it out until a condition exists.
+        if !conditions.is_empty() {
+            out.push(gauge_family(CONDITION_NAME, CONDITION_HELP, conditions));
+        }
+        out
     }
 }
 
@@ -122,6 +160,10 @@ pub struct Metrics {
     probe_duration: HistogramVec,
     last_sweep: GaugeVec,
     rest_requests: CounterVec,
+    status_writes: CounterVec,
+    /// No labels; a vector so it only appears once the health modes start it.
+    status_writes_dropped: CounterVec,
+    unknown_conditions: CounterVec,
     volumes: VolumeMap,
 }
 
@@ -155,16 +197,50 @@ impl Metrics {
         )
         .unwrap_or_else(unreachable_metric);
         let volumes: VolumeMap = Arc::new(Mutex::new(HashMap::new()));
-        let volume_status = VolumeStatusCollector {
-            desc: Desc::new(
-                VOLUME_STATUS_NAME.to_string(),
-                VOLUME_STATUS_HELP.to_string(),
-                VOLUME_STATUS_LABELS.iter().map(|l| l.to_string()).collect(),
+        let desc = |name: &str, help: &str, labels: &[&str]| {
+            Desc::new(
+                name.to_string(),
+                help.to_string(),
+                labels.iter().map(|l| l.to_string()).collect(),
                 HashMap::new(),
             )
-            .unwrap_or_else(unreachable_metric),
+            .unwrap_or_else(unreachable_metric)
+        };
+        let volume_status = VolumeStatusCollector {
+            descs: [
+                desc(
+                    VOLUME_STATUS_NAME,
+                    VOLUME_STATUS_HELP,
+                    &VOLUME_STATUS_LABELS,
+                ),
+                desc(CONDITION_NAME, CONDITION_HELP, &CONDITION_LABELS),
+            ],
             volumes: volumes.clone(),
         };
+        let status_writes = CounterVec::new(
+            Opts::new(
+                "csi_volume_health_status_writes_total",
+                "Writes of PersistentVolumeClaim status.healthStatus (CSI v1.13 health modes), by result: ok, dropped (the API server lacks the CSIVolumeHealth field), forbidden (RBAC lacks persistentvolumeclaims/status patch), error",
+            ),
+            &["result"],
+        )
+        .unwrap_or_else(unreachable_metric);
+        let status_writes_dropped = CounterVec::new(
+            Opts::new(
+                "csi_volume_health_status_writes_dropped_total",
+                "Writes of PersistentVolumeClaim status.healthStatus the API server accepted but dropped: the CSIVolumeHealth feature gate is off or the cluster is older than Kubernetes 1.37",
+            ),
+            &[],
+        )
+        .unwrap_or_else(unreachable_metric);
+        let unknown_conditions = CounterVec::new(
+            Opts::new(
+                "csi_volume_health_unknown_condition_total",
+                "Volume health conditions with a status value this sidecar does not know (reported as Degraded), by the value sent",
+            ),
+            &["status"],
+        )
+        .unwrap_or_else(unreachable_metric);
         let probe_total = CounterVec::new(
             Opts::new(
                 "csi_volume_health_probe_total",
@@ -206,6 +282,9 @@ impl Metrics {
             Box::new(probe_duration.clone()),
             Box::new(last_sweep.clone()),
             Box::new(rest_requests.clone()),
+            Box::new(status_writes.clone()),
+            Box::new(status_writes_dropped.clone()),
+            Box::new(unknown_conditions.clone()),
         ] {
             if let Err(e) = registry.register(c) {
                 log::error!("Failed to register a metric err=\"{e}\"");
@@ -219,6 +298,9 @@ impl Metrics {
             probe_duration,
             last_sweep,
             rest_requests,
+            status_writes,
+            status_writes_dropped,
+            unknown_conditions,
             volumes,
         }
     }
@@ -259,6 +341,7 @@ impl Metrics {
                         namespace: namespace.to_string(),
                         pvc: pvc.to_string(),
                         status,
+                        conditions: Vec::new(),
                     };
                 } else {
                     s.status = status;
@@ -272,10 +355,46 @@ impl Metrics {
                         namespace: namespace.to_string(),
                         pvc: pvc.to_string(),
                         status,
+                        conditions: Vec::new(),
                     },
                 );
             }
         }
+    }
+
+    /// The `csi_controller_volume_health_status` series of `pv` (after [`set_volume_status`]):
+    /// exactly these (status, reason) pairs; empty removes them all.
+    ///
+    /// [`set_volume_status`]: Metrics::set_volume_status
+    pub fn set_volume_conditions(&self, pv: &str, conditions: Vec<(String, String)>) {
+        let mut volumes = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = volumes.get_mut(pv) {
+            s.conditions = conditions;
+        }
+    }
+
+    /// The v1.13 health modes' write counters, at zero from the start so that `increase()`
+    /// sees their first step (the v1.12 modes never show them).
+    pub fn start_status_writes(&self) {
+        for result in STATUS_WRITE_RESULTS {
+            self.status_writes.with_label_values(&[result]);
+        }
+        self.status_writes_dropped.with_label_values(&[]);
+    }
+
+    /// One write of a PVC's `status.healthStatus`: `ok`, `dropped`, `forbidden` or `error`.
+    pub fn observe_status_write(&self, result: &str) {
+        self.status_writes.with_label_values(&[result]).inc();
+        if result == "dropped" {
+            self.status_writes_dropped.with_label_values(&[]).inc();
+        }
+    }
+
+    /// A condition whose status number is outside the known enum.
+    pub fn observe_unknown_condition(&self, status: i32) {
+        self.unknown_conditions
+            .with_label_values(&[&status.to_string()])
+            .inc();
     }
 
     /// Keeps the series of the PVs `keep` accepts and drops the rest (deleted, or no longer
@@ -287,8 +406,9 @@ impl Metrics {
             .retain(|pv, _| keep(pv));
     }
 
-    /// One health check: `method` is `ListVolumes` (one per sweep, `result` `ok` or `error`)
-    /// or `ControllerGetVolume` (one per volume: `normal`, `abnormal`, `not_found`, `error`).
+    /// One health check: `method` is a listing (`ListVolumes`, `ControllerListVolumeHealth`:
+    /// one per sweep, `result` `ok` or `error`) or a per-volume call (`ControllerGetVolume`,
+    /// `ControllerGetVolumeHealth`: `normal`, `abnormal`, `not_found`, `error`).
     pub fn observe_probe(&self, method: &str, result: &str, seconds: f64) {
         let driver = self.driver();
         self.probe_total
@@ -488,6 +608,72 @@ mod tests {
             .map(|s| s.name)
             .collect();
         assert_eq!(names, ["process_start_time_seconds"]);
+    }
+
+    #[test]
+    fn health_mode_series() {
+        let m = Metrics::with_start_time(0.0);
+        m.set_driver_name("d");
+        m.start_status_writes();
+        let samples = parse_samples(&m.encode());
+        assert_eq!(
+            series(&samples, "csi_volume_health_status_writes_total").len(),
+            4
+        );
+        assert_eq!(
+            series(&samples, "csi_volume_health_status_writes_dropped_total")[0].value,
+            0.0
+        );
+        m.observe_status_write("dropped");
+        m.observe_unknown_condition(9);
+        m.set_volume_status("ns", "claim-a", "pv-a", VolumeStatus::Abnormal);
+        m.set_volume_conditions(
+            "pv-a",
+            vec![
+                ("Inaccessible".into(), "DiskGone".into()),
+                ("Degraded".into(), "Slow".into()),
+            ],
+        );
+        let text = m.encode();
+        let samples = parse_samples(&text);
+        assert_eq!(
+            series(&samples, "csi_volume_health_status_writes_dropped_total")[0].value,
+            1.0
+        );
+        let unknown = series(&samples, "csi_volume_health_unknown_condition_total");
+        assert_eq!(
+            (label(unknown[0], "status"), unknown[0].value),
+            (Some("9"), 1.0)
+        );
+        let conds = series(&samples, "csi_controller_volume_health_status");
+        assert_eq!(conds.len(), 2, "{text}");
+        let c = conds
+            .iter()
+            .find(|s| label(s, "reason") == Some("DiskGone"))
+            .unwrap();
+        for (k, v) in [
+            ("driver_name", "d"),
+            ("namespace", "ns"),
+            ("persistentvolumeclaim", "claim-a"),
+            ("status", "Inaccessible"),
+        ] {
+            assert_eq!(label(c, k), Some(v), "{k}");
+        }
+        assert!(text.contains("# TYPE csi_controller_volume_health_status gauge\n"));
+        // recovery, then the PV gone
+        m.set_volume_conditions("pv-a", Vec::new());
+        assert!(series(
+            &parse_samples(&m.encode()),
+            "csi_controller_volume_health_status"
+        )
+        .is_empty());
+        m.set_volume_conditions("pv-a", vec![("Degraded".into(), "Slow".into())]);
+        m.retain_volumes(|_| false);
+        assert!(series(
+            &parse_samples(&m.encode()),
+            "csi_controller_volume_health_status"
+        )
+        .is_empty());
     }
 
     #[test]

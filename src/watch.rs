@@ -481,6 +481,17 @@ impl PvcStore {
         self.store.is_synced()
     }
 
+    /// After a status write the API kept: the cached PVC holds it at once, so the next check
+    /// compares against it even before the watch delivers the change (which then overwrites
+    /// the record with the server's own).
+    pub fn set_health(&self, namespace: &str, name: &str, health: Option<PvcHealth>) {
+        let key = format!("{namespace}/{name}");
+        if let Some(mut rec) = self.store.get(&key) {
+            rec.health = health.map(Box::new);
+            self.store.apply(key, rec);
+        }
+    }
+
     pub fn wait_synced(&self, timeout: Duration, shutdown: &Shutdown) -> bool {
         self.store.wait_synced(timeout, shutdown)
     }

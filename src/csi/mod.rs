@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::HealthApi;
+pub use crate::health::Condition;
 use crate::shutdown::Shutdown;
 
 /// How long the initial connection may take before we give up (upstream csi-lib-utils).
@@ -26,6 +28,8 @@ pub const METHOD_PLUGIN_CAPABILITIES: &str = "/csi.v1.Identity/GetPluginCapabili
 pub const METHOD_CONTROLLER_CAPABILITIES: &str = "/csi.v1.Controller/ControllerGetCapabilities";
 pub const METHOD_LIST_VOLUMES: &str = "/csi.v1.Controller/ListVolumes";
 pub const METHOD_GET_VOLUME: &str = "/csi.v1.Controller/ControllerGetVolume";
+pub const METHOD_LIST_VOLUME_HEALTH: &str = "/csi.v1.Controller/ControllerListVolumeHealth";
+pub const METHOD_GET_VOLUME_HEALTH: &str = "/csi.v1.Controller/ControllerGetVolumeHealth";
 
 /// Called after every RPC with (method, gRPC code name as Go prints it, seconds).
 pub type CallObserver = Arc<dyn Fn(&str, &str, f64) + Send + Sync>;
@@ -109,28 +113,28 @@ pub fn code_name(code: RpcStatusCode) -> &'static str {
     }
 }
 
-/// A volume's condition as the driver reports it (missing condition = normal, as upstream).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Condition {
-    pub abnormal: bool,
-    pub message: String,
-}
-
-/// One page of ListVolumes.
+/// One page of a listing (ListVolumes or ControllerListVolumeHealth).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ListPage {
-    /// (volume id, condition), in the driver's order.
-    pub entries: Vec<(String, Condition)>,
-    /// Entries without a `volume` field: skipped (upstream dereferences nil and crashes).
+    /// (volume id, its adverse conditions), in the driver's order. An empty list is healthy.
+    pub entries: Vec<(String, Vec<Condition>)>,
+    /// Entries without a volume (ListVolumes' `volume`, or an empty `volume_id`): skipped
+    /// (upstream dereferences nil and crashes).
     pub skipped: usize,
     pub next_token: String,
 }
 
 /// The seam between "ask the driver" and "decide and report" (upstream's csi-handler
-/// interface). A second source (CSI 1.13 health RPCs) can implement it later.
+/// interface): a listing page by page, or one volume. Which generation's RPCs answer is fixed
+/// when the source is made ([`Rpcs`]); everything above sees conditions.
 pub trait HealthSource: Send + Sync {
-    fn list_volumes(&self, max_entries: i32, starting_token: &str) -> Result<ListPage, Error>;
-    fn get_volume(&self, volume_id: &str) -> Result<Condition, Error>;
+    /// The listing RPC's name, for metrics and logs (`ListVolumes`, `ControllerListVolumeHealth`).
+    fn list_method(&self) -> &'static str;
+    /// The per-volume RPC's name (`ControllerGetVolume`, `ControllerGetVolumeHealth`).
+    fn get_method(&self) -> &'static str;
+    fn list_page(&self, max_entries: i32, starting_token: &str) -> Result<ListPage, Error>;
+    /// A volume's conditions (empty: healthy); `NotFound` when the driver does not know it.
+    fn get(&self, volume_id: &str) -> Result<Vec<Condition>, Error>;
 }
 
 /// What the driver can do, as far as the monitor cares.
@@ -140,47 +144,133 @@ pub struct Capabilities {
     pub list_volumes: bool,
     pub get_volume: bool,
     pub volume_condition: bool,
+    /// v1.13 `GET_VOLUME_HEALTH` (16).
+    pub get_volume_health: bool,
+    /// v1.13 `LIST_VOLUME_HEALTH` (17).
+    pub list_volume_health: bool,
+}
+
+/// Which CSI volume health surface a mode speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generation {
+    /// v1.12 `VOLUME_CONDITION` in ListVolumes / ControllerGetVolume.
+    Condition,
+    /// v1.13 ControllerListVolumeHealth / ControllerGetVolumeHealth.
+    Health,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// v1.12 ListVolumes sweeps.
     ListVolumes,
+    /// v1.12 ControllerGetVolume per volume.
     GetVolume,
+    /// v1.13 ControllerListVolumeHealth cycles; `confirm`: the driver has GET_VOLUME_HEALTH to
+    /// confirm that a volume absent from a cycle recovered.
+    HealthList { confirm: bool },
+    /// v1.13 ControllerGetVolumeHealth per volume.
+    HealthGet,
+}
+
+impl Mode {
+    pub fn generation(self) -> Generation {
+        match self {
+            Mode::ListVolumes | Mode::GetVolume => Generation::Condition,
+            Mode::HealthList { .. } | Mode::HealthGet => Generation::Health,
+        }
+    }
+
+    /// One paginated listing per interval (else per-volume calls on the worker pool).
+    pub fn is_list(self) -> bool {
+        matches!(self, Mode::ListVolumes | Mode::HealthList { .. })
+    }
+
+    /// The name logged at start.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::ListVolumes => "ListVolumes",
+            Mode::GetVolume => "ControllerGetVolume",
+            Mode::HealthList { .. } => "ControllerListVolumeHealth",
+            Mode::HealthGet => "ControllerGetVolumeHealth",
+        }
+    }
 }
 
 /// Why a driver cannot be monitored (upstream exits 1, silently below -v=2; we say why).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unsupported {
     NoControllerService,
+    /// `--volume-health-api=condition` on a driver without a usable v1.12 surface (upstream's
+    /// own message).
     NoListOrGetOrCondition,
+    /// `--volume-health-api=health` on a driver without the v1.13 health RPCs.
+    NoVolumeHealth,
+    /// Neither generation (the `auto` case).
+    Neither,
 }
 
 impl fmt::Display for Unsupported {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UPSTREAM: &str = "CSI driver does not support Controller ListVolumes and GetVolume service or does not implement VolumeCondition, exiting";
         match self {
             Unsupported::NoControllerService => {
                 write!(f, "CSI driver does not support Plugin Controller Service, exiting")
             }
-            Unsupported::NoListOrGetOrCondition => write!(
+            Unsupported::NoListOrGetOrCondition => write!(f, "{UPSTREAM} (--volume-health-api=condition)"),
+            Unsupported::NoVolumeHealth => write!(
                 f,
-                "CSI driver does not support Controller ListVolumes and GetVolume service or does not implement VolumeCondition, exiting"
+                "CSI driver advertises neither LIST_VOLUME_HEALTH nor GET_VOLUME_HEALTH (CSI v1.13 volume health), which --volume-health-api=health requires, exiting"
+            ),
+            // Upstream's sentence first: operators search logs for it.
+            Unsupported::Neither => write!(
+                f,
+                "{UPSTREAM}: the driver advertises none of LIST_VOLUME_HEALTH, GET_VOLUME_HEALTH (CSI v1.13), VOLUME_CONDITION with LIST_VOLUMES, VOLUME_CONDITION with GET_VOLUME (CSI v1.12)"
             ),
         }
     }
 }
 
-/// ListVolumes whenever it is supported (upstream, PR #3 review), else per-volume GetVolume.
-pub fn select_mode(caps: &Capabilities) -> Result<Mode, Unsupported> {
+/// The mode chosen at start, and a warning to log when the driver breaks the spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selected {
+    pub mode: Mode,
+    pub warning: Option<String>,
+}
+
+/// The one place the generation is chosen (volume-health-v1.13.md §1): v1.13 health RPCs when
+/// the driver has them (and `--volume-health-api` allows), else v1.12 `VOLUME_CONDITION`, in
+/// each generation the listing when there is one (upstream, PR #3 review).
+pub fn select_mode(caps: &Capabilities, api: HealthApi) -> Result<Selected, Unsupported> {
     if !caps.controller_service {
         return Err(Unsupported::NoControllerService);
     }
-    if (!caps.list_volumes && !caps.get_volume) || !caps.volume_condition {
-        return Err(Unsupported::NoListOrGetOrCondition);
-    }
-    Ok(if caps.list_volumes {
-        Mode::ListVolumes
-    } else {
-        Mode::GetVolume
+    let health = caps.list_volume_health || caps.get_volume_health;
+    let condition = caps.volume_condition && (caps.list_volumes || caps.get_volume);
+    let use_health = match api {
+        HealthApi::Auto if health => true,
+        HealthApi::Auto if condition => false,
+        HealthApi::Auto => return Err(Unsupported::Neither),
+        HealthApi::Health if health => true,
+        HealthApi::Health => return Err(Unsupported::NoVolumeHealth),
+        HealthApi::Condition if condition => false,
+        HealthApi::Condition => return Err(Unsupported::NoListOrGetOrCondition),
+    };
+    let selected = |mode| Selected {
+        mode,
+        warning: None,
+    };
+    Ok(match (use_health, caps.list_volume_health, caps.list_volumes) {
+        (true, true, _) => Selected {
+            mode: Mode::HealthList {
+                confirm: caps.get_volume_health,
+            },
+            warning: (!caps.get_volume_health).then(|| {
+                "CSI driver advertises LIST_VOLUME_HEALTH without GET_VOLUME_HEALTH, which the CSI spec requires with it: a volume absent from the listing counts as recovered only after two complete cycles".to_string()
+            }),
+        },
+        (true, false, _) => selected(Mode::HealthGet),
+        (false, _, true) => selected(Mode::ListVolumes),
+        (false, _, false) => selected(Mode::GetVolume),
     })
 }
 
@@ -377,6 +467,8 @@ impl Connection {
                     Ok(RpcType::LIST_VOLUMES) => caps.list_volumes = true,
                     Ok(RpcType::GET_VOLUME) => caps.get_volume = true,
                     Ok(RpcType::VOLUME_CONDITION) => caps.volume_condition = true,
+                    Ok(RpcType::GET_VOLUME_HEALTH) => caps.get_volume_health = true,
+                    Ok(RpcType::LIST_VOLUME_HEALTH) => caps.list_volume_health = true,
                     _ => {}
                 }
             }
@@ -400,20 +492,24 @@ impl Connection {
     }
 }
 
-fn condition(c: Option<&csi::VolumeCondition>) -> Condition {
+/// A v1.12 `volume_condition`: a one-element list when abnormal, else empty (a missing
+/// condition is normal, as upstream).
+fn legacy_conditions(c: Option<&csi::VolumeCondition>) -> Vec<Condition> {
     match c {
-        Some(c) => Condition {
-            abnormal: c.abnormal,
-            message: c.message.clone(),
-        },
-        None => Condition {
-            abnormal: false,
-            message: String::new(),
-        },
+        Some(c) if c.abnormal => vec![Condition::legacy(c.message.clone())],
+        _ => Vec::new(),
     }
 }
 
-impl HealthSource for Connection {
+/// v1.13 `health_statuses`, the status number kept as sent (unknown values included).
+fn health_conditions(entries: Vec<csi::volume_health::VolumeHealthEntry>) -> Vec<Condition> {
+    entries
+        .into_iter()
+        .map(|e| Condition::typed(e.status.value(), e.reason, e.message))
+        .collect()
+}
+
+impl Connection {
     fn list_volumes(&self, max_entries: i32, starting_token: &str) -> Result<ListPage, Error> {
         let mut req = csi::ListVolumesRequest::new();
         req.max_entries = max_entries;
@@ -431,28 +527,107 @@ impl HealthSource for Connection {
                 page.skipped += 1;
                 continue;
             };
-            let cond = condition(
+            let conds = legacy_conditions(
                 entry
                     .status
                     .as_ref()
                     .and_then(|s| s.volume_condition.as_ref()),
             );
-            page.entries.push((volume.volume_id, cond));
+            page.entries.push((volume.volume_id, conds));
         }
         Ok(page)
     }
 
-    fn get_volume(&self, volume_id: &str) -> Result<Condition, Error> {
+    fn get_volume(&self, volume_id: &str) -> Result<Vec<Condition>, Error> {
         let mut req = csi::ControllerGetVolumeRequest::new();
         req.volume_id = volume_id.to_string();
         let resp = self.call(METHOD_GET_VOLUME, || {
             self.controller.controller_get_volume_opt(&req, self.opt())
         })?;
-        Ok(condition(
+        Ok(legacy_conditions(
             resp.status
                 .as_ref()
                 .and_then(|s| s.volume_condition.as_ref()),
         ))
+    }
+
+    fn list_volume_health(
+        &self,
+        max_entries: i32,
+        starting_token: &str,
+    ) -> Result<ListPage, Error> {
+        let mut req = csi::ControllerListVolumeHealthRequest::new();
+        req.max_entries = max_entries;
+        req.starting_token = starting_token.to_string();
+        let resp = self.call(METHOD_LIST_VOLUME_HEALTH, || {
+            self.controller
+                .controller_list_volume_health_opt(&req, self.opt())
+        })?;
+        let mut page = ListPage {
+            entries: Vec::with_capacity(resp.entries.len()),
+            skipped: 0,
+            next_token: resp.next_token,
+        };
+        for entry in resp.entries {
+            if entry.volume_id.is_empty() {
+                page.skipped += 1;
+                continue;
+            }
+            page.entries
+                .push((entry.volume_id, health_conditions(entry.health_statuses)));
+        }
+        Ok(page)
+    }
+
+    fn get_volume_health(&self, volume_id: &str) -> Result<Vec<Condition>, Error> {
+        let mut req = csi::ControllerGetVolumeHealthRequest::new();
+        req.volume_id = volume_id.to_string();
+        let resp = self.call(METHOD_GET_VOLUME_HEALTH, || {
+            self.controller
+                .controller_get_volume_health_opt(&req, self.opt())
+        })?;
+        // `volume_health` is required; a driver that leaves it out says nothing adverse.
+        Ok(resp
+            .volume_health
+            .into_option()
+            .map(|h| health_conditions(h.health_statuses))
+            .unwrap_or_default())
+    }
+}
+
+/// The driver's RPCs of one generation behind the [`HealthSource`] seam.
+pub struct Rpcs {
+    pub conn: Arc<Connection>,
+    pub generation: Generation,
+}
+
+impl HealthSource for Rpcs {
+    fn list_method(&self) -> &'static str {
+        match self.generation {
+            Generation::Condition => "ListVolumes",
+            Generation::Health => "ControllerListVolumeHealth",
+        }
+    }
+
+    fn get_method(&self) -> &'static str {
+        match self.generation {
+            Generation::Condition => "ControllerGetVolume",
+            Generation::Health => "ControllerGetVolumeHealth",
+        }
+    }
+
+    fn list_page(&self, max_entries: i32, starting_token: &str) -> Result<ListPage, Error> {
+        match self.generation {
+            Generation::Condition => self.conn.list_volumes(max_entries, starting_token),
+            Generation::Health => self.conn.list_volume_health(max_entries, starting_token),
+        }
+    }
+
+    fn get(&self, volume_id: &str) -> Result<Vec<Condition>, Error> {
+        match self.generation {
+            Generation::Condition => self.conn.get_volume(volume_id),
+            Generation::Health => self.conn.get_volume_health(volume_id),
+        }
     }
 }
 
@@ -480,49 +655,130 @@ mod tests {
 
     #[test]
     fn mode_selection() {
-        let all = Capabilities {
+        let none = Capabilities {
             controller_service: true,
+            ..Capabilities::default()
+        };
+        let legacy = Capabilities {
             list_volumes: true,
             get_volume: true,
             volume_condition: true,
+            ..none
         };
-        assert_eq!(select_mode(&all), Ok(Mode::ListVolumes));
-        assert_eq!(
-            select_mode(&Capabilities {
-                list_volumes: false,
-                ..all
-            }),
-            Ok(Mode::GetVolume)
-        );
-        assert_eq!(
-            select_mode(&Capabilities {
-                get_volume: false,
-                ..all
-            }),
-            Ok(Mode::ListVolumes)
-        );
-        assert_eq!(
-            select_mode(&Capabilities {
-                list_volumes: false,
-                get_volume: false,
-                ..all
-            }),
-            Err(Unsupported::NoListOrGetOrCondition)
-        );
-        assert_eq!(
-            select_mode(&Capabilities {
-                volume_condition: false,
-                ..all
-            }),
-            Err(Unsupported::NoListOrGetOrCondition)
-        );
-        assert_eq!(
-            select_mode(&Capabilities {
-                controller_service: false,
-                ..all
-            }),
-            Err(Unsupported::NoControllerService)
-        );
+        let v113 = Capabilities {
+            list_volume_health: true,
+            get_volume_health: true,
+            list_volumes: true,
+            get_volume: true,
+            ..none
+        };
+        let both = Capabilities {
+            volume_condition: true,
+            ..v113
+        };
+        let mode = |c: Capabilities, api| select_mode(&c, api).map(|s| s.mode);
+        use HealthApi::*;
+        let list_confirm = Ok(Mode::HealthList { confirm: true });
+        let cases: Vec<(Capabilities, HealthApi, Result<Mode, Unsupported>)> = vec![
+            (legacy, Auto, Ok(Mode::ListVolumes)),
+            (
+                Capabilities {
+                    list_volumes: false,
+                    ..legacy
+                },
+                Auto,
+                Ok(Mode::GetVolume),
+            ),
+            (
+                Capabilities {
+                    get_volume: false,
+                    ..legacy
+                },
+                Auto,
+                Ok(Mode::ListVolumes),
+            ),
+            (
+                Capabilities {
+                    list_volumes: false,
+                    get_volume: false,
+                    ..legacy
+                },
+                Auto,
+                Err(Unsupported::Neither),
+            ),
+            (
+                Capabilities {
+                    volume_condition: false,
+                    ..legacy
+                },
+                Auto,
+                Err(Unsupported::Neither),
+            ),
+            (
+                Capabilities {
+                    controller_service: false,
+                    ..both
+                },
+                Auto,
+                Err(Unsupported::NoControllerService),
+            ),
+            (v113, Auto, list_confirm.clone()),
+            (
+                Capabilities {
+                    list_volume_health: false,
+                    ..v113
+                },
+                Auto,
+                Ok(Mode::HealthGet),
+            ),
+            (
+                Capabilities {
+                    get_volume_health: false,
+                    ..v113
+                },
+                Auto,
+                Ok(Mode::HealthList { confirm: false }),
+            ),
+            (both, Auto, list_confirm.clone()),
+            (both, Health, list_confirm),
+            (both, Condition, Ok(Mode::ListVolumes)),
+            (v113, Condition, Err(Unsupported::NoListOrGetOrCondition)),
+            (legacy, Health, Err(Unsupported::NoVolumeHealth)),
+            (none, Auto, Err(Unsupported::Neither)),
+        ];
+        for (caps, api, want) in cases {
+            assert_eq!(mode(caps, api), want, "{caps:?} {api:?}");
+        }
+        let warned = select_mode(
+            &Capabilities {
+                get_volume_health: false,
+                ..v113
+            },
+            Auto,
+        )
+        .unwrap();
+        assert!(warned
+            .warning
+            .unwrap()
+            .contains("without GET_VOLUME_HEALTH"));
+        assert_eq!(select_mode(&both, Auto).unwrap().warning, None);
+    }
+
+    #[test]
+    fn unsupported_messages_keep_upstream_words_and_name_the_capabilities() {
+        let neither = Unsupported::Neither.to_string();
+        assert!(neither.contains("does not implement VolumeCondition"));
+        for cap in [
+            "LIST_VOLUME_HEALTH",
+            "GET_VOLUME_HEALTH",
+            "VOLUME_CONDITION with LIST_VOLUMES",
+            "VOLUME_CONDITION with GET_VOLUME",
+        ] {
+            assert!(neither.contains(cap), "{neither}");
+        }
+        assert!(Unsupported::NoVolumeHealth
+            .to_string()
+            .contains("--volume-health-api=health"));
     }
 
     #[test]

@@ -74,6 +74,20 @@ pub struct ObjectRef {
     pub resource_version: String,
 }
 
+impl ObjectRef {
+    /// The PVC every volume and node event is about.
+    pub fn pvc(pvc: &crate::watch::PvcRecord) -> ObjectRef {
+        ObjectRef {
+            kind: "PersistentVolumeClaim".into(),
+            api_version: "v1".into(),
+            namespace: pvc.namespace.clone(),
+            name: pvc.name.clone(),
+            uid: pvc.uid.clone(),
+            resource_version: pvc.resource_version.clone(),
+        }
+    }
+}
+
 /// The only two types the legacy recorder accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventType {

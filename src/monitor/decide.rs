@@ -3,12 +3,16 @@
 //!
 //! No I/O here; everything is table-tested.
 
-use crate::csi::Condition;
+use crate::csi::Generation;
+use crate::health::{self, Condition, Mended, PvcCondition, PvcHealth};
+use crate::metrics::VolumeStatus;
 use crate::watch::PvRecord;
 
 pub const REASON_ABNORMAL: &str = "VolumeConditionAbnormal";
 pub const REASON_NORMAL: &str = "VolumeConditionNormal";
 pub const MESSAGE_RECOVERED: &str = "The Volume returns to the healthy state";
+/// The reason of the condition a missing volume gets in the v1.13 health modes.
+pub const REASON_NOT_FOUND: &str = "VolumeNotFound";
 
 /// What we last told the PVC's readers about its volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,11 +23,12 @@ pub enum Reported {
     Abnormal,
 }
 
-/// One look at a volume.
+/// One look at a volume, in either generation: its adverse conditions (none: healthy; a v1.12
+/// abnormal `volume_condition` is one condition), or not known to the driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observation {
-    Condition(Condition),
-    /// ControllerGetVolume said NOT_FOUND, or the volume was absent from two complete sweeps.
+    Conditions(Vec<Condition>),
+    /// The driver said NOT_FOUND, or the volume was absent from two complete ListVolumes sweeps.
     Missing,
 }
 
@@ -45,42 +50,92 @@ pub fn missing_message(handle: &str, driver: &str) -> String {
     format!("Volume {handle} was not found by CSI driver {driver}")
 }
 
+/// Everything one decision looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    pub generation: Generation,
+    /// Our own memory (seeded from our Events at start).
+    pub previous: Reported,
+    /// The PVC's `status.healthStatus` as the API holds it (v1.13 health; `None` on clusters
+    /// that drop the field).
+    pub held: Option<&'a PvcHealth>,
+    pub handle: &'a str,
+    pub driver: &'a str,
+    pub report_missing: bool,
+    /// `--volume-health-events` (the v1.12 modes always emit Events).
+    pub events: bool,
+}
+
+/// What to do about one observation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub emit: Option<Emit>,
+    pub next: Reported,
+    /// The v1.13 conditions in API form the PVC's `status.healthStatus` should hold (empty:
+    /// none); `None` leaves the status alone (v1.12 modes, or nothing known).
+    pub desired: Option<Vec<PvcCondition>>,
+    /// `csi_volume_health_status`.
+    pub status: VolumeStatus,
+    /// What the mapping had to mend in the driver's answer.
+    pub mended: Mended,
+}
+
 /// Abnormal is reported on every check (the recorder's correlation folds repeats into one
 /// Event with a rising count, as upstream). Recovery is reported once per abnormal→normal
-/// transition (DESIGN §2.4; upstream repeats it for up to an hour).
-pub fn decide(
-    previous: Reported,
-    observation: &Observation,
-    handle: &str,
-    driver: &str,
-    report_missing: bool,
-) -> (Option<Emit>, Reported) {
-    match observation {
-        Observation::Condition(c) if c.abnormal => (
-            Some(Emit::Warning {
-                reason: REASON_ABNORMAL,
-                message: c.message.clone(),
+/// transition (DESIGN §2.4; upstream repeats it for up to an hour): in the v1.13 modes a volume
+/// was abnormal when we said so or the PVC's `status.healthStatus` says so.
+pub fn decide(f: &Facts<'_>, observation: &Observation) -> Decision {
+    let missing;
+    let (conditions, status) = match observation {
+        Observation::Missing if !f.report_missing => {
+            return Decision {
+                emit: None,
+                next: f.previous,
+                desired: None,
+                status: VolumeStatus::NotFound,
+                mended: Mended::default(),
+            }
+        }
+        Observation::Missing => {
+            let message = missing_message(f.handle, f.driver);
+            missing = match f.generation {
+                Generation::Condition => [Condition::legacy(message)],
+                // INACCESSIBLE: the volume cannot be reached from anywhere.
+                Generation::Health => [Condition::typed(2, REASON_NOT_FOUND, message)],
+            };
+            (&missing[..], VolumeStatus::NotFound)
+        }
+        Observation::Conditions(c) if c.is_empty() => (&c[..], VolumeStatus::Normal),
+        Observation::Conditions(c) => (&c[..], VolumeStatus::Abnormal),
+    };
+    let (mapped, mended) = match f.generation {
+        Generation::Condition => (Vec::new(), Mended::default()),
+        Generation::Health => health::to_pvc(conditions),
+    };
+    let events = f.events || f.generation == Generation::Condition;
+    let desired = (f.generation == Generation::Health).then(|| mapped.clone());
+    if conditions.is_empty() {
+        let was_abnormal = f.previous == Reported::Abnormal || f.held.is_some();
+        return Decision {
+            emit: (was_abnormal && events).then(|| Emit::Normal {
+                reason: REASON_NORMAL,
+                message: MESSAGE_RECOVERED.to_string(),
             }),
-            Reported::Abnormal,
-        ),
-        Observation::Condition(_) => match previous {
-            Reported::Abnormal => (
-                Some(Emit::Normal {
-                    reason: REASON_NORMAL,
-                    message: MESSAGE_RECOVERED.to_string(),
-                }),
-                Reported::Healthy,
-            ),
-            Reported::Healthy => (None, Reported::Healthy),
-        },
-        Observation::Missing if report_missing => (
-            Some(Emit::Warning {
-                reason: REASON_ABNORMAL,
-                message: missing_message(handle, driver),
-            }),
-            Reported::Abnormal,
-        ),
-        Observation::Missing => (None, previous),
+            next: Reported::Healthy,
+            desired,
+            status,
+            mended,
+        };
+    }
+    Decision {
+        emit: events.then(|| Emit::Warning {
+            reason: REASON_ABNORMAL,
+            message: health::event_message(conditions, &mapped),
+        }),
+        next: Reported::Abnormal,
+        desired,
+        status,
+        mended,
     }
 }
 
@@ -130,14 +185,27 @@ mod tests {
     use crate::watch::ClaimRef;
 
     fn cond(abnormal: bool, msg: &str) -> Observation {
-        Observation::Condition(Condition {
-            abnormal,
-            message: msg.into(),
+        Observation::Conditions(if abnormal {
+            vec![Condition::legacy(msg)]
+        } else {
+            Vec::new()
         })
     }
 
+    fn facts(generation: Generation, previous: Reported, report_missing: bool) -> Facts<'static> {
+        Facts {
+            generation,
+            previous,
+            held: None,
+            handle: "h1",
+            driver: "d.example.com",
+            report_missing,
+            events: true,
+        }
+    }
+
     #[test]
-    fn decisions() {
+    fn legacy_decisions() {
         let cases: Vec<(Reported, Observation, bool, Option<Emit>, Reported)> = vec![
             (
                 Reported::Healthy,
@@ -213,10 +281,106 @@ mod tests {
             ),
         ];
         for (prev, obs, missing, want_emit, want_state) in cases {
-            let (emit, state) = decide(prev, &obs, "h1", "d.example.com", missing);
-            assert_eq!(emit, want_emit, "{prev:?} {obs:?}");
-            assert_eq!(state, want_state, "{prev:?} {obs:?}");
+            let d = decide(&facts(Generation::Condition, prev, missing), &obs);
+            assert_eq!(d.emit, want_emit, "{prev:?} {obs:?}");
+            assert_eq!(d.next, want_state, "{prev:?} {obs:?}");
+            assert_eq!(d.desired, None, "v1.12 modes never write status");
         }
+        // --volume-health-events does not apply to the v1.12 modes.
+        let mut f = facts(Generation::Condition, Reported::Healthy, true);
+        f.events = false;
+        assert!(decide(&f, &cond(true, "x")).emit.is_some());
+    }
+
+    fn typed(status: i32, reason: &str, message: &str) -> Condition {
+        Condition::typed(status, reason, message)
+    }
+
+    fn pc(status: &str, reason: &str, message: &str) -> PvcCondition {
+        PvcCondition {
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn health_decisions() {
+        let h = |prev| facts(Generation::Health, prev, true);
+        let bad = Observation::Conditions(vec![
+            typed(2, "DiskGone", "disk gone"),
+            typed(1, "Slow", "slow"),
+        ]);
+        let d = decide(&h(Reported::Healthy), &bad);
+        assert_eq!(
+            d.emit,
+            Some(Emit::Warning {
+                reason: REASON_ABNORMAL,
+                message: "Degraded: Slow: slow; Inaccessible: DiskGone: disk gone".into()
+            })
+        );
+        assert_eq!(
+            d.desired,
+            Some(vec![
+                pc("Degraded", "Slow", "slow"),
+                pc("Inaccessible", "DiskGone", "disk gone")
+            ])
+        );
+        assert_eq!(
+            (d.next, d.status),
+            (Reported::Abnormal, VolumeStatus::Abnormal)
+        );
+
+        // recovery: once, whether our memory or the PVC's status says it was abnormal
+        let healthy = Observation::Conditions(vec![]);
+        let recovered = Some(Emit::Normal {
+            reason: REASON_NORMAL,
+            message: MESSAGE_RECOVERED.into(),
+        });
+        assert_eq!(decide(&h(Reported::Abnormal), &healthy).emit, recovered);
+        let held = PvcHealth {
+            conditions: vec![pc("Inaccessible", "DiskGone", "disk gone")],
+            last_transition_time: "2026-12-01T00:00:00Z".into(),
+        };
+        let mut f = h(Reported::Healthy);
+        f.held = Some(&held);
+        let d = decide(&f, &healthy);
+        assert_eq!(d.emit, recovered);
+        assert_eq!(d.desired, Some(vec![]));
+        assert_eq!(decide(&h(Reported::Healthy), &healthy).emit, None);
+
+        // missing: an Inaccessible/VolumeNotFound condition
+        let d = decide(&h(Reported::Healthy), &Observation::Missing);
+        assert_eq!(
+            d.desired,
+            Some(vec![pc(
+                "Inaccessible",
+                REASON_NOT_FOUND,
+                "Volume h1 was not found by CSI driver d.example.com"
+            )])
+        );
+        assert_eq!(d.status, VolumeStatus::NotFound);
+        let d = decide(
+            &facts(Generation::Health, Reported::Healthy, false),
+            &Observation::Missing,
+        );
+        assert_eq!((d.emit, d.desired), (None, None));
+
+        // events off: status only
+        let mut f = h(Reported::Abnormal);
+        f.events = false;
+        assert_eq!(decide(&f, &bad).emit, None);
+        assert_eq!(decide(&f, &healthy).emit, None);
+        assert!(decide(&f, &bad).desired.is_some());
+
+        // an unknown status value is never healthy
+        let d = decide(
+            &h(Reported::Healthy),
+            &Observation::Conditions(vec![typed(7, "New", "")]),
+        );
+        assert_eq!(d.status, VolumeStatus::Abnormal);
+        assert_eq!(d.mended.unknown, vec![7]);
+        assert_eq!(d.desired, Some(vec![pc("Degraded", "New", "")]));
     }
 
     fn pv(phase: &str, deleting: bool, claim: bool, handle: &str) -> PvRecord {

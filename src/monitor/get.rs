@@ -1,4 +1,5 @@
-//! ControllerGetVolume mode (DESIGN §2.2): every checkable PV of this driver is checked once
+//! The per-volume modes, ControllerGetVolume (v1.12) and ControllerGetVolumeHealth (v1.13)
+//! (DESIGN §2.2): every checkable PV of this driver is checked once
 //! per `--monitor-interval`, spread evenly over the interval, with at most `--worker-threads`
 //! calls in flight on a worker pool of that size and never two concurrent checks of one
 //! volume. The store is rescanned every `--volume-list-add-interval`: PVs that became Bound are
@@ -15,6 +16,7 @@ use super::decide::{checkable, Observation};
 use super::Monitor;
 use crate::csi::HealthSource;
 use crate::shutdown::Shutdown;
+use crate::watch::PvRecord;
 
 /// The pure scheduling state: when each PV is due and which are in flight.
 #[derive(Debug, Default)]
@@ -171,8 +173,7 @@ impl GetLoop {
             .collect();
         names.sort();
         schedule.reconcile(&names, now, self.interval);
-        let current: HashSet<String> = snapshot.keys().cloned().collect();
-        self.monitor.forget_gone(&current);
+        self.monitor.forget_gone();
         log::debug!(
             "Reconciled volumes tracked={} in_flight={}",
             schedule.tracked(),
@@ -188,31 +189,39 @@ fn check(monitor: &Monitor, source: &dyn HealthSource, name: &str) {
         return;
     };
     log::trace!("Started PV processing pv=\"{}\"", pv.name);
+    if let Some(observation) = ask(monitor, source, &pv) {
+        monitor.observe(&pv, &observation);
+    }
+}
+
+/// Ask the driver about one volume (ControllerGetVolume or ControllerGetVolumeHealth) and
+/// count the probe. `None`: the call failed (logged): an error is never a recovery.
+pub fn ask(monitor: &Monitor, source: &dyn HealthSource, pv: &PvRecord) -> Option<Observation> {
     let started = Instant::now();
-    let result = source.get_volume(&pv.volume_handle);
+    let result = source.get(&pv.volume_handle);
     let secs = started.elapsed().as_secs_f64();
+    let method = source.get_method();
     match result {
-        Ok(cond) => {
-            let label = if cond.abnormal { "abnormal" } else { "normal" };
-            monitor
-                .metrics()
-                .observe_probe("ControllerGetVolume", label, secs);
-            monitor.observe(&pv, &Observation::Condition(cond));
+        Ok(conds) => {
+            let label = if conds.is_empty() {
+                "normal"
+            } else {
+                "abnormal"
+            };
+            monitor.metrics().observe_probe(method, label, secs);
+            Some(Observation::Conditions(conds))
         }
         Err(e) if e.is_not_found() => {
-            monitor
-                .metrics()
-                .observe_probe("ControllerGetVolume", "not_found", secs);
-            monitor.observe(&pv, &Observation::Missing);
+            monitor.metrics().observe_probe(method, "not_found", secs);
+            Some(Observation::Missing)
         }
         Err(e) => {
-            monitor
-                .metrics()
-                .observe_probe("ControllerGetVolume", "error", secs);
+            monitor.metrics().observe_probe(method, "error", secs);
             log::error!(
                 "Check controller volume status error pv=\"{}\" err=\"{e}\"",
                 pv.name
             );
+            None
         }
     }
 }

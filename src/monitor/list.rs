@@ -1,14 +1,22 @@
-//! ListVolumes mode: one paginated sweep right away and then every `--list-volumes-interval`
-//! (measured from the end of the previous sweep, as upstream), on one named thread.
+//! The listing modes: v1.12 ListVolumes sweeps and v1.13 ControllerListVolumeHealth cycles,
+//! one paginated listing right away and then every `--list-volumes-interval` (measured from the
+//! end of the previous one, as upstream), on one named thread. The two generations differ only
+//! in what an absent volume means (volume-health-v1.13.md §3.3): for ListVolumes, missing after
+//! two complete sweeps; for the health listing, which leaves healthy volumes out, recovered
+//! once a `ControllerGetVolumeHealth` confirms it (or after two cycles without that RPC).
+//!
+//! A sweep in which nothing changed costs a hash lookup per PV: volumes last seen healthy are
+//! remembered ("quiet") and not reported again while they stay so.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::decide::{absent_after, checkable, Observation};
+use super::decide::{absent_after, checkable, Observation, Reported};
 use super::Monitor;
-use crate::csi::{Condition, Error as CsiError, HealthSource};
+use crate::csi::{Condition, Error as CsiError, Generation, HealthSource};
 use crate::shutdown::Shutdown;
+use crate::watch::PvRecord;
 
 /// Upper bound on pages in one sweep: a driver that keeps returning tokens is cut off rather
 /// than looping forever (upstream relied on one 15 s deadline for the whole sweep).
@@ -37,28 +45,30 @@ impl std::fmt::Display for SweepError {
     }
 }
 
-/// Every volume the driver returned in one complete sweep.
+/// Every volume the driver returned in one complete listing; a volume listed twice (pages are
+/// no consistent view) takes its later entry.
 pub fn collect(
     source: &dyn HealthSource,
     max_entries: i32,
-) -> Result<(HashMap<String, Condition>, usize), SweepError> {
+) -> Result<(HashMap<String, Vec<Condition>>, usize), SweepError> {
     let mut out = HashMap::new();
     let mut seen_tokens = HashSet::new();
     let mut token = String::new();
     let mut pages = 0;
     loop {
         let page = source
-            .list_volumes(max_entries, &token)
+            .list_page(max_entries, &token)
             .map_err(SweepError::Rpc)?;
         pages += 1;
         if page.skipped > 0 {
             log::warn!(
-                "ListVolumes returned {} entries without a volume; skipping them starting_token=\"{token}\"",
+                "{} returned {} entries without a volume; skipping them starting_token=\"{token}\"",
+                source.list_method(),
                 page.skipped
             );
         }
-        for (id, cond) in page.entries {
-            out.insert(id, cond);
+        for (id, conds) in page.entries {
+            out.insert(id, conds);
         }
         if page.next_token.is_empty() {
             return Ok((out, pages));
@@ -78,8 +88,13 @@ pub struct ListLoop {
     pub source: Arc<dyn HealthSource>,
     pub interval: Duration,
     pub max_entries: i32,
-    /// Consecutive complete sweeps each PV's volume was absent from.
+    /// v1.13: the driver has `GET_VOLUME_HEALTH` to confirm recoveries.
+    confirm: bool,
+    /// Consecutive complete listings each PV's volume was absent from.
     absences: HashMap<String, u32>,
+    /// PV name → claim uid, for volumes last reported healthy with that claim: nothing to do
+    /// while they stay healthy.
+    quiet: HashMap<String, String>,
 }
 
 impl ListLoop {
@@ -94,8 +109,17 @@ impl ListLoop {
             source,
             interval,
             max_entries,
+            confirm: false,
             absences: HashMap::new(),
+            quiet: HashMap::new(),
         }
+    }
+
+    /// v1.13 health listing: confirm an absent abnormal volume with one
+    /// `ControllerGetVolumeHealth` (the driver advertises `GET_VOLUME_HEALTH`).
+    pub fn confirm_with_get(mut self, on: bool) -> Self {
+        self.confirm = on;
+        self
     }
 
     pub fn run(mut self, shutdown: Shutdown) {
@@ -107,62 +131,121 @@ impl ListLoop {
         }
     }
 
+    fn is_quiet(&self, pv: &PvRecord) -> bool {
+        match (self.quiet.get(&pv.name), &pv.claim) {
+            (Some(uid), Some(c)) => *uid == c.uid,
+            _ => false,
+        }
+    }
+
+    /// Report, and remember whether the volume is now quiet.
+    fn observe(&mut self, pv: &PvRecord, observation: Observation) {
+        let healthy = matches!(&observation, Observation::Conditions(c) if c.is_empty());
+        let after = self.monitor.observe(pv, &observation);
+        match (healthy, after, &pv.claim) {
+            (true, Some(Reported::Healthy), Some(c)) => {
+                self.quiet.insert(pv.name.clone(), c.uid.clone());
+            }
+            _ => {
+                self.quiet.remove(&pv.name);
+            }
+        }
+    }
+
     /// One sweep: list everything, then judge every checkable PV of this driver.
     pub fn sweep(&mut self) {
         let started = Instant::now();
         let result = collect(self.source.as_ref(), self.max_entries);
         // In this mode the probe is the whole (paged) listing: one observation per sweep.
         self.monitor.metrics().observe_probe(
-            "ListVolumes",
+            self.source.list_method(),
             if result.is_ok() { "ok" } else { "error" },
             started.elapsed().as_secs_f64(),
         );
         let snapshot = self.monitor.pvs.snapshot();
-        let current: HashSet<String> = snapshot.keys().cloned().collect();
         let (volumes, pages) = match result {
             Ok(v) => v,
             Err(e) => {
-                // An incomplete sweep says nothing about absence: keep the counters as they are.
+                // An incomplete sweep says nothing about absence or recovery: keep the counters.
                 log::error!("Check controller volume status error err=\"{e}\"");
-                self.monitor.forget_gone(&current);
+                self.monitor.forget_gone();
                 return;
             }
         };
+        let generation = self.monitor.generation();
         let mut checked = 0usize;
         for pv in snapshot.values() {
             if checkable(pv).is_err() {
                 self.absences.remove(&pv.name);
+                self.quiet.remove(&pv.name);
                 continue;
             }
             checked += 1;
             match volumes.get(&pv.volume_handle) {
-                Some(cond) => {
-                    self.absences.remove(&pv.name);
-                    self.monitor
-                        .observe(pv, &Observation::Condition(cond.clone()));
-                }
-                None => {
-                    let prev = self.absences.get(&pv.name).copied().unwrap_or(0);
-                    let (n, missing) = absent_after(prev, false);
-                    self.absences.insert(pv.name.clone(), n);
-                    if missing {
-                        self.monitor.observe(pv, &Observation::Missing);
+                Some(conds) => {
+                    if !self.absences.is_empty() {
+                        self.absences.remove(&pv.name);
                     }
+                    if conds.is_empty() && self.is_quiet(pv) {
+                        continue;
+                    }
+                    self.observe(pv, Observation::Conditions(conds.clone()));
                 }
+                None => match generation {
+                    Generation::Condition => self.absent_from_list_volumes(pv),
+                    Generation::Health => self.absent_from_health_list(pv),
+                },
             }
         }
-        self.absences.retain(|name, _| current.contains(name));
-        self.monitor.forget_gone(&current);
+        self.absences.retain(|name, _| snapshot.contains_key(name));
+        self.quiet.retain(|name, _| snapshot.contains_key(name));
+        self.monitor.forget_gone();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         self.monitor.metrics().set_last_sweep(now);
         log::debug!(
-            "ListVolumes sweep done pages={pages} volumes={} checked={checked} duration=\"{:?}\"",
+            "{} sweep done pages={pages} volumes={} checked={checked} duration=\"{:?}\"",
+            self.source.list_method(),
             volumes.len(),
             started.elapsed()
         );
+    }
+
+    /// ListVolumes lists every volume: absent from two complete sweeps is missing.
+    fn absent_from_list_volumes(&mut self, pv: &PvRecord) {
+        let prev = self.absences.get(&pv.name).copied().unwrap_or(0);
+        let (n, missing) = absent_after(prev, false);
+        self.absences.insert(pv.name.clone(), n);
+        if missing {
+            self.observe(pv, Observation::Missing);
+        }
+    }
+
+    /// The health listing leaves healthy volumes out: absence is healthy, but a volume that
+    /// stands reported abnormal recovers only on firmer evidence.
+    fn absent_from_health_list(&mut self, pv: &PvRecord) {
+        if self.is_quiet(pv) {
+            return;
+        }
+        if !self.monitor.stands_abnormal(pv) {
+            self.observe(pv, Observation::Conditions(Vec::new()));
+            return;
+        }
+        if !self.confirm {
+            let prev = self.absences.get(&pv.name).copied().unwrap_or(0);
+            let (n, recovered) = absent_after(prev, false);
+            self.absences.insert(pv.name.clone(), n);
+            if recovered {
+                self.absences.remove(&pv.name);
+                self.observe(pv, Observation::Conditions(Vec::new()));
+            }
+            return;
+        }
+        if let Some(observation) = super::get::ask(&self.monitor, self.source.as_ref(), pv) {
+            self.observe(pv, observation);
+        }
     }
 }
 
@@ -175,11 +258,17 @@ mod tests {
     struct Pages(Mutex<Vec<Result<ListPage, CsiError>>>, Mutex<Vec<String>>);
 
     impl HealthSource for Pages {
-        fn list_volumes(&self, _max: i32, token: &str) -> Result<ListPage, CsiError> {
+        fn list_method(&self) -> &'static str {
+            "ListVolumes"
+        }
+        fn get_method(&self) -> &'static str {
+            "ControllerGetVolume"
+        }
+        fn list_page(&self, _max: i32, token: &str) -> Result<ListPage, CsiError> {
             self.1.lock().unwrap().push(token.to_string());
             self.0.lock().unwrap().remove(0)
         }
-        fn get_volume(&self, _id: &str) -> Result<Condition, CsiError> {
+        fn get(&self, _id: &str) -> Result<Vec<Condition>, CsiError> {
             unreachable!()
         }
     }
@@ -188,15 +277,7 @@ mod tests {
         Ok(ListPage {
             entries: ids
                 .iter()
-                .map(|i| {
-                    (
-                        i.to_string(),
-                        Condition {
-                            abnormal: false,
-                            message: String::new(),
-                        },
-                    )
-                })
+                .map(|i| (i.to_string(), vec![Condition::typed(1, *i, "")]))
                 .collect(),
             skipped: 0,
             next_token: next.to_string(),
@@ -217,6 +298,20 @@ mod tests {
         assert_eq!(pages, 3);
         assert_eq!(vols.len(), 3);
         assert_eq!(*src.1.lock().unwrap(), vec!["", "t1", "t2"]);
+    }
+
+    #[test]
+    fn a_repeated_volume_takes_its_later_entry() {
+        let mut second = page(&["b"], "").unwrap();
+        second.entries.push(("a".into(), vec![]));
+        let src = Pages(
+            Mutex::new(vec![page(&["a"], "t1"), Ok(second)]),
+            Mutex::new(vec![]),
+        );
+        let (vols, _) = collect(&src, 0).unwrap();
+        assert_eq!(vols["a"], vec![], "the later (healthy) entry wins");
+        assert_eq!(vols["b"].len(), 1);
+        assert_eq!(*src.1.lock().unwrap(), vec!["", "t1"]);
     }
 
     #[test]

@@ -8,23 +8,34 @@ pub mod decide;
 pub mod get;
 pub mod list;
 pub mod nodes;
+pub mod status;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde_json::Value;
 
+use crate::csi::Generation;
 use crate::events::{EventType, ObjectRef, Recorder};
+use crate::health::{self, Mended};
 use crate::kube::{self, Client};
-use crate::metrics::{Metrics, VolumeStatus};
-use crate::timeutil::parse_rfc3339;
-use crate::watch::{PvRecord, PvStore, PvcStore};
-use decide::{decide, Emit, Observation, Reported};
+use crate::metrics::Metrics;
+use crate::timeutil::{parse_rfc3339, rfc3339};
+use crate::watch::{PvRecord, PvStore, PvcRecord, PvcStore};
+use decide::{decide, Emit, Facts, Observation, Reported};
+use status::{StatusWriter, Written};
 
 /// Source component of every volume event: `csi-pv-monitor-controller-<driver>` (upstream §7.1).
 pub fn event_component(driver: &str) -> String {
     format!("csi-pv-monitor-controller-{driver}")
+}
+
+/// The v1.13 health modes' extras: the status writer and whether Events go out too.
+pub struct HealthOutput {
+    pub writer: StatusWriter,
+    /// `--volume-health-events`.
+    pub events: bool,
 }
 
 pub struct Monitor {
@@ -35,8 +46,13 @@ pub struct Monitor {
     recorder: Recorder,
     metrics: Arc<Metrics>,
     report_missing: bool,
+    /// `Some` in the v1.13 health modes.
+    health: Option<HealthOutput>,
     /// PVC uid → what we last reported. Seeded from existing Events at start.
     reported: Mutex<HashMap<String, Reported>>,
+    /// PV name → what was last mended in the driver's answer, so a driver that keeps sending
+    /// the same malformed answer is named once, not on every check.
+    mended: Mutex<HashMap<String, Mended>>,
 }
 
 impl Monitor {
@@ -57,7 +73,9 @@ impl Monitor {
             recorder,
             metrics,
             report_missing: true,
+            health: None,
             reported: Mutex::new(seed),
+            mended: Mutex::new(HashMap::new()),
         }
     }
 
@@ -67,18 +85,32 @@ impl Monitor {
         self
     }
 
+    /// The v1.13 health modes: conditions also go to the PVC's `status.healthStatus`.
+    pub fn health_output(mut self, out: HealthOutput) -> Monitor {
+        self.health = Some(out);
+        self
+    }
+
+    pub fn generation(&self) -> Generation {
+        if self.health.is_some() {
+            Generation::Health
+        } else {
+            Generation::Condition
+        }
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
-    /// Act on one observation of `pv`'s volume: find its PVC, decide, emit, remember.
-    pub fn observe(&self, pv: &PvRecord, observation: &Observation) {
-        let Some(claim) = &pv.claim else { return };
-        let pvc = match self
+    /// The PVC `pv` is bound to, from the cache or the API; errors are logged.
+    fn claim_of(&self, pv: &PvRecord) -> Option<PvcRecord> {
+        let claim = pv.claim.as_ref()?;
+        match self
             .pvcs
             .get_or_fetch(&self.client, &claim.namespace, &claim.name)
         {
-            Ok(Some(pvc)) => pvc,
+            Ok(Some(pvc)) => Some(pvc),
             Ok(None) => {
                 log::error!(
                     "Get PVC error pv=\"{}\" pvc=\"{}/{}\" err=\"persistentvolumeclaim not found\"",
@@ -86,7 +118,7 @@ impl Monitor {
                     claim.namespace,
                     claim.name
                 );
-                return;
+                None
             }
             Err(e) => {
                 log::error!(
@@ -95,65 +127,126 @@ impl Monitor {
                     claim.namespace,
                     claim.name
                 );
-                return;
-            }
-        };
-        let status = match observation {
-            Observation::Condition(c) if c.abnormal => VolumeStatus::Abnormal,
-            Observation::Condition(_) => VolumeStatus::Normal,
-            Observation::Missing => VolumeStatus::NotFound,
-        };
-        self.metrics
-            .set_volume_status(&pvc.namespace, &pvc.name, &pv.name, status);
-
-        let emit = {
-            let mut reported = lock(&self.reported);
-            let previous = reported.get(&pvc.uid).copied().unwrap_or(Reported::Healthy);
-            let (emit, next) = decide(
-                previous,
-                observation,
-                &pv.volume_handle,
-                &self.driver,
-                self.report_missing,
-            );
-            match next {
-                Reported::Healthy => reported.remove(&pvc.uid),
-                Reported::Abnormal => reported.insert(pvc.uid.clone(), next),
-            };
-            emit
-        };
-        let Some(emit) = emit else { return };
-        let object = ObjectRef {
-            kind: "PersistentVolumeClaim".into(),
-            api_version: "v1".into(),
-            namespace: pvc.namespace.clone(),
-            name: pvc.name.clone(),
-            uid: pvc.uid.clone(),
-            resource_version: pvc.resource_version.clone(),
-        };
-        match emit {
-            Emit::Warning { reason, message } => {
-                self.recorder
-                    .event(&object, EventType::Warning, reason, &message)
-            }
-            Emit::Normal { reason, message } => {
-                self.recorder
-                    .event(&object, EventType::Normal, reason, &message)
+                None
             }
         }
     }
 
+    /// Whether `pv`'s volume stands reported abnormal: by us, or (v1.13) in its PVC's status.
+    /// The health listing uses it to tell an absent volume that needs confirming from one
+    /// that was never abnormal.
+    pub fn stands_abnormal(&self, pv: &PvRecord) -> bool {
+        let Some(claim) = &pv.claim else { return false };
+        let pvc = self.pvcs.get(&claim.namespace, &claim.name);
+        let uid = pvc.as_ref().map_or(claim.uid.as_str(), |p| p.uid.as_str());
+        if lock(&self.reported).get(uid) == Some(&Reported::Abnormal) {
+            return true;
+        }
+        pvc.is_some_and(|p| p.health.is_some())
+    }
+
+    /// Act on one observation of `pv`'s volume: find its PVC, decide, report, remember. Returns
+    /// the volume's state afterwards (`None`: nothing could be done, e.g. no PVC).
+    pub fn observe(&self, pv: &PvRecord, observation: &Observation) -> Option<Reported> {
+        let pvc = self.claim_of(pv)?;
+        let decision = {
+            let mut reported = lock(&self.reported);
+            let previous = reported.get(&pvc.uid).copied().unwrap_or(Reported::Healthy);
+            let d = decide(
+                &Facts {
+                    generation: self.generation(),
+                    previous,
+                    held: pvc.health.as_deref(),
+                    handle: &pv.volume_handle,
+                    driver: &self.driver,
+                    report_missing: self.report_missing,
+                    events: self.health.as_ref().is_none_or(|h| h.events),
+                },
+                observation,
+            );
+            match d.next {
+                Reported::Healthy => reported.remove(&pvc.uid),
+                Reported::Abnormal => reported.insert(pvc.uid.clone(), d.next),
+            };
+            d
+        };
+        self.metrics
+            .set_volume_status(&pvc.namespace, &pvc.name, &pv.name, decision.status);
+        if let Some(desired) = &decision.desired {
+            self.metrics.set_volume_conditions(
+                &pv.name,
+                desired
+                    .iter()
+                    .map(|c| (c.status.clone(), c.reason.clone()))
+                    .collect(),
+            );
+        }
+        self.note_mended(pv, &decision.mended);
+        if let Some(emit) = decision.emit {
+            let object = ObjectRef::pvc(&pvc);
+            match emit {
+                Emit::Warning { reason, message } => {
+                    self.recorder
+                        .event(&object, EventType::Warning, reason, &message)
+                }
+                Emit::Normal { reason, message } => {
+                    self.recorder
+                        .event(&object, EventType::Normal, reason, &message)
+                }
+            }
+        }
+        if let (Some(out), Some(desired)) = (&self.health, &decision.desired) {
+            let now = rfc3339(SystemTime::now());
+            if let Some(write) = health::status_write(pvc.health.as_deref(), desired, &now) {
+                match out.writer.write(&pvc, write.as_ref()) {
+                    Written::Ok(held) => self.pvcs.set_health(&pvc.namespace, &pvc.name, held),
+                    Written::Gone => {
+                        lock(&self.reported).remove(&pvc.uid);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Some(decision.next)
+    }
+
+    /// Say once what had to be mended in a driver's answer about `pv` (and again when it
+    /// changes); unknown status values are counted on every answer.
+    fn note_mended(&self, pv: &PvRecord, mended: &Mended) {
+        for status in &mended.unknown {
+            self.metrics.observe_unknown_condition(*status);
+        }
+        let mut seen = lock(&self.mended);
+        if mended.is_clean() {
+            seen.remove(&pv.name);
+            return;
+        }
+        if seen.get(&pv.name) != Some(mended) {
+            log::warn!(
+                "CSI driver sent a volume health answer that breaks the CSI spec or the Kubernetes API's limits; mended it pv=\"{}\" volume=\"{}\" mended=\"{mended}\"",
+                pv.name,
+                pv.volume_handle
+            );
+            seen.insert(pv.name.clone(), mended.clone());
+        }
+    }
+
     /// Drop state and metric series of PVs that left the store (deleted, or no longer ours).
-    pub fn forget_gone(&self, current: &HashSet<String>) {
-        self.metrics.retain_volumes(|pv| current.contains(pv));
-        let live_claims: HashSet<String> = self
-            .pvs
-            .snapshot()
-            .values()
-            .filter_map(|pv| pv.claim.as_ref())
-            .filter_map(|c| self.pvcs.get(&c.namespace, &c.name).map(|p| p.uid))
-            .collect();
-        lock(&self.reported).retain(|uid, _| live_claims.contains(uid));
+    /// Reads the store's snapshot as it is: no copy of its keys or records.
+    pub fn forget_gone(&self) {
+        let pvs = self.pvs.snapshot();
+        self.metrics.retain_volumes(|pv| pvs.contains_key(pv));
+        lock(&self.mended).retain(|pv, _| pvs.contains_key(pv));
+        let live_claim = |uid: &str| {
+            pvs.values()
+                .any(|pv| pv.claim.as_ref().is_some_and(|c| c.uid == uid))
+        };
+        // Only abnormal PVCs are remembered (a few), so a scan per entry is cheaper than a set
+        // of every claim.
+        lock(&self.reported).retain(|uid, _| live_claim(uid));
+        if let Some(out) = &self.health {
+            out.writer.retain(live_claim);
+        }
     }
 }
 

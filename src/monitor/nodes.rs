@@ -472,15 +472,7 @@ impl NodeWatcher {
             }
             match lookup(&e.namespace, &e.pvc) {
                 Ok(Some(pvc)) => {
-                    let object = ObjectRef {
-                        kind: "PersistentVolumeClaim".into(),
-                        api_version: "v1".into(),
-                        namespace: pvc.namespace,
-                        name: pvc.name,
-                        uid: pvc.uid,
-                        resource_version: pvc.resource_version,
-                    };
-                    emit(&object, e.kind, e.reason, &e.message);
+                    emit(&ObjectRef::pvc(&pvc), e.kind, e.reason, &e.message);
                 }
                 Ok(None) => log::info!(
                     "PVC is gone, not reporting reason=\"{}\" pvc=\"{}/{}\"",

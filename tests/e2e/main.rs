@@ -9,6 +9,7 @@ mod docs;
 mod events;
 mod faults;
 mod getmode;
+mod health;
 mod kubeconfig;
 mod leader;
 mod listmode;

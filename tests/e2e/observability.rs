@@ -14,17 +14,17 @@ const HTTP: &str = "--http-endpoint=127.0.0.1:0";
 
 /// One scrape, parsed.
 #[derive(Debug, Default)]
-struct Scrape {
+pub(crate) struct Scrape {
     /// name → (HELP, TYPE)
     families: HashMap<String, (String, String)>,
     samples: Vec<Sample>,
 }
 
 #[derive(Debug, Clone)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
+pub(crate) struct Sample {
+    pub(crate) name: String,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) value: f64,
 }
 
 impl Scrape {
@@ -48,12 +48,12 @@ impl Scrape {
         out
     }
 
-    fn series(&self, name: &str) -> Vec<&Sample> {
+    pub(crate) fn series(&self, name: &str) -> Vec<&Sample> {
         self.samples.iter().filter(|s| s.name == name).collect()
     }
 
     /// Samples of `name` whose labels include all of `want`.
-    fn find(&self, name: &str, want: &[(&str, &str)]) -> Vec<&Sample> {
+    pub(crate) fn find(&self, name: &str, want: &[(&str, &str)]) -> Vec<&Sample> {
         self.series(name)
             .into_iter()
             .filter(|s| {
@@ -111,14 +111,14 @@ fn parse_sample(line: &str) -> Sample {
     }
 }
 
-fn scrape(addr: &str) -> Scrape {
+pub(crate) fn scrape(addr: &str) -> Scrape {
     let (status, body) = http_get(addr, "/metrics");
     assert_eq!(status, 200, "{body}");
     Scrape::parse(&body)
 }
 
 /// Scrapes until `pred` holds (metrics change with the monitor's sweeps).
-fn scrape_until(addr: &str, what: &str, pred: impl Fn(&Scrape) -> bool) -> Scrape {
+pub(crate) fn scrape_until(addr: &str, what: &str, pred: impl Fn(&Scrape) -> bool) -> Scrape {
     poll(WAIT, || Some(scrape(addr)).filter(|s| pred(s)))
         .unwrap_or_else(|| panic!("timed out waiting for {what}:\n{:#?}", scrape(addr)))
 }

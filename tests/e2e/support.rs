@@ -8,8 +8,8 @@ use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::kit::apiserver::FakeApiServer;
-use crate::kit::csidriver::{temp_dir, MockDriver};
+use crate::kit::apiserver::{FakeApiServer, Options};
+use crate::kit::csidriver::{temp_dir, Generation, MockDriver};
 use crate::kit::fixtures;
 
 pub const DRIVER: &str = "fake.csi.driver.io";
@@ -170,6 +170,19 @@ impl Env {
     pub fn get_mode() -> Env {
         let env = Env::new();
         env.driver.with(|s| s.list_volumes = false);
+        env
+    }
+
+    /// A CSI v1.13 driver (GET_VOLUME_HEALTH, LIST_VOLUME_HEALTH, no VOLUME_CONDITION) and an
+    /// API server with the `CSIVolumeHealth` field (`gate_on`) or without it (Kubernetes 1.36).
+    pub fn health(gate_on: bool) -> Env {
+        let api = FakeApiServer::start_with(Options {
+            pvc_health_status: gate_on,
+            ..Options::default()
+        })
+        .expect("start the fake api server");
+        let env = Env::with_api(api, None);
+        env.driver.set_generation(Generation::V113);
         env
     }
 
