@@ -1214,6 +1214,13 @@ mod tests {
             .map(|c| c.arg)
             .collect();
         assert_eq!(args, ["zz", "b", "c", "c", "e"]);
+        // add_health appends, and makes an unknown volume known
+        d.add_health("new", HealthEntry::degraded("One", "1"));
+        d.add_health("new", HealthEntry::data_loss("Two", "2"));
+        assert_eq!(
+            get(&c, "new"),
+            Ok(vec![cond(1, "One", "1"), cond(3, "Two", "2")])
+        );
     }
 
     #[test]
