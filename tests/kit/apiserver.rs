@@ -1567,7 +1567,7 @@ fn validate_health_status(hs: &Value) -> Result<(), String> {
         return Err("status.healthStatus: Invalid value: must be an object".into());
     };
     if let Some(t) = m.get("lastTransitionTime") {
-        if !t.as_str().is_some_and(|s| parse_rfc3339(s).is_some()) {
+        if t.as_str().and_then(parse_rfc3339).is_none() {
             return Err(format!(
                 "status.healthStatus.lastTransitionTime: Invalid value: {t}: must be an RFC 3339 time"
             ));
@@ -4267,5 +4267,203 @@ mod tests {
         }
         assert_eq!(seen, 20_000);
         assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    }
+
+    const PVC_STATUS: &str = "/api/v1/namespaces/ns/persistentvolumeclaims/c/status?fieldManager=csi-external-health-monitor-controller";
+
+    /// A fake API server with the `CSIVolumeHealth` gate on or off and one Bound PVC, ns/c.
+    fn health_server(gate: bool) -> FakeApiServer {
+        let s = FakeApiServer::start_with(Options {
+            pvc_health_status: gate,
+            ..Options::default()
+        })
+        .expect("start");
+        s.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}}));
+        s.create(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "c", "namespace": "ns"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "volumeName": "pv"},
+            "status": {"phase": "Bound"}}));
+        s
+    }
+
+    fn health_status(conditions: Value) -> Value {
+        json!({"healthConditions": conditions, "lastTransitionTime": "2026-11-30T10:00:00Z"})
+    }
+
+    fn patch_health(s: &FakeApiServer, hs: Value) -> (u16, Value) {
+        send(
+            s,
+            "PATCH",
+            PVC_STATUS,
+            json!({"status": {"healthStatus": hs}}),
+            MERGE,
+        )
+    }
+
+    fn stored_pvc(s: &FakeApiServer) -> Value {
+        let (code, b) = get_json(s, "/api/v1/namespaces/ns/persistentvolumeclaims/c");
+        assert_eq!(code, 200, "{b}");
+        b
+    }
+
+    #[test]
+    fn pvc_health_status_is_dropped_with_the_gate_off() {
+        let s = health_server(false);
+        let hs = health_status(
+            json!([{"status": "Inaccessible", "reason": "DiskGone", "message": "disk gone"}]),
+        );
+        let (code, b) = patch_health(&s, hs.clone());
+        assert_eq!(code, 200, "{b}");
+        assert_eq!(b["status"], json!({"phase": "Bound"}));
+        assert_eq!(stored_pvc(&s)["status"], json!({"phase": "Bound"}));
+        // not validated either: the field is unknown
+        let (code, _) = patch_health(&s, health_status(json!([{"status": "Bogus"}])));
+        assert_eq!(code, 200);
+        let (code, b) = patch_health(&s, Value::Null);
+        assert_eq!(
+            (code, &b["status"]),
+            (200, &json!({"phase": "Bound"})),
+            "{b}"
+        );
+        // the gate turned on (an upgrade): the same write is kept from now on
+        s.set_pvc_health_status(true);
+        let (code, b) = patch_health(&s, hs.clone());
+        assert_eq!((code, &b["status"]["healthStatus"]), (200, &hs), "{b}");
+    }
+
+    #[test]
+    fn pvc_health_status_is_kept_replaced_and_cleared_with_the_gate_on() {
+        let s = health_server(true);
+        let two = health_status(json!([
+            {"status": "Inaccessible", "reason": "DiskGone", "message": "disk gone"},
+            {"status": "Degraded", "reason": "Slow", "message": "slow"}
+        ]));
+        let (code, b) = patch_health(&s, two.clone());
+        assert_eq!(code, 200, "{b}");
+        assert_eq!(b["status"], json!({"phase": "Bound", "healthStatus": two}));
+        assert_eq!(stored_pvc(&s)["status"]["healthStatus"], two);
+        // a merge patch replaces the list whole
+        let one = health_status(json!([{"status": "DataLoss", "reason": "Lost"}]));
+        let (code, b) = patch_health(&s, one.clone());
+        assert_eq!((code, &b["status"]["healthStatus"]), (200, &one), "{b}");
+        // a write to the main resource keeps the status as it is
+        let (code, b) = send(
+            &s,
+            "PATCH",
+            "/api/v1/namespaces/ns/persistentvolumeclaims/c",
+            json!({"metadata": {"labels": {"l": "1"}}, "status": {"healthStatus": null}}),
+            MERGE,
+        );
+        assert_eq!((code, &b["status"]["healthStatus"]), (200, &one), "{b}");
+        // null clears it, and only it
+        let (code, b) = patch_health(&s, Value::Null);
+        assert_eq!(code, 200, "{b}");
+        assert_eq!(b["status"], json!({"phase": "Bound"}));
+        assert_eq!(stored_pvc(&s)["status"], json!({"phase": "Bound"}));
+    }
+
+    #[test]
+    fn pvc_health_status_validation_with_the_gate_on() {
+        let s = health_server(true);
+        let c = |status: &str, reason: &str| json!({"status": status, "reason": reason, "message": "m"});
+        let many = |n: usize| {
+            Value::Array(
+                (0..n)
+                    .map(|i| c("Degraded", &format!("Reason{i}")))
+                    .collect(),
+            )
+        };
+        // 128 two-byte characters are 256 bytes: the limits count bytes
+        let reason_256 = "é".repeat(128);
+        let reason_258 = "é".repeat(129);
+        let with_message = |m: String| json!([{"status": "Degraded", "reason": "R", "message": m}]);
+        let ok = [
+            json!([]),
+            json!([
+                c("Inaccessible", "R"),
+                c("DataLoss", "R"),
+                c("Degraded", "R")
+            ]),
+            json!([c("Degraded", "A"), c("Degraded", "B")]),
+            json!([c("Degraded", &reason_256)]),
+            with_message("m".repeat(1024)),
+            many(16),
+        ];
+        for conditions in ok {
+            let hs = health_status(conditions);
+            let (code, b) = patch_health(&s, hs.clone());
+            assert_eq!((code, &b["status"]["healthStatus"]), (200, &hs), "{b}");
+        }
+        let kept = stored_pvc(&s)["status"].clone();
+        let refused = [
+            (
+                json!([c("Unknown", "R")]),
+                "healthConditions[0].status: Unsupported value",
+            ),
+            (
+                json!([c("degraded", "R")]),
+                "healthConditions[0].status: Unsupported value",
+            ),
+            (
+                json!([{"reason": "R"}]),
+                "healthConditions[0].status: Unsupported value",
+            ),
+            (
+                json!([c("Degraded", "R"), c("Degraded", "")]),
+                "healthConditions[1].reason: Required value",
+            ),
+            (
+                json!([{"status": "Degraded"}]),
+                "healthConditions[0].reason: Required value",
+            ),
+            (
+                json!([c("Degraded", &reason_258)]),
+                "healthConditions[0].reason: Too long",
+            ),
+            (
+                json!([c("Degraded", &"r".repeat(257))]),
+                "healthConditions[0].reason: Too long",
+            ),
+            (
+                with_message("m".repeat(1025)),
+                "healthConditions[0].message: Too long",
+            ),
+            (
+                with_message("é".repeat(513)),
+                "healthConditions[0].message: Too long",
+            ),
+            (many(17), "healthConditions: Too many: 17"),
+            (
+                json!([c("Degraded", "R"), c("DataLoss", "R"), c("Degraded", "R")]),
+                "healthConditions[2]: Duplicate value",
+            ),
+        ];
+        for (conditions, why) in refused {
+            let (code, b) = patch_health(&s, health_status(conditions.clone()));
+            assert_eq!(code, 422, "{conditions}: {b}");
+            assert_eq!(b["reason"], "Invalid", "{b}");
+            let message = b["message"].as_str().unwrap_or("");
+            assert!(
+                message.starts_with("PersistentVolumeClaim \"c\" is invalid: status.healthStatus.")
+                    && message.contains(why),
+                "{conditions}: {message}"
+            );
+            assert_eq!(
+                stored_pvc(&s)["status"],
+                kept,
+                "a refused write changed nothing"
+            );
+        }
+        let (code, b) = patch_health(
+            &s,
+            json!({"healthConditions": [], "lastTransitionTime": "yesterday"}),
+        );
+        assert_eq!(code, 422, "{b}");
+        assert!(
+            b["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("status.healthStatus.lastTransitionTime")),
+            "{b}"
+        );
     }
 }

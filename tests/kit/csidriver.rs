@@ -4,6 +4,12 @@
 //! Tests set plugin info, capabilities, volumes and their conditions, page size, latency and
 //! failures; they read back every call (with its timing) and the peak number of calls in
 //! flight. `stop` kills the server and removes the socket: the driver dying mid-run.
+//!
+//! The driver speaks either generation of CSI volume health, or both ([`Generation`]): v1.12's
+//! `VOLUME_CONDITION` (one abnormal flag and message per volume, [`Volume`], through ListVolumes
+//! and ControllerGetVolume) and v1.13's ControllerListVolumeHealth / ControllerGetVolumeHealth
+//! (a list of typed conditions per volume, [`HealthEntry`], in `State::health`). The two are
+//! scripted separately; a volume the driver knows is a key of `State::volumes` in both.
 
 use grpcio::{
     EnvBuilder, RpcContext, RpcStatus, RpcStatusCode, Server, ServerBuilder, ServerCredentials,
@@ -11,7 +17,7 @@ use grpcio::{
 };
 use healthmon::csi::proto::csi;
 use healthmon::csi::proto::csi_grpc;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -24,14 +30,17 @@ pub const CONTROLLER_CAPABILITIES: &str = "ControllerGetCapabilities";
 pub const LIST_VOLUMES: &str = "ListVolumes";
 pub const GET_VOLUME: &str = "ControllerGetVolume";
 pub const NODE_STATS: &str = "NodeGetVolumeStats";
+pub const LIST_VOLUME_HEALTH: &str = "ControllerListVolumeHealth";
+pub const GET_VOLUME_HEALTH: &str = "ControllerGetVolumeHealth";
 
 /// One recorded call.
 #[derive(Debug, Clone)]
 pub struct Call {
     pub method: &'static str,
-    /// Volume id (GetVolume, NodeGetVolumeStats) or starting token (ListVolumes).
+    /// Volume id (ControllerGetVolume, ControllerGetVolumeHealth, NodeGetVolumeStats) or
+    /// starting token (ListVolumes, ControllerListVolumeHealth).
     pub arg: String,
-    /// ListVolumes max_entries.
+    /// max_entries of ListVolumes and ControllerListVolumeHealth.
     pub max_entries: i32,
     pub started: Instant,
     pub finished: Option<Instant>,
@@ -47,14 +56,97 @@ pub struct Volume {
     pub omit_condition: bool,
 }
 
+impl Volume {
+    /// Known, not abnormal, sent whole.
+    pub fn healthy() -> Volume {
+        Volume {
+            abnormal: false,
+            message: String::new(),
+            omit_volume: false,
+            omit_condition: false,
+        }
+    }
+}
+
+/// One v1.13 health condition as the driver sends it (`VolumeHealth.VolumeHealthEntry`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthEntry {
+    /// `VolumeHealthErrorType` as the number on the wire, so values the spec does not define
+    /// (0, 9) can be sent: see [`HealthEntry::DEGRADED`] and its neighbours.
+    pub status: i32,
+    pub reason: String,
+    pub message: String,
+}
+
+impl HealthEntry {
+    pub const UNKNOWN: i32 = 0;
+    pub const DEGRADED: i32 = 1;
+    pub const INACCESSIBLE: i32 = 2;
+    pub const DATA_LOSS: i32 = 3;
+
+    pub fn new(status: i32, reason: &str, message: &str) -> HealthEntry {
+        HealthEntry {
+            status,
+            reason: reason.to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    pub fn degraded(reason: &str, message: &str) -> HealthEntry {
+        HealthEntry::new(HealthEntry::DEGRADED, reason, message)
+    }
+
+    pub fn inaccessible(reason: &str, message: &str) -> HealthEntry {
+        HealthEntry::new(HealthEntry::INACCESSIBLE, reason, message)
+    }
+
+    pub fn data_loss(reason: &str, message: &str) -> HealthEntry {
+        HealthEntry::new(HealthEntry::DATA_LOSS, reason, message)
+    }
+}
+
+/// Which generation of volume health the driver advertises in ControllerGetCapabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generation {
+    /// CSI v1.12: LIST_VOLUMES, GET_VOLUME, VOLUME_CONDITION (what `MockDriver::start` gives).
+    V112,
+    /// CSI v1.13: LIST_VOLUMES, GET_VOLUME, GET_VOLUME_HEALTH, LIST_VOLUME_HEALTH; no
+    /// VOLUME_CONDITION, so ListVolumes and ControllerGetVolume carry no condition.
+    V113,
+    /// Both sets of capabilities, each set of RPCs answering from its own state.
+    Both,
+}
+
 pub struct State {
     pub name: String,
     pub controller_service: bool,
     pub list_volumes: bool,
     pub get_volume: bool,
+    /// Advertise VOLUME_CONDITION. Off, ListVolumes and ControllerGetVolume answer without the
+    /// `volume_condition` field, as a v1.13 driver does (the field is reserved there).
     pub volume_condition: bool,
+    /// Advertise GET_VOLUME_HEALTH (16) and answer ControllerGetVolumeHealth; off, UNIMPLEMENTED.
+    pub get_volume_health: bool,
+    /// Advertise LIST_VOLUME_HEALTH (17) and answer ControllerListVolumeHealth; off,
+    /// UNIMPLEMENTED.
+    pub list_volume_health: bool,
+    /// The volumes the driver knows, with their v1.12 condition. An id missing here is NOT_FOUND
+    /// for every RPC that takes a volume id.
     pub volumes: BTreeMap<String, Volume>,
-    /// Entries per ListVolumes page when the request has no max_entries (0 = all in one page).
+    /// The v1.13 conditions per volume id. No entry, or an empty list: healthy.
+    pub health: BTreeMap<String, Vec<HealthEntry>>,
+    /// ControllerListVolumeHealth lists every known volume, the healthy ones with an empty list;
+    /// off (the default), only volumes with conditions (the spec's SHOULD).
+    pub list_healthy: bool,
+    /// Ids ControllerListVolumeHealth leaves out although they have conditions (a driver
+    /// without a consistent view). ControllerGetVolumeHealth still answers for them.
+    pub list_drop: BTreeSet<String>,
+    /// Ids ControllerListVolumeHealth sends a second time, after every other entry (so on a
+    /// later page when the id's own place is on an earlier one): with these conditions, or
+    /// `None` for the same ones again.
+    pub list_repeat: BTreeMap<String, Option<Vec<HealthEntry>>>,
+    /// Entries per ListVolumes and ControllerListVolumeHealth page when the request has no
+    /// max_entries (0 = all in one page).
     pub page_size: usize,
     pub latency: Duration,
     /// Answers for the next Probe calls (then `ready: true`); `None` = leave `ready` unset.
@@ -64,9 +156,10 @@ pub struct State {
     /// Next failures per method and argument (e.g. one ListVolumes page token); consulted
     /// before `failures`.
     pub arg_failures: HashMap<(&'static str, String), VecDeque<RpcStatusCode>>,
-    /// Volume ids ControllerGetVolume answers NOT_FOUND for.
+    /// Volume ids ControllerGetVolume and ControllerGetVolumeHealth answer NOT_FOUND for.
     pub not_found: HashSet<String>,
-    /// Answer every ListVolumes page with this next_token (a driver that never finishes).
+    /// Answer every ListVolumes and ControllerListVolumeHealth page with this next_token (a
+    /// driver that never finishes).
     pub stuck_token: Option<String>,
     pub calls: Vec<Call>,
     pub in_flight: usize,
@@ -108,13 +201,26 @@ pub fn temp_dir(prefix: &str) -> PathBuf {
 }
 
 impl MockDriver {
-    /// A driver named `name` with every capability the monitor uses, on a socket in a new temp dir.
+    /// A CSI v1.12 driver named `name` with every capability the legacy monitor uses, on a
+    /// socket in a new temp dir.
     pub fn start(name: &str) -> MockDriver {
         let dir = temp_dir("mock-csi");
         let mut d =
             MockDriver::start_at(&dir.join("csi.sock"), name).expect("start mock CSI driver");
         d.dir = Some(dir);
         d
+    }
+
+    /// `start`, then advertising `generation`.
+    pub fn start_generation(name: &str, generation: Generation) -> MockDriver {
+        let d = MockDriver::start(name);
+        d.set_generation(generation);
+        d
+    }
+
+    /// A CSI v1.13 driver: GET_VOLUME_HEALTH and LIST_VOLUME_HEALTH, no VOLUME_CONDITION.
+    pub fn start_v113(name: &str) -> MockDriver {
+        MockDriver::start_generation(name, Generation::V113)
     }
 
     pub fn start_at(socket: &Path, name: &str) -> std::io::Result<MockDriver> {
@@ -125,7 +231,13 @@ impl MockDriver {
                 list_volumes: true,
                 get_volume: true,
                 volume_condition: true,
+                get_volume_health: false,
+                list_volume_health: false,
                 volumes: BTreeMap::new(),
+                health: BTreeMap::new(),
+                list_healthy: false,
+                list_drop: BTreeSet::new(),
+                list_repeat: BTreeMap::new(),
                 page_size: 0,
                 latency: Duration::ZERO,
                 probe_script: VecDeque::new(),
@@ -190,15 +302,76 @@ impl MockDriver {
                 Volume {
                     abnormal,
                     message: message.to_string(),
-                    omit_volume: false,
-                    omit_condition: false,
+                    ..Volume::healthy()
                 },
             )
         });
     }
 
+    /// Forget the volume: both its v1.12 condition and its v1.13 conditions.
     pub fn remove_volume(&self, id: &str) {
-        self.with(|s| s.volumes.remove(id));
+        self.with(|s| {
+            s.volumes.remove(id);
+            s.health.remove(id);
+        });
+    }
+
+    /// The capabilities of `generation` (the other capability flags are left as they are).
+    pub fn set_generation(&self, generation: Generation) {
+        let (legacy, health) = match generation {
+            Generation::V112 => (true, false),
+            Generation::V113 => (false, true),
+            Generation::Both => (true, true),
+        };
+        self.with(|s| {
+            s.list_volumes = true;
+            s.get_volume = true;
+            s.volume_condition = legacy;
+            s.get_volume_health = health;
+            s.list_volume_health = health;
+        });
+    }
+
+    /// The v1.13 conditions of `id`, sent as they are (an empty list: healthy). A volume the
+    /// driver did not know yet becomes known, with a healthy v1.12 condition.
+    pub fn set_health(&self, id: &str, entries: Vec<HealthEntry>) {
+        self.with(|s| {
+            s.volumes
+                .entry(id.to_string())
+                .or_insert_with(Volume::healthy);
+            s.health.insert(id.to_string(), entries);
+        });
+    }
+
+    /// One more v1.13 condition for `id` (known from now on, as with `set_health`).
+    pub fn add_health(&self, id: &str, entry: HealthEntry) {
+        self.with(|s| {
+            s.volumes
+                .entry(id.to_string())
+                .or_insert_with(Volume::healthy);
+            s.health.entry(id.to_string()).or_default().push(entry);
+        });
+    }
+
+    /// `id` healthy in v1.13 terms (no conditions); the driver still knows it.
+    pub fn clear_health(&self, id: &str) {
+        self.with(|s| s.health.remove(id));
+    }
+
+    /// ControllerListVolumeHealth lists healthy volumes too (with an empty list), or not.
+    pub fn set_list_healthy(&self, on: bool) {
+        self.with(|s| s.list_healthy = on);
+    }
+
+    /// Leave `id` out of ControllerListVolumeHealth although it has conditions.
+    pub fn drop_from_health_list(&self, id: &str) {
+        self.with(|s| s.list_drop.insert(id.to_string()));
+    }
+
+    /// Send `id` a second time at the end of ControllerListVolumeHealth's listing, with
+    /// `entries` (or its own conditions again when `None`).
+    pub fn repeat_in_health_list(&self, id: &str, entries: Option<Vec<HealthEntry>>) {
+        self.with(|s| s.list_repeat.insert(id.to_string(), entries));
     }
 
     pub fn fail_next(&self, method: &'static str, code: RpcStatusCode, times: usize) {
@@ -316,7 +489,7 @@ impl Service {
             let idx = s.calls.len() - 1;
             s.in_flight += 1;
             s.max_in_flight = s.max_in_flight.max(s.in_flight);
-            if method == GET_VOLUME || method == NODE_STATS {
+            if method == GET_VOLUME || method == GET_VOLUME_HEALTH || method == NODE_STATS {
                 let n = {
                     let e = s.in_flight_per_volume.entry(arg.clone()).or_insert(0);
                     *e += 1;
@@ -378,6 +551,74 @@ fn condition(v: &Volume) -> csi::VolumeCondition {
     c.abnormal = v.abnormal;
     c.message = v.message.clone();
     c
+}
+
+fn volume_health(id: &str, entries: &[HealthEntry]) -> csi::VolumeHealth {
+    let mut h = csi::VolumeHealth::new();
+    h.volume_id = id.to_string();
+    h.health_statuses = entries
+        .iter()
+        .map(|e| {
+            let mut w = csi::volume_health::VolumeHealthEntry::new();
+            w.status = protobuf::EnumOrUnknown::from_i32(e.status);
+            w.reason = e.reason.clone();
+            w.message = e.message.clone();
+            w
+        })
+        .collect();
+    h
+}
+
+/// The first entry of the page a starting token names: "" is 0, else the decimal offset
+/// ListVolumes and ControllerListVolumeHealth hand out as next_token.
+fn page_start(method: &str, token: &str) -> Result<usize, RpcStatus> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token.parse().map_err(|_| {
+        RpcStatus::with_message(
+            RpcStatusCode::ABORTED,
+            format!("{method}: bad starting_token {token}"),
+        )
+    })
+}
+
+/// Entries per page: max_entries when given, else the scripted page size, else all.
+fn page_len(max_entries: i32, page_size: usize) -> usize {
+    if max_entries > 0 {
+        max_entries as usize
+    } else if page_size > 0 {
+        page_size
+    } else {
+        usize::MAX
+    }
+}
+
+/// Everything ControllerListVolumeHealth would send in one unpaged answer, in order: the
+/// volumes with conditions (all known volumes with `list_healthy`) by id, less `list_drop`,
+/// then the `list_repeat` entries.
+fn health_listing(s: &State) -> Vec<(&str, &[HealthEntry])> {
+    let mut out: Vec<(&str, &[HealthEntry])> = if s.list_healthy {
+        s.volumes
+            .keys()
+            .map(|id| (id.as_str(), s.health.get(id).map_or(&[][..], Vec::as_slice)))
+            .collect()
+    } else {
+        s.health
+            .iter()
+            .filter(|(id, e)| !e.is_empty() && s.volumes.contains_key(*id))
+            .map(|(id, e)| (id.as_str(), e.as_slice()))
+            .collect()
+    };
+    out.retain(|(id, _)| !s.list_drop.contains(*id));
+    for (id, entries) in &s.list_repeat {
+        let entries = match entries {
+            Some(e) => e.as_slice(),
+            None => s.health.get(id).map_or(&[][..], Vec::as_slice),
+        };
+        out.push((id.as_str(), entries));
+    }
+    out
 }
 
 impl csi_grpc::Identity for Service {
@@ -456,26 +697,8 @@ impl csi_grpc::Controller for Service {
                     "ListVolumes".into(),
                 ));
             }
-            let start: usize = if token.is_empty() {
-                0
-            } else {
-                match token.parse() {
-                    Ok(n) => n,
-                    Err(_) => {
-                        return Err(RpcStatus::with_message(
-                            RpcStatusCode::ABORTED,
-                            format!("bad starting_token {token}"),
-                        ))
-                    }
-                }
-            };
-            let size = if max > 0 {
-                max as usize
-            } else if s.page_size > 0 {
-                s.page_size
-            } else {
-                usize::MAX
-            };
+            let start = page_start(LIST_VOLUMES, &token)?;
+            let size = page_len(max, s.page_size);
             let mut r = csi::ListVolumesResponse::new();
             let total = s.volumes.len();
             for (id, v) in s.volumes.iter().skip(start).take(size) {
@@ -485,7 +708,7 @@ impl csi_grpc::Controller for Service {
                     vol.volume_id = id.clone();
                     e.volume = protobuf::MessageField::some(vol);
                 }
-                if !v.omit_condition {
+                if !v.omit_condition && s.volume_condition {
                     let mut st = csi::list_volumes_response::VolumeStatus::new();
                     st.volume_condition = protobuf::MessageField::some(condition(v));
                     e.status = protobuf::MessageField::some(st);
@@ -529,6 +752,12 @@ impl csi_grpc::Controller for Service {
             if s.volume_condition {
                 add(Type::VOLUME_CONDITION);
             }
+            if s.get_volume_health {
+                add(Type::GET_VOLUME_HEALTH);
+            }
+            if s.list_volume_health {
+                add(Type::LIST_VOLUME_HEALTH);
+            }
             Ok(r)
         });
     }
@@ -560,11 +789,80 @@ impl csi_grpc::Controller for Service {
             let mut vol = csi::Volume::new();
             vol.volume_id = id.clone();
             r.volume = protobuf::MessageField::some(vol);
-            if !v.omit_condition {
+            if !v.omit_condition && s.volume_condition {
                 let mut st = csi::controller_get_volume_response::VolumeStatus::new();
                 st.volume_condition = protobuf::MessageField::some(condition(&v));
                 r.status = protobuf::MessageField::some(st);
             }
+            Ok(r)
+        });
+    }
+
+    fn controller_list_volume_health(
+        &mut self,
+        _ctx: RpcContext,
+        req: csi::ControllerListVolumeHealthRequest,
+        sink: UnarySink<csi::ControllerListVolumeHealthResponse>,
+    ) {
+        let token = req.starting_token.clone();
+        let max = req.max_entries;
+        self.serve(LIST_VOLUME_HEALTH, token.clone(), max, sink, move |s| {
+            if !s.list_volume_health {
+                return Err(RpcStatus::with_message(
+                    RpcStatusCode::UNIMPLEMENTED,
+                    LIST_VOLUME_HEALTH.into(),
+                ));
+            }
+            if max < 0 {
+                return Err(RpcStatus::with_message(
+                    RpcStatusCode::INVALID_ARGUMENT,
+                    format!("{LIST_VOLUME_HEALTH}: negative max_entries {max}"),
+                ));
+            }
+            let start = page_start(LIST_VOLUME_HEALTH, &token)?;
+            let size = page_len(max, s.page_size);
+            let listing = health_listing(s);
+            let mut r = csi::ControllerListVolumeHealthResponse::new();
+            r.entries = listing
+                .iter()
+                .skip(start)
+                .take(size)
+                .map(|(id, entries)| volume_health(id, entries))
+                .collect();
+            let next = start.saturating_add(size);
+            if next < listing.len() {
+                r.next_token = next.to_string();
+            }
+            if let Some(t) = &s.stuck_token {
+                r.next_token = t.clone();
+            }
+            Ok(r)
+        });
+    }
+
+    fn controller_get_volume_health(
+        &mut self,
+        _ctx: RpcContext,
+        req: csi::ControllerGetVolumeHealthRequest,
+        sink: UnarySink<csi::ControllerGetVolumeHealthResponse>,
+    ) {
+        let id = req.volume_id.clone();
+        self.serve(GET_VOLUME_HEALTH, id.clone(), 0, sink, move |s| {
+            if !s.get_volume_health {
+                return Err(RpcStatus::with_message(
+                    RpcStatusCode::UNIMPLEMENTED,
+                    GET_VOLUME_HEALTH.into(),
+                ));
+            }
+            if !s.volumes.contains_key(&id) || s.not_found.contains(&id) {
+                return Err(RpcStatus::with_message(
+                    RpcStatusCode::NOT_FOUND,
+                    format!("volume {id} not found"),
+                ));
+            }
+            let entries = s.health.get(&id).map_or(&[][..], Vec::as_slice);
+            let mut r = csi::ControllerGetVolumeHealthResponse::new();
+            r.volume_health = protobuf::MessageField::some(volume_health(&id, entries));
             Ok(r)
         });
     }
@@ -609,5 +907,357 @@ impl csi_grpc::Node for Service {
             }
             Ok(r)
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use grpcio::{CallOption, ChannelBuilder};
+
+    /// A real grpcio client on the mock's unix socket.
+    fn client(d: &MockDriver) -> csi_grpc::ControllerClient {
+        let env = Arc::new(
+            EnvBuilder::new()
+                .cq_count(1)
+                .name_prefix("mock-csi-test")
+                .build(),
+        );
+        let channel = ChannelBuilder::new(env).connect(&format!("unix:{}", d.socket().display()));
+        csi_grpc::ControllerClient::new(channel)
+    }
+
+    fn opt() -> CallOption {
+        CallOption::default().timeout(Duration::from_secs(10))
+    }
+
+    fn code<T>(r: grpcio::Result<T>) -> Result<T, RpcStatusCode> {
+        r.map_err(|e| match e {
+            grpcio::Error::RpcFailure(s) => s.code(),
+            other => panic!("not an RPC failure: {other}"),
+        })
+    }
+
+    type Conditions = Vec<(i32, String, String)>;
+
+    fn conditions(h: &csi::VolumeHealth) -> Conditions {
+        h.health_statuses
+            .iter()
+            .map(|e| (e.status.value(), e.reason.clone(), e.message.clone()))
+            .collect()
+    }
+
+    fn cond(status: i32, reason: &str, message: &str) -> (i32, String, String) {
+        (status, reason.to_string(), message.to_string())
+    }
+
+    /// One ControllerListVolumeHealth page: (volume id, conditions) per entry, and next_token.
+    fn page(
+        c: &csi_grpc::ControllerClient,
+        token: &str,
+        max_entries: i32,
+    ) -> Result<(Vec<(String, Conditions)>, String), RpcStatusCode> {
+        let mut req = csi::ControllerListVolumeHealthRequest::new();
+        req.starting_token = token.to_string();
+        req.max_entries = max_entries;
+        let r = code(c.controller_list_volume_health_opt(&req, opt()))?;
+        let entries = r
+            .entries
+            .iter()
+            .map(|h| (h.volume_id.clone(), conditions(h)))
+            .collect();
+        Ok((entries, r.next_token))
+    }
+
+    /// The volume ids of every page, following next_token (at most 20 pages).
+    fn page_ids(c: &csi_grpc::ControllerClient, max_entries: i32) -> Vec<Vec<String>> {
+        let mut pages = Vec::new();
+        let mut token = String::new();
+        for _ in 0..20 {
+            let (entries, next) = page(c, &token, max_entries).expect("a page");
+            pages.push(entries.into_iter().map(|(id, _)| id).collect());
+            if next.is_empty() {
+                return pages;
+            }
+            token = next;
+        }
+        panic!("more than 20 pages: {pages:?}");
+    }
+
+    fn get(c: &csi_grpc::ControllerClient, id: &str) -> Result<Conditions, RpcStatusCode> {
+        let mut req = csi::ControllerGetVolumeHealthRequest::new();
+        req.volume_id = id.to_string();
+        let r = code(c.controller_get_volume_health_opt(&req, opt()))?;
+        assert_eq!(r.volume_health.volume_id, id);
+        Ok(conditions(&r.volume_health))
+    }
+
+    fn ids(pages: &[&[&str]]) -> Vec<Vec<String>> {
+        pages
+            .iter()
+            .map(|p| p.iter().map(|s| s.to_string()).collect())
+            .collect()
+    }
+
+    /// Five volumes: a, c and e with one condition each, b and d healthy.
+    fn five(d: &MockDriver) {
+        for id in ["a", "b", "c", "d", "e"] {
+            d.set_volume(id, false, "");
+        }
+        d.set_health("a", vec![HealthEntry::degraded("SlowDisk", "a is slow")]);
+        d.set_health(
+            "c",
+            vec![HealthEntry::inaccessible("DiskGone", "c is gone")],
+        );
+        d.set_health(
+            "e",
+            vec![HealthEntry::data_loss("Corrupt", "e lost blocks")],
+        );
+    }
+
+    #[test]
+    fn capabilities_per_generation() {
+        let d = MockDriver::start("caps.csi.example.com");
+        let c = client(&d);
+        for (generation, want) in [
+            (Generation::V112, vec![1, 3, 11, 12]),
+            (Generation::V113, vec![1, 3, 12, 16, 17]),
+            (Generation::Both, vec![1, 3, 11, 12, 16, 17]),
+        ] {
+            d.set_generation(generation);
+            let r = c
+                .controller_get_capabilities_opt(
+                    &csi::ControllerGetCapabilitiesRequest::new(),
+                    opt(),
+                )
+                .expect("ControllerGetCapabilities");
+            let mut got: Vec<i32> = r
+                .capabilities
+                .iter()
+                .map(|cap| cap.rpc().type_.value())
+                .collect();
+            got.sort();
+            assert_eq!(got, want, "{generation:?}");
+        }
+        assert_eq!(d.call_count(CONTROLLER_CAPABILITIES), 3);
+    }
+
+    #[test]
+    fn each_generation_answers_only_its_own_rpcs() {
+        let d = MockDriver::start("gen.csi.example.com");
+        let c = client(&d);
+        d.set_volume("v", true, "legacy says broken");
+        d.set_health("v", vec![HealthEntry::degraded("Slow", "v13 says slow")]);
+
+        // v1.12 (the default): no health RPCs, ListVolumes carries the condition
+        assert_eq!(page(&c, "", 0), Err(RpcStatusCode::UNIMPLEMENTED));
+        assert_eq!(get(&c, "v"), Err(RpcStatusCode::UNIMPLEMENTED));
+        let lv = c
+            .list_volumes_opt(&csi::ListVolumesRequest::new(), opt())
+            .expect("ListVolumes");
+        assert_eq!(
+            lv.entries[0].status.volume_condition.message,
+            "legacy says broken"
+        );
+
+        // v1.13: health RPCs, ListVolumes and ControllerGetVolume without a condition
+        d.set_generation(Generation::V113);
+        assert_eq!(
+            get(&c, "v"),
+            Ok(vec![cond(HealthEntry::DEGRADED, "Slow", "v13 says slow")])
+        );
+        let lv = c
+            .list_volumes_opt(&csi::ListVolumesRequest::new(), opt())
+            .expect("ListVolumes");
+        assert_eq!(lv.entries.len(), 1);
+        assert!(lv.entries[0].status.is_none());
+        let mut req = csi::ControllerGetVolumeRequest::new();
+        req.volume_id = "v".into();
+        let gv = c
+            .controller_get_volume_opt(&req, opt())
+            .expect("ControllerGetVolume");
+        assert!(gv.status.is_none());
+
+        // both: each answers from its own state
+        d.set_generation(Generation::Both);
+        let lv = c
+            .list_volumes_opt(&csi::ListVolumesRequest::new(), opt())
+            .expect("ListVolumes");
+        assert!(lv.entries[0].status.volume_condition.abnormal);
+        let (entries, _) = page(&c, "", 0).expect("a page");
+        assert_eq!(
+            entries,
+            vec![(
+                "v".to_string(),
+                vec![cond(HealthEntry::DEGRADED, "Slow", "v13 says slow")]
+            )]
+        );
+    }
+
+    #[test]
+    fn health_list_pages_by_max_entries_or_page_size() {
+        let d = MockDriver::start_v113("page.csi.example.com");
+        let c = client(&d);
+        five(&d);
+        // only the volumes with conditions, in id order
+        let (entries, next) = page(&c, "", 0).expect("one page");
+        assert_eq!(next, "");
+        assert_eq!(
+            entries,
+            vec![
+                ("a".into(), vec![cond(1, "SlowDisk", "a is slow")]),
+                ("c".into(), vec![cond(2, "DiskGone", "c is gone")]),
+                ("e".into(), vec![cond(3, "Corrupt", "e lost blocks")]),
+            ]
+        );
+        assert_eq!(page_ids(&c, 2), ids(&[&["a", "c"], &["e"]]));
+        assert_eq!(page_ids(&c, 1), ids(&[&["a"], &["c"], &["e"]]));
+        // max_entries 0 falls back to the page size; max_entries wins over it
+        d.with(|s| s.page_size = 2);
+        assert_eq!(page_ids(&c, 0), ids(&[&["a", "c"], &["e"]]));
+        assert_eq!(page_ids(&c, 3), ids(&[&["a", "c", "e"]]));
+        // the healthy ones too, with empty lists, when asked
+        d.set_list_healthy(true);
+        let (entries, next) = page(&c, "2", 2).expect("second page");
+        assert_eq!(next, "4");
+        assert_eq!(
+            entries,
+            vec![
+                ("c".into(), vec![cond(2, "DiskGone", "c is gone")]),
+                ("d".into(), vec![]),
+            ]
+        );
+        // a cleared volume, or one with an empty list, leaves the default listing
+        d.set_list_healthy(false);
+        d.clear_health("c");
+        d.set_health("e", vec![]);
+        assert_eq!(page_ids(&c, 0), ids(&[&["a"]]));
+        // the calls are recorded with their token and max_entries
+        let calls = d.calls(LIST_VOLUME_HEALTH);
+        let last: Vec<(String, i32)> = calls
+            .iter()
+            .rev()
+            .take(2)
+            .map(|c| (c.arg.clone(), c.max_entries))
+            .collect();
+        assert_eq!(last, vec![(String::new(), 0), ("2".to_string(), 2)]);
+        assert!(calls.iter().all(|c| c.finished.is_some()));
+    }
+
+    #[test]
+    fn health_list_bad_tokens_negative_max_entries_and_a_stuck_token() {
+        let d = MockDriver::start_v113("token.csi.example.com");
+        let c = client(&d);
+        five(&d);
+        assert_eq!(page(&c, "nope", 0), Err(RpcStatusCode::ABORTED));
+        assert_eq!(page(&c, "", -1), Err(RpcStatusCode::INVALID_ARGUMENT));
+        // past the end: an empty last page
+        assert_eq!(page(&c, "7", 0), Ok((vec![], String::new())));
+        d.with(|s| s.stuck_token = Some("1".into()));
+        let (entries, next) = page(&c, "1", 1).expect("a page");
+        assert_eq!((entries.len(), next.as_str()), (1, "1"));
+    }
+
+    #[test]
+    fn health_list_repeats_and_drops_entries_across_pages() {
+        let d = MockDriver::start_v113("fault.csi.example.com");
+        let c = client(&d);
+        five(&d);
+        d.set_health("b", vec![HealthEntry::degraded("Slow", "b")]);
+        // a, b, c, e; b dropped, a again at the end with other conditions, c again as it is
+        d.drop_from_health_list("b");
+        d.repeat_in_health_list("a", Some(vec![]));
+        d.repeat_in_health_list("c", None);
+        assert_eq!(page_ids(&c, 2), ids(&[&["a", "c"], &["e", "a"], &["c"]]));
+        let (second, _) = page(&c, "2", 2).expect("second page");
+        assert_eq!(second[1], ("a".to_string(), vec![]));
+        let (third, _) = page(&c, "4", 2).expect("third page");
+        assert_eq!(
+            third[0],
+            ("c".to_string(), vec![cond(2, "DiskGone", "c is gone")])
+        );
+        // the dropped volume is still known to ControllerGetVolumeHealth
+        assert_eq!(get(&c, "b"), Ok(vec![cond(1, "Slow", "b")]));
+    }
+
+    #[test]
+    fn a_failed_page_fails_once_by_its_token() {
+        let d = MockDriver::start_v113("fail.csi.example.com");
+        let c = client(&d);
+        five(&d);
+        d.fail_next_for(LIST_VOLUME_HEALTH, "2", RpcStatusCode::UNAVAILABLE, 1);
+        assert_eq!(page(&c, "", 2).map(|(_, next)| next), Ok("2".to_string()));
+        assert_eq!(page(&c, "2", 2), Err(RpcStatusCode::UNAVAILABLE));
+        assert_eq!(page_ids(&c, 2), ids(&[&["a", "c"], &["e"]]));
+        d.fail_next(GET_VOLUME_HEALTH, RpcStatusCode::DEADLINE_EXCEEDED, 1);
+        assert_eq!(get(&c, "a"), Err(RpcStatusCode::DEADLINE_EXCEEDED));
+        assert_eq!(get(&c, "a").map(|c| c.len()), Ok(1));
+    }
+
+    #[test]
+    fn get_volume_health_not_found_healthy_and_abnormal() {
+        let d = MockDriver::start_v113("get.csi.example.com");
+        let c = client(&d);
+        five(&d);
+        assert_eq!(get(&c, "zz"), Err(RpcStatusCode::NOT_FOUND));
+        assert_eq!(get(&c, "b"), Ok(vec![]));
+        assert_eq!(get(&c, "c"), Ok(vec![cond(2, "DiskGone", "c is gone")]));
+        d.with(|s| s.not_found.insert("c".into()));
+        assert_eq!(get(&c, "c"), Err(RpcStatusCode::NOT_FOUND));
+        d.remove_volume("e");
+        assert_eq!(get(&c, "e"), Err(RpcStatusCode::NOT_FOUND));
+        // the listing does not consult not_found; a removed volume is gone from it
+        assert_eq!(page_ids(&c, 0), ids(&[&["a", "c"]]));
+        let args: Vec<String> = d
+            .calls(GET_VOLUME_HEALTH)
+            .into_iter()
+            .map(|c| c.arg)
+            .collect();
+        assert_eq!(args, ["zz", "b", "c", "c", "e"]);
+        // add_health appends, and makes an unknown volume known
+        d.add_health("new", HealthEntry::degraded("One", "1"));
+        d.add_health("new", HealthEntry::data_loss("Two", "2"));
+        assert_eq!(
+            get(&c, "new"),
+            Ok(vec![cond(1, "One", "1"), cond(3, "Two", "2")])
+        );
+    }
+
+    #[test]
+    fn malformed_conditions_go_out_as_they_are() {
+        let d = MockDriver::start_v113("odd.csi.example.com");
+        let c = client(&d);
+        let long = "m".repeat(5000);
+        let odd = vec![
+            HealthEntry::new(HealthEntry::UNKNOWN, "Zero", ""),
+            HealthEntry::new(9, "Nine", "from a newer spec"),
+            HealthEntry::degraded("", "no reason"),
+            HealthEntry::degraded("Twice", "first"),
+            HealthEntry::degraded("Twice", "second"),
+            HealthEntry::data_loss("Long", &long),
+        ];
+        d.set_health("odd", odd.clone());
+        let want: Conditions = odd
+            .iter()
+            .map(|e| (e.status, e.reason.clone(), e.message.clone()))
+            .collect();
+        assert_eq!(get(&c, "odd"), Ok(want.clone()));
+        let (entries, _) = page(&c, "", 0).expect("a page");
+        assert_eq!(entries, vec![("odd".to_string(), want)]);
+    }
+
+    #[test]
+    fn get_volume_health_counts_calls_in_flight_per_volume() {
+        let d = MockDriver::start_v113("slow.csi.example.com");
+        d.set_health("v", vec![]);
+        d.with(|s| s.latency = Duration::from_secs(2));
+        let c = client(&d);
+        let c2 = c.clone();
+        let other = std::thread::spawn(move || get(&c2, "v"));
+        assert!(d.wait_until(Duration::from_secs(10), |s| s.in_flight == 1));
+        assert_eq!(get(&c, "v"), Ok(vec![]));
+        assert_eq!(other.join().expect("no panic"), Ok(vec![]));
+        assert_eq!(d.max_in_flight_per_volume(), 2);
+        assert_eq!(d.max_in_flight(), 2);
     }
 }

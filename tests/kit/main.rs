@@ -4,7 +4,10 @@
 //!   volumes, runs the real sidecar against them, turns one volume abnormal and prints the
 //!   Event the sidecar wrote, then the recovery.
 //! - `apiserver [--port N] [--token T] [--tls-cert F --tls-key F] [--pvc-health-status]`: only the fake API server.
-//! - `csi-driver --socket PATH [--name NAME] [--volume ID[=abnormal:MESSAGE]]...`: only the mock driver.
+//! - `csi-driver --socket PATH [--name NAME] [--generation v1.12|v1.13|both] [--list-healthy] [--volume ID[=abnormal:MESSAGE|=health:STATUS:REASON[:MESSAGE]]]...`:
+//!   only the mock driver. `--generation` picks the capabilities it advertises (default v1.12);
+//!   `=health:` adds one v1.13 condition to the volume (repeat the flag for more), STATUS being
+//!   DEGRADED, INACCESSIBLE, DATA_LOSS (or Degraded, Inaccessible, DataLoss) or a raw number.
 //! - `bench [...]`: the footprint and speed benchmark (bench.rs; BENCHMARKS.md has the figures).
 
 #[allow(dead_code)]
@@ -20,7 +23,7 @@ use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use apiserver::{FakeApiServer, Options};
-use csidriver::MockDriver;
+use csidriver::{Generation, HealthEntry, MockDriver};
 
 const DRIVER: &str = "demo.csi.example.com";
 
@@ -32,7 +35,7 @@ fn main() -> ExitCode {
         Some("csi-driver") => run_driver(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("-h") | Some("--help") | Some("help") => {
-            println!("usage: csi-hm-testkit [sandbox | apiserver [--port N] [--token T] [--tls-cert F --tls-key F] [--pvc-health-status] | csi-driver --socket PATH [--name NAME] [--volume ID[=abnormal:MESSAGE]]... | {}]", bench::usage());
+            println!("usage: csi-hm-testkit [sandbox | apiserver [--port N] [--token T] [--tls-cert F --tls-key F] [--pvc-health-status] | csi-driver --socket PATH [--name NAME] [--generation v1.12|v1.13|both] [--list-healthy] [--volume ID[=abnormal:MESSAGE|=health:STATUS:REASON[:MESSAGE]]]... | {}]", bench::usage());
             Ok(())
         }
         Some(other) => Err(format!("unknown command {other:?}; try --help")),
@@ -84,16 +87,72 @@ fn run_apiserver(args: &[String]) -> Result<(), String> {
     apiserver::serve_forever(opts).map_err(|e| format!("fake API server: {e}"))
 }
 
+/// One `--volume` of `csi-driver`.
+#[derive(Debug, PartialEq)]
+enum VolumeFlag {
+    /// `ID`: known and healthy.
+    Healthy(String),
+    /// `ID=abnormal:MESSAGE`: the v1.12 condition.
+    Abnormal(String, String),
+    /// `ID=health:STATUS:REASON[:MESSAGE]`: one more v1.13 condition.
+    Health(String, HealthEntry),
+}
+
+fn parse_generation(s: &str) -> Result<Generation, String> {
+    match s {
+        "v1.12" | "1.12" => Ok(Generation::V112),
+        "v1.13" | "1.13" => Ok(Generation::V113),
+        "both" => Ok(Generation::Both),
+        other => Err(format!(
+            "--generation: {other:?} is not one of v1.12, v1.13, both"
+        )),
+    }
+}
+
+fn parse_volume(v: &str) -> Result<VolumeFlag, String> {
+    if let Some((id, msg)) = v.split_once("=abnormal:") {
+        return Ok(VolumeFlag::Abnormal(id.to_string(), msg.to_string()));
+    }
+    let Some((id, health)) = v.split_once("=health:") else {
+        return Ok(VolumeFlag::Healthy(v.to_string()));
+    };
+    let mut parts = health.splitn(3, ':');
+    let status = match parts.next().unwrap_or("") {
+        "DEGRADED" | "Degraded" => HealthEntry::DEGRADED,
+        "INACCESSIBLE" | "Inaccessible" => HealthEntry::INACCESSIBLE,
+        "DATA_LOSS" | "DataLoss" => HealthEntry::DATA_LOSS,
+        n => n.parse().map_err(|_| {
+            format!(
+                "--volume {v}: status {n:?} is not DEGRADED, INACCESSIBLE, DATA_LOSS or a number"
+            )
+        })?,
+    };
+    let Some(reason) = parts.next() else {
+        return Err(format!(
+            "--volume {v}: expected ID=health:STATUS:REASON[:MESSAGE]"
+        ));
+    };
+    let message = parts.next().unwrap_or("");
+    Ok(VolumeFlag::Health(
+        id.to_string(),
+        HealthEntry::new(status, reason, message),
+    ))
+}
+
 fn run_driver(args: &[String]) -> Result<(), String> {
     let mut socket = None;
     let mut name = DRIVER.to_string();
+    let mut generation = Generation::V112;
+    let mut list_healthy = false;
     let mut volumes = Vec::new();
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
             "--socket" => socket = Some(value(args, &mut i, "--socket")?.to_string()),
             "--name" => name = value(args, &mut i, "--name")?.to_string(),
-            "--volume" => volumes.push(value(args, &mut i, "--volume")?.to_string()),
+            "--generation" => generation = parse_generation(value(args, &mut i, "--generation")?)?,
+            "--list-healthy" => list_healthy = true,
+            "--volume" => volumes.push(parse_volume(value(args, &mut i, "--volume")?)?),
             other => return Err(format!("csi-driver: unknown flag {other:?}")),
         }
         i += 1;
@@ -101,10 +160,13 @@ fn run_driver(args: &[String]) -> Result<(), String> {
     let socket = socket.ok_or("csi-driver: --socket is required")?;
     let driver = MockDriver::start_at(std::path::Path::new(&socket), &name)
         .map_err(|e| format!("mock CSI driver: {e}"))?;
+    driver.set_generation(generation);
+    driver.set_list_healthy(list_healthy);
     for v in volumes {
-        match v.split_once("=abnormal:") {
-            Some((id, msg)) => driver.set_volume(id, true, msg),
-            None => driver.set_volume(&v, false, ""),
+        match v {
+            VolumeFlag::Healthy(id) => driver.set_volume(&id, false, ""),
+            VolumeFlag::Abnormal(id, msg) => driver.set_volume(&id, true, &msg),
+            VolumeFlag::Health(id, entry) => driver.add_health(&id, entry),
         }
     }
     println!("mock CSI driver {name} listening on unix:{socket}");
@@ -232,5 +294,54 @@ fn print_events(api: &FakeApiServer, pvc: &str, reason: &str) {
             e["message"].as_str().unwrap_or(""),
         );
         println!("  JSON: {}", serde_json::to_string(&e).unwrap_or_default());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_flag() {
+        assert_eq!(parse_generation("v1.12"), Ok(Generation::V112));
+        assert_eq!(parse_generation("1.13"), Ok(Generation::V113));
+        assert_eq!(parse_generation("v1.13"), Ok(Generation::V113));
+        assert_eq!(parse_generation("both"), Ok(Generation::Both));
+        assert!(parse_generation("v1.14").is_err());
+    }
+
+    #[test]
+    fn volume_flag() {
+        let health = |id: &str, status, reason: &str, message: &str| {
+            Ok(VolumeFlag::Health(
+                id.into(),
+                HealthEntry::new(status, reason, message),
+            ))
+        };
+        for (flag, want) in [
+            ("v", Ok(VolumeFlag::Healthy("v".into()))),
+            (
+                "v=abnormal:disk: gone",
+                Ok(VolumeFlag::Abnormal("v".into(), "disk: gone".into())),
+            ),
+            (
+                "v=health:DEGRADED:Slow:a: b",
+                health("v", HealthEntry::DEGRADED, "Slow", "a: b"),
+            ),
+            (
+                "v=health:Inaccessible:Gone",
+                health("v", HealthEntry::INACCESSIBLE, "Gone", ""),
+            ),
+            (
+                "v=health:DataLoss:Lost:x",
+                health("v", HealthEntry::DATA_LOSS, "Lost", "x"),
+            ),
+            ("v=health:9:New:", health("v", 9, "New", "")),
+            ("v=health:0::", health("v", 0, "", "")),
+        ] {
+            assert_eq!(parse_volume(flag), want, "{flag}");
+        }
+        assert!(parse_volume("v=health:Broken:R").is_err());
+        assert!(parse_volume("v=health:DEGRADED").is_err());
     }
 }
