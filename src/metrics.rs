@@ -379,14 +379,16 @@ impl Metrics {
         for result in STATUS_WRITE_RESULTS {
             self.status_writes.with_label_values(&[result]);
         }
-        self.status_writes_dropped.with_label_values(&[]);
+        self.status_writes_dropped.with_label_values::<&str>(&[]);
     }
 
     /// One write of a PVC's `status.healthStatus`: `ok`, `dropped`, `forbidden` or `error`.
     pub fn observe_status_write(&self, result: &str) {
         self.status_writes.with_label_values(&[result]).inc();
         if result == "dropped" {
-            self.status_writes_dropped.with_label_values(&[]).inc();
+            self.status_writes_dropped
+                .with_label_values::<&str>(&[])
+                .inc();
         }
     }
 
@@ -622,7 +624,7 @@ mod tests {
         );
         assert_eq!(
             series(&samples, "csi_volume_health_status_writes_dropped_total")[0].value,
-            0.0
+            "0"
         );
         m.observe_status_write("dropped");
         m.observe_unknown_condition(9);
@@ -638,12 +640,12 @@ mod tests {
         let samples = parse_samples(&text);
         assert_eq!(
             series(&samples, "csi_volume_health_status_writes_dropped_total")[0].value,
-            1.0
+            "1"
         );
         let unknown = series(&samples, "csi_volume_health_unknown_condition_total");
         assert_eq!(
-            (label(unknown[0], "status"), unknown[0].value),
-            (Some("9"), 1.0)
+            (label(unknown[0], "status"), unknown[0].value.as_str()),
+            (Some("9"), "1")
         );
         let conds = series(&samples, "csi_controller_volume_health_status");
         assert_eq!(conds.len(), 2, "{text}");

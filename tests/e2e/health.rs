@@ -105,11 +105,23 @@ fn status_patches(env: &Env, pvc: &str) -> Vec<RequestRecord> {
         .collect()
 }
 
+/// How often `reason` was reported on `pvc`: the counts of all its Events (a restarted
+/// process starts a new Event, as client-go's in-memory correlation does).
 fn count_of(env: &Env, pvc: &str, reason: &str) -> u64 {
     env.events(pvc, reason)
-        .first()
-        .and_then(|e| e["count"].as_u64())
-        .unwrap_or(0)
+        .iter()
+        .filter_map(|e| e["count"].as_u64())
+        .sum()
+}
+
+/// The request log is written just after the store changes: wait for the `n`th PATCH.
+fn wait_patches(env: &Env, pvc: &str, n: usize) -> Vec<RequestRecord> {
+    assert!(
+        env.api
+            .wait_until(WAIT, |_| status_patches(env, pvc).len() >= n),
+        "fewer than {n} status PATCHes of {pvc}"
+    );
+    status_patches(env, pvc)
 }
 
 /// Wait until the driver answered `more` further calls of `method` after now.
@@ -157,7 +169,7 @@ fn lifecycle(mode: HealthMode) {
         healthmon::timeutil::parse_rfc3339(&ltt).is_some(),
         "lastTransitionTime {ltt:?}"
     );
-    let first = &status_patches(&env, "pvc-v1")[0];
+    let first = &wait_patches(&env, "pvc-v1", 1)[0];
     assert_eq!(
         first.content_type.as_deref(),
         Some("application/merge-patch+json")
@@ -211,7 +223,7 @@ fn lifecycle(mode: HealthMode) {
         conditions(h).contains(&cond("Inaccessible", "DiskGone", "disk still gone"))
     });
     assert_eq!(h["lastTransitionTime"], ltt.as_str());
-    assert_eq!(status_patches(&env, "pvc-v1").len(), 2);
+    assert_eq!(wait_patches(&env, "pvc-v1", 2).len(), 2);
 
     // A new (status, reason) set moves lastTransitionTime.
     env.driver
@@ -229,7 +241,7 @@ fn lifecycle(mode: HealthMode) {
         "{}",
         context()
     );
-    let last = status_patches(&env, "pvc-v1").last().cloned().unwrap();
+    let last = wait_patches(&env, "pvc-v1", 4).last().cloned().unwrap();
     assert_eq!(
         last.body,
         Some(serde_json::json!({"status": {"healthStatus": null}}))
@@ -286,7 +298,7 @@ fn restart_while_abnormal_writes_nothing_and_reports_the_recovery_once() {
         wait_held(&env, "pvc-v1", "the condition", |h| !h.is_null());
         assert!(env.wait_event("pvc-v1", "VolumeConditionAbnormal", WAIT));
         drop(first); // SIGKILL
-        let patches = status_patches(&env, "pvc-v1").len();
+        let patches = wait_patches(&env, "pvc-v1", 1).len();
         let count = count_of(&env, "pvc-v1", "VolumeConditionAbnormal");
 
         let second = spawn(&env, mode.flags(), &[]);
@@ -692,7 +704,7 @@ fn condition_series_follow_the_volume() {
     );
     let sidecar = spawn(&env, LIST_FAST, &["--http-endpoint=127.0.0.1:0"]);
     let addr = http_addr(&sidecar.stderr);
-    let series = |status: &str, reason: &str| {
+    fn series<'a>(status: &'a str, reason: &'a str) -> Vec<(&'a str, &'a str)> {
         vec![
             ("driver_name", DRIVER),
             ("namespace", NS),
@@ -700,7 +712,7 @@ fn condition_series_follow_the_volume() {
             ("status", status),
             ("reason", reason),
         ]
-    };
+    }
     let s = scrape_until(&addr, "two condition series", |s| {
         s.series("csi_controller_volume_health_status").len() == 2
     });
