@@ -40,6 +40,10 @@ const QUICK_MAX_SWEEP: Duration = Duration::from_secs(10);
 enum ModeArg {
     List,
     Get,
+    /// CSI v1.13 ControllerListVolumeHealth, API server with the CSIVolumeHealth field.
+    HealthList,
+    /// CSI v1.13 ControllerGetVolumeHealth, API server with the CSIVolumeHealth field.
+    HealthGet,
 }
 
 impl ModeArg {
@@ -47,6 +51,26 @@ impl ModeArg {
         match self {
             ModeArg::List => "ListVolumes",
             ModeArg::Get => "GetVolume",
+            ModeArg::HealthList => "HealthList",
+            ModeArg::HealthGet => "HealthGet",
+        }
+    }
+
+    fn is_list(self) -> bool {
+        matches!(self, ModeArg::List | ModeArg::HealthList)
+    }
+
+    fn is_health(self) -> bool {
+        matches!(self, ModeArg::HealthList | ModeArg::HealthGet)
+    }
+
+    /// The RPC of one sweep's pages, or of one check.
+    fn method(self) -> &'static str {
+        match self {
+            ModeArg::List => csidriver::LIST_VOLUMES,
+            ModeArg::Get => csidriver::GET_VOLUME,
+            ModeArg::HealthList => csidriver::LIST_VOLUME_HEALTH,
+            ModeArg::HealthGet => csidriver::GET_VOLUME_HEALTH,
         }
     }
 }
@@ -87,6 +111,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     let mut idle_given = false;
     let mut volumes_given = false;
     let mut noise_given = false;
+    let mut modes_given = false;
     let mut i = 0;
     while i < args.len() {
         let flag = args[i].as_str();
@@ -111,9 +136,14 @@ fn parse(args: &[String]) -> Result<Opts, String> {
                     .map(|s| match s.trim() {
                         "list" => Ok(ModeArg::List),
                         "get" => Ok(ModeArg::Get),
-                        other => Err(format!("--modes: unknown mode {other:?} (list, get)")),
+                        "health-list" => Ok(ModeArg::HealthList),
+                        "health-get" => Ok(ModeArg::HealthGet),
+                        other => Err(format!(
+                            "--modes: unknown mode {other:?} (list, get, health-list, health-get)"
+                        )),
                     })
                     .collect::<Result<_, _>>()?;
+                modes_given = true;
             }
             "--noise" => {
                 o.noise = match val()?.as_str() {
@@ -163,6 +193,14 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         if !noise_given {
             o.noise = vec![false];
         }
+        if !modes_given {
+            o.modes = vec![
+                ModeArg::List,
+                ModeArg::Get,
+                ModeArg::HealthList,
+                ModeArg::HealthGet,
+            ];
+        }
     }
     if o.volumes.iter().any(|&n| n < 100) || o.get_rate == 0 {
         return Err("bench: at least 100 volumes (1% abnormal) and a positive --get-rate".into());
@@ -171,7 +209,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
 }
 
 pub fn usage() -> &'static str {
-    "bench [--volumes 1000,10000,100000] [--modes list,get] [--noise off|on|both] [--noise-objects 50000] [--idle-secs 60] [--qps 1000 --burst 2000] [--page-size 1000] [--get-rate 1000] [--malloc-arena-max 1|unset] [--no-concurrency] [--quick]"
+    "bench [--volumes 1000,10000,100000] [--modes list,get,health-list,health-get] [--noise off|on|both] [--noise-objects 50000] [--idle-secs 60] [--qps 1000 --burst 2000] [--page-size 1000] [--get-rate 1000] [--malloc-arena-max 1|unset] [--no-concurrency] [--quick]"
 }
 
 pub fn run(args: &[String]) -> Result<(), String> {
@@ -252,7 +290,9 @@ struct Traffic {
     event_writes: usize,
     lease: usize,
     watch: usize,
-    /// Neither event writes nor lease nor watch requests.
+    /// PATCHes of a PVC's status (v1.13 health modes).
+    status_writes: usize,
+    /// None of the above.
     other: usize,
 }
 
@@ -279,7 +319,11 @@ struct Row {
 }
 
 fn run_one(o: &Opts, n: usize, mode: ModeArg, noise: bool) -> Result<Row, String> {
-    let api = FakeApiServer::start();
+    let api = FakeApiServer::start_with(crate::apiserver::Options {
+        pvc_health_status: mode.is_health(),
+        ..Default::default()
+    })
+    .map_err(|e| format!("start the fake API server: {e}"))?;
     let driver = MockDriver::start(DRIVER);
     let t = Instant::now();
     populate(
@@ -289,16 +333,38 @@ fn run_one(o: &Opts, n: usize, mode: ModeArg, noise: bool) -> Result<Row, String
         if noise { o.noise_objects } else { 0 },
         o.page_size,
     );
-    if mode == ModeArg::Get {
-        driver.with(|s| s.list_volumes = false);
+    match mode {
+        ModeArg::List => {}
+        ModeArg::Get => driver.with(|s| s.list_volumes = false),
+        ModeArg::HealthList | ModeArg::HealthGet => {
+            driver.set_generation(csidriver::Generation::V113);
+            driver.with(|s| {
+                s.list_volume_health = mode == ModeArg::HealthList;
+                // The same 1% abnormal, as v1.13 conditions.
+                for (id, v) in &s.volumes {
+                    if v.abnormal {
+                        s.health.insert(
+                            id.clone(),
+                            vec![csidriver::HealthEntry::degraded("BadBlocks", &v.message)],
+                        );
+                    }
+                }
+            });
+        }
     }
     let populate_time = t.elapsed();
     eprintln!("   populated in {:.1} s", populate_time.as_secs_f64());
     let abnormal = n.div_ceil(100);
+    // The health listing leaves healthy volumes out.
+    let listed = if mode == ModeArg::HealthList {
+        abnormal
+    } else {
+        n
+    };
     let pages = if o.page_size == 0 {
         1
     } else {
-        n.div_ceil(o.page_size)
+        listed.div_ceil(o.page_size)
     };
 
     let dir = csidriver::temp_dir("bench");
@@ -311,11 +377,10 @@ fn run_one(o: &Opts, n: usize, mode: ModeArg, noise: bool) -> Result<Row, String
     // List mode: the second sweep comes one interval after the first one ends, which leaves
     // room for the event drain and the idle window in between. Get mode: checks spread over
     // the interval at --get-rate per second.
-    let interval = match mode {
-        ModeArg::List => {
-            o.idle + Duration::from_secs(6) + Duration::from_secs_f64(n as f64 / 20_000.0)
-        }
-        ModeArg::Get => Duration::from_secs_f64((n as f64 / o.get_rate as f64).max(2.0)),
+    let interval = if mode.is_list() {
+        o.idle + Duration::from_secs(6) + Duration::from_secs_f64(n as f64 / 20_000.0)
+    } else {
+        Duration::from_secs_f64((n as f64 / o.get_rate as f64).max(2.0))
     };
     let interval_flag = format!("{}ms", interval.as_millis());
     let mut flags = vec![
@@ -324,9 +389,10 @@ fn run_one(o: &Opts, n: usize, mode: ModeArg, noise: bool) -> Result<Row, String
         format!("--kube-api-qps={}", o.qps),
         format!("--kube-api-burst={}", o.burst),
     ];
-    match mode {
-        ModeArg::List => flags.push(format!("--list-volumes-interval={interval_flag}")),
-        ModeArg::Get => flags.push(format!("--monitor-interval={interval_flag}")),
+    if mode.is_list() {
+        flags.push(format!("--list-volumes-interval={interval_flag}"));
+    } else {
+        flags.push(format!("--monitor-interval={interval_flag}"));
     }
     let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
     let spawned = Instant::now();
@@ -382,17 +448,15 @@ fn measure(
 ) -> Result<Row, String> {
     let long = Duration::from_secs(600);
     // sweep/round 1, ends with its last event accepted
-    match mode {
-        ModeArg::List => {
-            wait_driver(driver, long, "the first ListVolumes sweep", |s| {
-                finished(s, csidriver::LIST_VOLUMES) >= pages
-            })?;
-        }
-        ModeArg::Get => {
-            wait_driver(driver, long, "the first round of checks", |s| {
-                finished(s, csidriver::GET_VOLUME) >= n
-            })?;
-        }
+    let method = mode.method();
+    if mode.is_list() {
+        wait_driver(driver, long, "the first sweep", |s| {
+            finished(s, method) >= pages
+        })?;
+    } else {
+        wait_driver(driver, long, "the first round of checks", |s| {
+            finished(s, method) >= n
+        })?;
     }
     let first_done = wait_event_writes(api, abnormal, long)?;
     let startup = first_done.saturating_duration_since(spawned);
@@ -418,16 +482,16 @@ fn measure(
         interval,
     };
 
-    if mode == ModeArg::List {
+    if mode.is_list() {
         // Idle: after the first sweep's events, before the second sweep starts.
         let idle_start = Instant::now() + Duration::from_millis(500);
         let planned_end = idle_start + o.idle;
         let sweep2 = driver
             .wait_until(planned_end.saturating_duration_since(Instant::now()), |s| {
-                starts(s) >= 2
+                starts(s, method) >= 2
             });
         let end = if sweep2 {
-            let at = nth_sweep_start(driver, 2).unwrap_or_else(Instant::now);
+            let at = nth_sweep_start(driver, method, 2).unwrap_or_else(Instant::now);
             eprintln!(
                 "   warning: the second sweep began inside the idle window; window cut short"
             );
@@ -441,22 +505,22 @@ fn measure(
         row.idle_traffic = traffic(&api.requests(), idle_start, end);
 
         // The measured sweep: the second one.
-        wait_driver(driver, long, "the second ListVolumes sweep", |s| {
-            finished(s, csidriver::LIST_VOLUMES) >= 2 * pages
+        wait_driver(driver, long, "the second sweep", |s| {
+            finished(s, method) >= 2 * pages
         })?;
-        let start = nth_sweep_start(driver, 2).ok_or("no second sweep start")?;
+        let start = nth_sweep_start(driver, method, 2).ok_or("no second sweep start")?;
         let end = wait_event_writes(api, 2 * abnormal, long)?;
-        let end = end.max(last_finished(driver, csidriver::LIST_VOLUMES));
+        let end = end.max(last_finished(driver, method));
         row.sweep_wall = end.saturating_duration_since(start);
         row.sweep_cpu = sampler.cpu_between(start, end);
         row.sweep_traffic = traffic(&api.requests(), start, end);
     } else {
         // The measured round: checks N+1..2N.
         wait_driver(driver, long, "the second round of checks", |s| {
-            finished(s, csidriver::GET_VOLUME) >= 2 * n
+            finished(s, method) >= 2 * n
         })?;
         let (start, last) = {
-            let calls = driver.calls(csidriver::GET_VOLUME);
+            let calls = driver.calls(method);
             let start = calls[n].started;
             let mut fin: Vec<Instant> = calls.iter().filter_map(|c| c.finished).collect();
             fin.sort();
@@ -488,17 +552,17 @@ fn finished(s: &csidriver::State, method: &str) -> usize {
         .count()
 }
 
-/// ListVolumes calls without a starting token: one per sweep.
-fn starts(s: &csidriver::State) -> usize {
+/// Listing calls (`method`) without a starting token: one per sweep.
+fn starts(s: &csidriver::State, method: &str) -> usize {
     s.calls
         .iter()
-        .filter(|c| c.method == csidriver::LIST_VOLUMES && c.arg.is_empty())
+        .filter(|c| c.method == method && c.arg.is_empty())
         .count()
 }
 
-fn nth_sweep_start(driver: &MockDriver, k: usize) -> Option<Instant> {
+fn nth_sweep_start(driver: &MockDriver, method: &str, k: usize) -> Option<Instant> {
     driver
-        .calls(csidriver::LIST_VOLUMES)
+        .calls(method)
         .into_iter()
         .filter(|c| c.arg.is_empty())
         .nth(k - 1)
@@ -566,6 +630,8 @@ fn traffic(log: &[RequestRecord], from: Instant, to: Instant) -> Traffic {
             t.lease += 1;
         } else if is_event_write(r) {
             t.event_writes += 1;
+        } else if r.method == "PATCH" && r.path.ends_with("/status") {
+            t.status_writes += 1;
         } else {
             t.other += 1;
         }
@@ -959,18 +1025,18 @@ fn print_report(o: &Opts, rows: &[Row], conc: Option<&Concurrency>, size: (u64, 
         );
     }
     println!("\n### One full sweep (second sweep / second round of checks)\n");
-    println!("| volumes | mode | noise | interval s | abnormal | driver pages | wall s | CPU s (user+sys) | API requests | of which event writes | lease, watch, other | bytes |");
-    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| volumes | mode | noise | interval s | abnormal | driver pages | wall s | CPU s (user+sys) | API requests | of which event writes | PVC status writes | lease, watch, other | bytes |");
+    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let t = &r.sweep_traffic;
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.volumes,
             r.mode.name(),
             if r.noise { "yes" } else { "no" },
             secs(r.interval),
             r.abnormal,
-            if r.mode == ModeArg::List {
+            if r.mode.is_list() {
                 r.pages.to_string()
             } else {
                 "-".into()
@@ -979,6 +1045,7 @@ fn print_report(o: &Opts, rows: &[Row], conc: Option<&Concurrency>, size: (u64, 
             secs(r.sweep_cpu),
             t.requests,
             t.event_writes,
+            t.status_writes,
             t.other + t.lease + t.watch,
             t.bytes
         );
