@@ -235,7 +235,92 @@ fn sandbox() -> Result<(), String> {
         .map_err(|e| format!("wait for the sidecar: {e}"))?;
     println!("sidecar stopped on SIGTERM: {status}");
     let _ = std::fs::remove_dir_all(&dir);
+    outcome?;
+    sandbox_v113()
+}
+
+/// The same sidecar binary beside a CSI v1.13 driver (ControllerListVolumeHealth) on a
+/// Kubernetes 1.37 API server with the `CSIVolumeHealth` field: the conditions land in the
+/// PVC's `status.healthStatus`, and the Event operators alert on still comes.
+fn sandbox_v113() -> Result<(), String> {
+    println!("\n== sandbox, CSI v1.13: a driver with ControllerListVolumeHealth, an API server with PVC status.healthStatus");
+    let api = FakeApiServer::start_with(Options {
+        pvc_health_status: true,
+        ..Options::default()
+    })
+    .map_err(|e| format!("start the fake API server: {e}"))?;
+    let driver = MockDriver::start_v113(DRIVER);
+    fixtures::namespace(&api, "demo");
+    fixtures::bound_volume(
+        &api,
+        DRIVER,
+        "pv-logs",
+        "vol-logs",
+        "Bound",
+        "demo",
+        Some("data-logs"),
+    );
+    driver.set_health("vol-logs", Vec::new());
+    let dir = csidriver::temp_dir("sandbox-v113");
+    let kubeconfig = dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig)
+        .map_err(|e| format!("write {}: {e}", kubeconfig.display()))?;
+    let mut child = fixtures::spawn_sidecar(
+        &kubeconfig,
+        driver.socket(),
+        &["--list-volumes-interval=1s"],
+        Stdio::inherit(),
+    );
+    let outcome = demo_v113(&api, &driver);
+    fixtures::terminate(&child);
+    let status = child
+        .wait()
+        .map_err(|e| format!("wait for the sidecar: {e}"))?;
+    println!("sidecar stopped on SIGTERM: {status}");
+    let _ = std::fs::remove_dir_all(&dir);
     outcome
+}
+
+fn demo_v113(api: &FakeApiServer, driver: &MockDriver) -> Result<(), String> {
+    let health = |a: &FakeApiServer| {
+        a.get("persistentvolumeclaims", Some("demo"), "data-logs")
+            .and_then(|p| p.pointer("/status/healthStatus").cloned())
+            .filter(|h| !h.is_null())
+    };
+    println!("\n== the driver now reports vol-logs INACCESSIBLE (reason DiskGone)");
+    driver.set_health(
+        "vol-logs",
+        vec![HealthEntry::inaccessible(
+            "DiskGone",
+            "the backend lost the disk holding vol-logs",
+        )],
+    );
+    if !api.wait_until(Duration::from_secs(60), |a| health(a).is_some()) {
+        return Err("no status.healthStatus on demo/data-logs within 60 s".into());
+    }
+    println!(
+        "PVC demo/data-logs status.healthStatus: {}",
+        health(api).unwrap_or_default()
+    );
+    if !api.wait_until(Duration::from_secs(30), |a| {
+        !fixtures::events_for(a, "data-logs", "VolumeConditionAbnormal").is_empty()
+    }) {
+        return Err("no VolumeConditionAbnormal event within 30 s".into());
+    }
+    print_events(api, "data-logs", "VolumeConditionAbnormal");
+    println!("\n== the driver reports vol-logs healthy again");
+    driver.clear_health("vol-logs");
+    if !api.wait_until(Duration::from_secs(30), |a| health(a).is_none()) {
+        return Err("status.healthStatus was not cleared within 30 s".into());
+    }
+    println!("PVC demo/data-logs status.healthStatus: cleared");
+    if !api.wait_until(Duration::from_secs(30), |a| {
+        !fixtures::events_for(a, "data-logs", "VolumeConditionNormal").is_empty()
+    }) {
+        return Err("no VolumeConditionNormal event within 30 s".into());
+    }
+    print_events(api, "data-logs", "VolumeConditionNormal");
+    Ok(())
 }
 
 fn demo(api: &FakeApiServer, driver: &MockDriver) -> Result<(), String> {
