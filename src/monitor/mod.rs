@@ -10,7 +10,7 @@ pub mod list;
 pub mod nodes;
 pub mod status;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -237,15 +237,22 @@ impl Monitor {
         let pvs = self.pvs.snapshot();
         self.metrics.retain_volumes(|pv| pvs.contains_key(pv));
         lock(&self.mended).retain(|pv, _| pvs.contains_key(pv));
-        let live_claim = |uid: &str| {
-            pvs.values()
-                .any(|pv| pv.claim.as_ref().is_some_and(|c| c.uid == uid))
-        };
-        // Only abnormal PVCs are remembered (a few), so a scan per entry is cheaper than a set
-        // of every claim.
-        lock(&self.reported).retain(|uid, _| live_claim(uid));
+        let mut reported = lock(&self.reported);
+        let deferred = self
+            .health
+            .as_ref()
+            .is_some_and(|h| h.writer.has_deferred());
+        if reported.is_empty() && !deferred {
+            return;
+        }
+        // Borrowed from the snapshot: one set of &str, no string copies.
+        let live: HashSet<&str> = pvs
+            .values()
+            .filter_map(|pv| pv.claim.as_ref().map(|c| c.uid.as_str()))
+            .collect();
+        reported.retain(|uid, _| live.contains(uid.as_str()));
         if let Some(out) = &self.health {
-            out.writer.retain(live_claim);
+            out.writer.retain(|uid| live.contains(uid));
         }
     }
 }

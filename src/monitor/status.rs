@@ -161,6 +161,10 @@ impl StatusWriter {
         outcome
     }
 
+    pub fn has_deferred(&self) -> bool {
+        !super::lock(&self.deferred).is_empty()
+    }
+
     /// Forget the slowed writes of PVCs that are no longer ours.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         super::lock(&self.deferred).retain(|uid, _| keep(uid));
