@@ -14,7 +14,7 @@ use crate::timeutil;
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -219,6 +219,8 @@ pub enum Change<T> {
 
 struct StoreInner<T> {
     map: RwLock<Arc<HashMap<String, T>>>,
+    /// Bumped on every change, so readers can skip work when nothing changed.
+    generation: AtomicU64,
     synced: AtomicBool,
     /// Dropped (disconnecting `synced_rx`) at the first successful list.
     synced_tx: Mutex<Option<Sender<()>>>,
@@ -254,6 +256,7 @@ impl<T: Clone> Store<T> {
         Store {
             inner: Arc::new(StoreInner {
                 map: RwLock::new(Arc::new(HashMap::new())),
+                generation: AtomicU64::new(0),
                 synced: AtomicBool::new(false),
                 synced_tx: Mutex::new(Some(tx)),
                 synced_rx: rx,
@@ -289,6 +292,15 @@ impl<T: Clone> Store<T> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Changes with every insert, replace or removal (a relist counts as one change).
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::SeqCst)
+    }
+
+    fn changed(&self) {
+        self.inner.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// True once the first complete list has been stored.
@@ -351,6 +363,7 @@ impl<T: Clone> Store<T> {
             let mut m = self.inner.map.write().unwrap_or_else(|p| p.into_inner());
             Arc::make_mut(&mut m).insert(key.clone(), rec.clone())
         };
+        self.changed();
         if self.has_subscribers() {
             self.notify(vec![Change::Applied { key, old, new: rec }]);
         }
@@ -365,6 +378,7 @@ impl<T: Clone> Store<T> {
             }
             Arc::make_mut(&mut m).insert(key.clone(), rec.clone());
         }
+        self.changed();
         if self.has_subscribers() {
             self.notify(vec![Change::Applied {
                 key,
@@ -383,6 +397,7 @@ impl<T: Clone> Store<T> {
             }
             Arc::make_mut(&mut m).remove(key)
         };
+        self.changed();
         if let Some(old) = old {
             if self.has_subscribers() {
                 self.notify(vec![Change::Deleted {
@@ -400,6 +415,7 @@ impl<T: Clone> Store<T> {
             &mut *self.inner.map.write().unwrap_or_else(|p| p.into_inner()),
             new.clone(),
         );
+        self.changed();
         self.inner.synced.store(true, Ordering::SeqCst);
         self.inner
             .synced_tx
@@ -1200,6 +1216,27 @@ mod tests {
                 .as_millis(),
             1600
         );
+    }
+
+    #[test]
+    fn store_generation_moves_with_every_change_and_only_then() {
+        let s: Store<u32> = Store::new();
+        let g0 = s.generation();
+        s.apply("a".into(), 1);
+        let g1 = s.generation();
+        assert_ne!(g0, g1);
+        let _ = s.snapshot();
+        let _ = s.get("a");
+        assert_eq!(s.generation(), g1, "reads change nothing");
+        assert!(!s.insert_if_absent("a".into(), 2));
+        assert_eq!(s.generation(), g1, "a refused insert changes nothing");
+        s.remove("missing");
+        assert_eq!(s.generation(), g1, "removing nothing changes nothing");
+        s.remove("a");
+        let g2 = s.generation();
+        assert_ne!(g1, g2);
+        s.replace(HashMap::new());
+        assert_ne!(s.generation(), g2);
     }
 
     #[test]

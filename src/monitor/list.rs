@@ -67,6 +67,7 @@ pub fn collect(
                 page.skipped
             );
         }
+        out.reserve(page.entries.len());
         for (id, conds) in page.entries {
             out.insert(id, conds);
         }
@@ -95,6 +96,8 @@ pub struct ListLoop {
     /// PV name → claim uid, for volumes last reported healthy with that claim: nothing to do
     /// while they stay healthy.
     quiet: HashMap<String, String>,
+    /// The PV store's generation when `absences` and `quiet` were last pruned.
+    pruned_at: Option<u64>,
 }
 
 impl ListLoop {
@@ -112,6 +115,7 @@ impl ListLoop {
             confirm: false,
             absences: HashMap::new(),
             quiet: HashMap::new(),
+            pruned_at: None,
         }
     }
 
@@ -162,6 +166,8 @@ impl ListLoop {
             if result.is_ok() { "ok" } else { "error" },
             started.elapsed().as_secs_f64(),
         );
+        // Read before the snapshot: a change made after it shows as a new generation next time.
+        let pv_generation = self.monitor.pvs.generation();
         let snapshot = self.monitor.pvs.snapshot();
         let (volumes, pages) = match result {
             Ok(v) => v,
@@ -181,7 +187,13 @@ impl ListLoop {
                 continue;
             }
             checked += 1;
-            match volumes.get(&pv.volume_handle) {
+            // The health listing is mostly empty: no need to hash every handle then.
+            let listed = if volumes.is_empty() {
+                None
+            } else {
+                volumes.get(&pv.volume_handle)
+            };
+            match listed {
                 Some(conds) => {
                     if !self.absences.is_empty() {
                         self.absences.remove(&pv.name);
@@ -197,8 +209,11 @@ impl ListLoop {
                 },
             }
         }
-        self.absences.retain(|name, _| snapshot.contains_key(name));
-        self.quiet.retain(|name, _| snapshot.contains_key(name));
+        if self.pruned_at != Some(pv_generation) {
+            self.absences.retain(|name, _| snapshot.contains_key(name));
+            self.quiet.retain(|name, _| snapshot.contains_key(name));
+            self.pruned_at = Some(pv_generation);
+        }
         self.monitor.forget_gone();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

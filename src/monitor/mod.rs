@@ -1,8 +1,11 @@
-//! The monitor: turns what the driver says about volumes into Events on the bound PVCs.
+//! The monitor: turns what the driver says about volumes into Events on the bound PVCs and, for
+//! CSI v1.13 drivers, into the PVCs' `status.healthStatus`.
 //!
-//! `Monitor` holds what both modes share (stores, recorder, the per-PVC reported state and the
-//! per-volume metrics); `list` runs ListVolumes sweeps, `get` schedules ControllerGetVolume
-//! checks on a worker pool; `decide` holds the pure decisions.
+//! `Monitor` holds what every mode shares (stores, recorder, the per-PVC reported state and the
+//! per-volume metrics); `list` runs the listing sweeps (ListVolumes, ControllerListVolumeHealth),
+//! `get` schedules per-volume checks (ControllerGetVolume, ControllerGetVolumeHealth) on a worker
+//! pool; `decide` holds the pure decisions and `status` the PVC status writes. Which RPCs answer
+//! is fixed by the `HealthSource` the loops are given; nothing here chooses a generation.
 
 pub mod decide;
 pub mod get;
@@ -11,6 +14,7 @@ pub mod nodes;
 pub mod status;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -53,6 +57,8 @@ pub struct Monitor {
     /// PV name → what was last mended in the driver's answer, so a driver that keeps sending
     /// the same malformed answer is named once, not on every check.
     mended: Mutex<HashMap<String, Mended>>,
+    /// The PV store's generation at the last `forget_gone` (`u64::MAX`: never).
+    forgotten_at: AtomicU64,
 }
 
 impl Monitor {
@@ -76,6 +82,7 @@ impl Monitor {
             health: None,
             reported: Mutex::new(seed),
             mended: Mutex::new(HashMap::new()),
+            forgotten_at: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -232,8 +239,13 @@ impl Monitor {
     }
 
     /// Drop state and metric series of PVs that left the store (deleted, or no longer ours).
-    /// Reads the store's snapshot as it is: no copy of its keys or records.
+    /// Everything kept is keyed by live PVs, so nothing is done while the PV store is unchanged;
+    /// otherwise its snapshot is read as it is, with no copy of its keys or records.
     pub fn forget_gone(&self) {
+        let generation = self.pvs.generation();
+        if self.forgotten_at.swap(generation, Ordering::SeqCst) == generation {
+            return;
+        }
         let pvs = self.pvs.snapshot();
         self.metrics.retain_volumes(|pv| pvs.contains_key(pv));
         lock(&self.mended).retain(|pv, _| pvs.contains_key(pv));

@@ -12,12 +12,13 @@
 
 #[allow(dead_code)]
 mod apiserver;
-// Only in this binary, not in tests/kit/mod.rs: the e2e crate has no use for it.
+// Only in this binary, not in tests/kit/mod.rs: the e2e crate has no use for them.
 mod bench;
 #[allow(dead_code)]
 mod csidriver;
 #[allow(dead_code)]
 mod fixtures;
+mod sweepbench;
 
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
@@ -34,8 +35,9 @@ fn main() -> ExitCode {
         Some("apiserver") => run_apiserver(&args[1..]),
         Some("csi-driver") => run_driver(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("bench-sweep") => sweepbench::run(&args[1..]),
         Some("-h") | Some("--help") | Some("help") => {
-            println!("usage: csi-hm-testkit [sandbox | apiserver [--port N] [--token T] [--tls-cert F --tls-key F] [--pvc-health-status] | csi-driver --socket PATH [--name NAME] [--generation v1.12|v1.13|both] [--list-healthy] [--volume ID[=abnormal:MESSAGE|=health:STATUS:REASON[:MESSAGE]]]... | {}]", bench::usage());
+            println!("usage: csi-hm-testkit [sandbox | apiserver [--port N] [--token T] [--tls-cert F --tls-key F] [--pvc-health-status] | csi-driver --socket PATH [--name NAME] [--generation v1.12|v1.13|both] [--list-healthy] [--volume ID[=abnormal:MESSAGE|=health:STATUS:REASON[:MESSAGE]]]... | {} | {}]", bench::usage(), sweepbench::usage());
             Ok(())
         }
         Some(other) => Err(format!("unknown command {other:?}; try --help")),
