@@ -67,6 +67,16 @@ pub struct PvcHealth {
     pub last_transition_time: String,
 }
 
+impl PvcCondition {
+    pub fn new(status: &str, reason: &str, message: &str) -> PvcCondition {
+        PvcCondition {
+            status: status.to_string(),
+            reason: reason.to_string(),
+            message: message.to_string(),
+        }
+    }
+}
+
 impl PvcHealth {
     /// The (status, reason) pairs whose change moves `lastTransitionTime`.
     pub fn keys(&self) -> Vec<(&str, &str)> {
@@ -274,11 +284,7 @@ mod tests {
     use super::*;
 
     fn pc(status: &str, reason: &str, message: &str) -> PvcCondition {
-        PvcCondition {
-            status: status.into(),
-            reason: reason.into(),
-            message: message.into(),
-        }
+        PvcCondition::new(status, reason, message)
     }
 
     #[test]

@@ -297,11 +297,7 @@ mod tests {
     }
 
     fn pc(status: &str, reason: &str, message: &str) -> PvcCondition {
-        PvcCondition {
-            status: status.into(),
-            reason: reason.into(),
-            message: message.into(),
-        }
+        PvcCondition::new(status, reason, message)
     }
 
     #[test]

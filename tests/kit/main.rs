@@ -220,6 +220,17 @@ fn sandbox() -> Result<(), String> {
     driver.set_volume("vol-other", true, "not ours: must never be reported");
     println!("cluster: PVCs demo/data-web and demo/data-db on {DRIVER}, demo/data-other on another driver");
 
+    with_sidecar(&api, &driver, demo)?;
+    sandbox_v113()
+}
+
+/// Runs the real sidecar against `api` and `driver` while `demo` drives the scenario, then
+/// stops it with SIGTERM.
+fn with_sidecar(
+    api: &FakeApiServer,
+    driver: &MockDriver,
+    demo: impl FnOnce(&FakeApiServer, &MockDriver) -> Result<(), String>,
+) -> Result<(), String> {
     let dir = csidriver::temp_dir("sandbox");
     let kubeconfig = dir.join("kubeconfig");
     api.write_kubeconfig(&kubeconfig)
@@ -230,15 +241,14 @@ fn sandbox() -> Result<(), String> {
         &["--list-volumes-interval=1s"],
         Stdio::inherit(),
     );
-    let outcome = demo(&api, &driver);
+    let outcome = demo(api, driver);
     fixtures::terminate(&child);
     let status = child
         .wait()
         .map_err(|e| format!("wait for the sidecar: {e}"))?;
     println!("sidecar stopped on SIGTERM: {status}");
     let _ = std::fs::remove_dir_all(&dir);
-    outcome?;
-    sandbox_v113()
+    outcome
 }
 
 /// The same sidecar binary beside a CSI v1.13 driver (ControllerListVolumeHealth) on a
@@ -263,24 +273,7 @@ fn sandbox_v113() -> Result<(), String> {
         Some("data-logs"),
     );
     driver.set_health("vol-logs", Vec::new());
-    let dir = csidriver::temp_dir("sandbox-v113");
-    let kubeconfig = dir.join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig)
-        .map_err(|e| format!("write {}: {e}", kubeconfig.display()))?;
-    let mut child = fixtures::spawn_sidecar(
-        &kubeconfig,
-        driver.socket(),
-        &["--list-volumes-interval=1s"],
-        Stdio::inherit(),
-    );
-    let outcome = demo_v113(&api, &driver);
-    fixtures::terminate(&child);
-    let status = child
-        .wait()
-        .map_err(|e| format!("wait for the sidecar: {e}"))?;
-    println!("sidecar stopped on SIGTERM: {status}");
-    let _ = std::fs::remove_dir_all(&dir);
-    outcome
+    with_sidecar(&api, &driver, demo_v113)
 }
 
 fn demo_v113(api: &FakeApiServer, driver: &MockDriver) -> Result<(), String> {
