@@ -23,8 +23,10 @@ use crate::{flags, http, watch};
 
 /// How long queued events may take to reach the API server on a graceful shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the CSI channel is checked for a lost connection.
-const LOSS_POLL: Duration = Duration::from_millis(200);
+/// How often the CSI channel is checked for a lost connection. grpcio only offers the state
+/// change as a future, and the design has no executor, so this is a poll: once a second is a
+/// loss noticed within a second (kubelet restarts the container anyway) for one wakeup a second.
+const LOSS_POLL: Duration = Duration::from_secs(1);
 /// The message kubelet shows as the container's termination reason (upstream §2 step 9).
 pub const TERMINATION_MESSAGE: &str = "Lost connection to CSI driver, exiting";
 
