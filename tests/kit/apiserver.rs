@@ -1567,7 +1567,7 @@ fn validate_health_status(hs: &Value) -> Result<(), String> {
         return Err("status.healthStatus: Invalid value: must be an object".into());
     };
     if let Some(t) = m.get("lastTransitionTime") {
-        if !t.as_str().is_some_and(|s| parse_rfc3339(s).is_some()) {
+        if t.as_str().is_none_or(|s| parse_rfc3339(s).is_none()) {
             return Err(format!(
                 "status.healthStatus.lastTransitionTime: Invalid value: {t}: must be an RFC 3339 time"
             ));
