@@ -13,10 +13,13 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::events::{EventType, ObjectRef, Recorder};
-use crate::kube::{self, Client};
+use crate::kube::object::Object;
+use crate::kube::{self, Client, ObjectMeta};
 use crate::shutdown::Shutdown;
 use crate::timeutil::parse_rfc3339;
 use crate::watch::{self, PvRecord, PvStore, PvcRecord, PvcStore, Resource, Store};
@@ -55,49 +58,78 @@ pub struct NodeRecord {
     pub deleting: bool,
 }
 
+/// A Node as decoded: metadata and the `type`, `status` and `lastTransitionTime` of each
+/// condition (heartbeats, capacity, images and the rest are skipped unread).
+#[derive(Debug, Default, Deserialize)]
+pub struct NodeWire {
+    #[serde(default)]
+    metadata: Option<ObjectMeta>,
+    #[serde(default)]
+    status: Option<NodeStatusWire>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct NodeStatusWire {
+    conditions: Option<Vec<NodeConditionWire>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeConditionWire {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    status: Option<String>,
+    last_transition_time: Option<String>,
+}
+
+impl Object for NodeWire {
+    fn meta(&self) -> &ObjectMeta {
+        kube::object::meta_or_empty(&self.metadata)
+    }
+}
+
 impl NodeRecord {
-    pub fn from_object(obj: &Value) -> Option<NodeRecord> {
-        let name = obj
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())?;
+    pub fn from_wire(w: NodeWire) -> Option<NodeRecord> {
+        let meta = w.metadata?;
+        let name = meta.name.filter(|n| !n.is_empty())?;
         // Upstream looks at the first `Ready` condition only.
-        let ready = obj
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .and_then(|cs| {
-                cs.iter()
-                    .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
-            });
+        let ready = w
+            .status
+            .and_then(|s| s.conditions)
+            .and_then(|cs| cs.into_iter().find(|c| c.kind.as_deref() == Some("Ready")));
         let (state, transition) = match ready {
             None => (ReadyState::Missing, None),
             Some(c) => {
-                let state = match c.get("status").and_then(Value::as_str) {
+                let state = match c.status.as_deref() {
                     Some("True") => ReadyState::True,
                     Some("False") => ReadyState::False,
                     _ => ReadyState::Unknown,
                 };
-                let t = c
-                    .get("lastTransitionTime")
-                    .and_then(Value::as_str)
-                    .and_then(parse_rfc3339);
+                let t = c.last_transition_time.as_deref().and_then(parse_rfc3339);
                 (state, t)
             }
         };
         Some(NodeRecord {
-            name: name.to_string(),
+            name,
             ready: state,
             ready_transition: transition,
-            deleting: obj
-                .pointer("/metadata/deletionTimestamp")
-                .is_some_and(|v| !v.is_null()),
+            deleting: meta.deletion_timestamp.is_some(),
         })
+    }
+
+    /// From a tree (tests); a malformed object is `None`.
+    pub fn from_object(obj: &Value) -> Option<NodeRecord> {
+        NodeWire::deserialize(obj)
+            .ok()
+            .and_then(NodeRecord::from_wire)
     }
 }
 
 impl Resource for NodeRecord {
-    fn key_and_record(obj: &Value) -> Option<(String, Self)> {
-        NodeRecord::from_object(obj).map(|r| (r.name.clone(), r))
+    type Wire = NodeWire;
+    const KIND: &'static str = "Node";
+    fn from_wire(w: NodeWire) -> Option<Self> {
+        NodeRecord::from_wire(w)
     }
 }
 
@@ -115,36 +147,61 @@ pub struct PodRecord {
     pub deleting: bool,
 }
 
+/// A Pod as decoded: metadata, `spec.nodeName` and, of each volume, its name and whether it is
+/// a PVC (its claim name) or generic ephemeral. Containers, status and the rest are skipped.
+#[derive(Debug, Default, Deserialize)]
+pub struct PodWire {
+    #[serde(default)]
+    metadata: Option<ObjectMeta>,
+    #[serde(default)]
+    spec: Option<PodSpecWire>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodSpecWire {
+    node_name: Option<String>,
+    volumes: Option<Vec<PodVolumeWire>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodVolumeWire {
+    name: Option<String>,
+    persistent_volume_claim: Option<ClaimSourceWire>,
+    /// Only whether it is set matters.
+    ephemeral: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClaimSourceWire {
+    claim_name: Option<String>,
+}
+
+impl Object for PodWire {
+    fn meta(&self) -> &ObjectMeta {
+        kube::object::meta_or_empty(&self.metadata)
+    }
+}
+
 impl PodRecord {
     /// `None` for pods without PVCs: they can never matter, and most pods have none.
-    pub fn from_object(obj: &Value) -> Option<PodRecord> {
-        let name = obj
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())?;
-        let namespace = obj
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())?;
+    pub fn from_wire(w: PodWire) -> Option<PodRecord> {
+        let meta = w.metadata?;
+        let name = meta.name.filter(|n| !n.is_empty())?;
+        let namespace = meta.namespace.filter(|n| !n.is_empty())?;
+        let spec = w.spec?;
         let mut claims = Vec::new();
-        for v in obj
-            .pointer("/spec/volumes")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for v in spec.volumes.into_iter().flatten() {
             if let Some(claim) = v
-                .pointer("/persistentVolumeClaim/claimName")
-                .and_then(Value::as_str)
+                .persistent_volume_claim
+                .and_then(|c| c.claim_name)
                 .filter(|c| !c.is_empty())
             {
-                claims.push(claim.to_string());
-            } else if v.get("ephemeral").is_some_and(|e| !e.is_null()) {
-                if let Some(vol) = v
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .filter(|n| !n.is_empty())
-                {
+                claims.push(claim);
+            } else if v.ephemeral.is_some() {
+                if let Some(vol) = v.name.filter(|n| !n.is_empty()) {
                     claims.push(format!("{name}-{vol}"));
                 }
             }
@@ -155,24 +212,27 @@ impl PodRecord {
         claims.sort();
         claims.dedup();
         Some(PodRecord {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            node_name: obj
-                .pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
+            namespace,
+            name,
+            node_name: spec.node_name.unwrap_or_default(),
             claims,
-            deleting: obj
-                .pointer("/metadata/deletionTimestamp")
-                .is_some_and(|v| !v.is_null()),
+            deleting: meta.deletion_timestamp.is_some(),
         })
+    }
+
+    /// From a tree (tests); a malformed object is `None`.
+    pub fn from_object(obj: &Value) -> Option<PodRecord> {
+        PodWire::deserialize(obj)
+            .ok()
+            .and_then(PodRecord::from_wire)
     }
 }
 
 impl Resource for PodRecord {
-    fn key_and_record(obj: &Value) -> Option<(String, Self)> {
-        PodRecord::from_object(obj).map(|r| (format!("{}/{}", r.namespace, r.name), r))
+    type Wire = PodWire;
+    const KIND: &'static str = "Pod";
+    fn from_wire(w: PodWire) -> Option<Self> {
+        PodRecord::from_wire(w)
     }
 }
 
@@ -298,6 +358,7 @@ impl NodeTracker {
         }
         out
     }
+
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -944,8 +1005,14 @@ mod tests {
             ),
             (
                 json!({"metadata": {"name": "n1"}, "status": {"conditions": [
-                    {"type": "Ready", "status": 7, "lastTransitionTime": "garbage"}]}}),
+                    {"type": "Ready", "status": "Weird", "lastTransitionTime": "garbage"}]}}),
                 Some((ReadyState::Unknown, None, false)),
+            ),
+            // Malformed (a field of the wrong type): not a record; the reflector logs it.
+            (
+                json!({"metadata": {"name": "n1"}, "status": {"conditions": [
+                    {"type": "Ready", "status": 7}]}}),
+                None,
             ),
             (
                 json!({"metadata": {"name": "n1", "deletionTimestamp": "2026-01-02T03:04:05Z"},
@@ -957,15 +1024,19 @@ mod tests {
                 Some((ReadyState::Missing, None, false)),
             ),
             (
-                json!({"metadata": {"name": "n1"}, "status": {"conditions": "nope"}}),
+                json!({"metadata": {"name": "n1"}, "status": {"conditions": null}}),
                 Some((ReadyState::Missing, None, false)),
+            ),
+            (
+                json!({"metadata": {"name": "n1"}, "status": {"conditions": "nope"}}),
+                None,
             ),
             (json!({"metadata": {}}), None),
             (json!({"metadata": {"name": ""}}), None),
             (json!([1, 2]), None),
         ];
         for (obj, want) in cases {
-            let got = NodeRecord::key_and_record(&obj);
+            let got = NodeRecord::from_object(&obj).map(|r| (r.name.clone(), r));
             let want = want.map(|(ready, ts, deleting)| {
                 (
                     "n1".to_string(),
@@ -995,8 +1066,11 @@ mod tests {
             ]},
             "status": {"phase": "Running"}
         });
+        let key_and_record = |o: &Value| {
+            PodRecord::from_object(o).map(|r| (format!("{}/{}", r.namespace, r.name), r))
+        };
         assert_eq!(
-            PodRecord::key_and_record(&full),
+            key_and_record(&full),
             Some((
                 "ns/web-0".to_string(),
                 PodRecord {
@@ -1024,7 +1098,7 @@ mod tests {
                    "spec": {"volumes": [{"name": "e", "ephemeral": null}]}}),
             json!("pod"),
         ] {
-            assert_eq!(PodRecord::key_and_record(&lean), None, "{lean}");
+            assert_eq!(key_and_record(&lean), None, "{lean}");
         }
     }
 
