@@ -1,12 +1,13 @@
 //! The node watcher (`--enable-node-watcher`, upstream §8, DESIGN §2.5): compact Node and Pod
 //! caches, the pure decisions (is a node failed or recovered, which PVCs of this driver are
 //! used by pods on it, the event messages) and the "node-watcher" thread that evaluates them
-//! on a timer and emits `NodeFailed` / `NodeRecovered` on the PVCs.
+//! when a Node changes or a NotReady node reaches the timeout (it sleeps otherwise) and emits
+//! `NodeFailed` / `NodeRecovered` on the PVCs.
 //!
 //! Fixed against upstream (§15.1-5): a deleted Node counts as failed instead of crashing the
 //! process; pods are tracked through updates and deletes (a pod scheduled after start is seen);
-//! the threshold is `--node-not-ready-timeout` and is checked every tick, not on the next
-//! resync; `NodeFailed` is emitted once per failure episode with sorted pod names;
+//! the threshold is `--node-not-ready-timeout` and is checked when it is reached, not on the
+//! next resync; `NodeFailed` is emitted once per failure episode with sorted pod names;
 //! `NodeRecovered` is a Normal event, on the PVCs that got `NodeFailed`.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -26,10 +27,13 @@ use crate::watch::{self, PvRecord, PvStore, PvcRecord, PvcStore, Resource, Store
 
 pub const REASON_FAILED: &str = "NodeFailed";
 pub const REASON_RECOVERED: &str = "NodeRecovered";
-/// How often the timer re-evaluates the nodes: detection lands within this of the threshold.
+/// How often events waiting for their PVC lookup are retried.
 pub const DEFAULT_TICK: Duration = Duration::from_secs(1);
 /// Ticks an event may wait for its PVC lookup (API errors) before it is given up.
 pub const MAX_LOOKUP_TRIES: u32 = 10;
+/// With no NotReady node and nothing pending, the watcher still looks again this rarely (a
+/// safety net; every Node change wakes it at once).
+const IDLE_RECHECK: Duration = Duration::from_secs(3600);
 /// How often a still unsynced cache is mentioned in the log.
 const SYNC_WAIT_LOG: Duration = Duration::from_secs(30);
 
@@ -359,6 +363,16 @@ impl NodeTracker {
         out
     }
 
+    /// The earliest moment a node's verdict can change without any Node update: when a
+    /// not-Ready stretch still short of `timeout` reaches it. `None`: only an update can.
+    pub fn next_deadline(&self, timeout: Duration) -> Option<SystemTime> {
+        self.nodes
+            .values()
+            .filter(|st| !st.failed)
+            .filter_map(|st| st.not_ready_since)
+            .map(|since| since + timeout)
+            .min()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -509,6 +523,17 @@ impl NodeWatcher {
         out
     }
 
+    /// How long the watcher may sleep at `now` if no Node changes: until the next failure
+    /// deadline, or `retry` while events wait for their PVC lookup. `None`: until a change.
+    pub fn next_wakeup(&self, now: SystemTime, retry: Duration) -> Option<Duration> {
+        let deadline = self
+            .tracker
+            .next_deadline(self.timeout)
+            .map(|d| d.duration_since(now).unwrap_or(Duration::ZERO));
+        let retry = (!self.pending.is_empty()).then_some(retry);
+        deadline.into_iter().chain(retry).min()
+    }
+
     /// Emit `new` after whatever is still waiting, in order. An event whose PVC lookup fails
     /// waits for the next call (at most `MAX_LOOKUP_TRIES` calls), and so do later events of the
     /// same PVC, so a PVC never sees its recovery before its failure.
@@ -575,7 +600,8 @@ impl NodeWatcher {
     }
 
     /// Start the Node and Pod reflectors and the "node-watcher" thread, which waits for both
-    /// caches and then evaluates every `tick` until shutdown. `pvs` and `pvcs` are the
+    /// caches and then evaluates whenever a Node changes, when a NotReady node reaches the
+    /// timeout, and every `tick` while events wait for a PVC lookup; otherwise it sleeps. `pvs` and `pvcs` are the
     /// controller's (synced) stores. Returns the watcher thread and the two reflector threads,
     /// in that order.
     pub fn spawn(
@@ -637,15 +663,32 @@ impl NodeWatcher {
         let mut emit = |o: &ObjectRef, kind: EventType, reason: &str, message: &str| {
             recorder.event(o, kind, reason, message)
         };
+        // Subscribed before the first evaluation, so no change can fall between the two.
+        let changes = caches.nodes.subscribe();
+        let stop = shutdown.receiver();
         loop {
+            let now = SystemTime::now();
             let planned = self.plan(
-                SystemTime::now(),
+                now,
                 &caches.nodes.snapshot(),
                 &caches.pods.snapshot(),
                 &caches.pvs.snapshot(),
             );
             self.deliver(planned, &lookup, &mut emit);
-            if shutdown.wait_timeout(tick) {
+            // Nothing to do until a Node changes or a deadline comes: sleep, do not tick.
+            let wait = self.next_wakeup(now, tick).unwrap_or(IDLE_RECHECK);
+            crossbeam_channel::select! {
+                recv(changes) -> c => {
+                    if c.is_err() {
+                        return;
+                    }
+                    // One evaluation covers every change that has queued up.
+                    while changes.try_recv().is_ok() {}
+                }
+                recv(stop) -> _ => return,
+                default(wait) => {}
+            }
+            if shutdown.is_triggered() {
                 return;
             }
         }
@@ -1100,6 +1143,45 @@ mod tests {
         ] {
             assert_eq!(key_and_record(&lean), None, "{lean}");
         }
+    }
+
+    /// The watcher sleeps until a NotReady node's deadline, or a retry while an event waits
+    /// for its PVC; with every node Ready and nothing pending, only a change wakes it.
+    #[test]
+    fn sleeps_until_the_next_deadline() {
+        let tick = Duration::from_secs(1);
+        let (pods, pvs) = (HashMap::new(), HashMap::new());
+        let mut w = NodeWatcher::new(T5M);
+        w.plan(t(0), &nodes(&[node("a", READY, Some(0))]), &pods, &pvs);
+        assert_eq!(w.next_wakeup(t(0), tick), None);
+        let two = nodes(&[node("a", False, Some(100)), node("b", Unknown, Some(105))]);
+        w.plan(t(110), &two, &pods, &pvs);
+        assert_eq!(
+            w.next_wakeup(t(110), tick),
+            Some(Duration::from_secs(290)),
+            "a's stretch began at 100: it fails at 400"
+        );
+        let out = w.plan(t(400), &two, &pods, &pvs);
+        assert!(out.is_empty(), "no PVCs, no events: {out:?}");
+        assert_eq!(w.next_wakeup(t(400), tick), Some(Duration::from_secs(5)));
+        w.plan(t(500), &two, &pods, &pvs);
+        assert_eq!(w.next_wakeup(t(500), tick), None, "both failed: nothing to time");
+        // An event waiting for its PVC lookup is retried on the tick.
+        let emission = Emission {
+            namespace: "ns".into(),
+            pvc: "c".into(),
+            kind: EventType::Warning,
+            reason: REASON_FAILED,
+            message: "m".into(),
+        };
+        let failing = |_: &str, _: &str| -> Result<Option<PvcRecord>, kube::Error> {
+            Err(kube::Error::Transport {
+                what: "GET c".into(),
+                message: "refused".into(),
+            })
+        };
+        w.deliver(vec![emission], &failing, &mut |_, _, _, _| {});
+        assert_eq!(w.next_wakeup(t(500), tick), Some(tick));
     }
 
     fn pvc_record(ns: &str, name: &str) -> PvcRecord {
