@@ -1082,7 +1082,10 @@ fn footprint_run(
         "--enable-node-watcher".to_string(),
         "--report-missing-volumes=false".to_string(),
         "--monitor-interval=10s".to_string(),
-        format!("--list-volumes-interval={}", if idle { "1h" } else { "10s" }),
+        format!(
+            "--list-volumes-interval={}",
+            if idle { "1h" } else { "10s" }
+        ),
     ];
     let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
     let spawned = Instant::now();
@@ -1092,7 +1095,11 @@ fn footprint_run(
     let sampler = Sampler::start(pid);
     let measured = (|| -> Result<FootprintRow, String> {
         let long = Duration::from_secs(600);
-        let abnormal = if populated { FP_VOLUMES.div_ceil(100) } else { 0 };
+        let abnormal = if populated {
+            FP_VOLUMES.div_ceil(100)
+        } else {
+            0
+        };
         // An empty cluster has no event to wait for: its figures are read at one minute.
         if populated {
             wait_event_writes(&api, abnormal, long)?;
