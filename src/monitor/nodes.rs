@@ -137,16 +137,16 @@ impl Resource for NodeRecord {
     }
 }
 
-/// What the watcher needs of one Pod that uses at least one PVC.
+/// What the watcher needs of one Pod that uses at least one PVC. Its namespace and name are
+/// the store key (`namespace/name`), not repeated here: tens of thousands of pods are cached,
+/// so each record is kept to three words and three small allocations.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodRecord {
-    pub namespace: String,
-    pub name: String,
     /// `spec.nodeName`; empty while unscheduled.
-    pub node_name: String,
+    pub node_name: Box<str>,
     /// Names of the PVCs the pod uses, in its namespace: `persistentVolumeClaim.claimName`, and
     /// `<pod>-<volume>` for generic ephemeral volumes (the name Kubernetes gives their claim).
-    pub claims: Vec<String>,
+    pub claims: Box<[Box<str>]>,
     /// `metadata.deletionTimestamp` is set.
     pub deleting: bool,
 }
@@ -194,19 +194,20 @@ impl PodRecord {
     pub fn from_wire(w: PodWire) -> Option<PodRecord> {
         let meta = w.metadata?;
         let name = meta.name.filter(|n| !n.is_empty())?;
-        let namespace = meta.namespace.filter(|n| !n.is_empty())?;
+        // The namespace is in the store key; a pod without one is not a pod we can act on.
+        meta.namespace.as_deref().filter(|n| !n.is_empty())?;
         let spec = w.spec?;
-        let mut claims = Vec::new();
+        let mut claims: Vec<Box<str>> = Vec::new();
         for v in spec.volumes.into_iter().flatten() {
             if let Some(claim) = v
                 .persistent_volume_claim
                 .and_then(|c| c.claim_name)
                 .filter(|c| !c.is_empty())
             {
-                claims.push(claim);
+                claims.push(claim.into());
             } else if v.ephemeral.is_some() {
                 if let Some(vol) = v.name.filter(|n| !n.is_empty()) {
-                    claims.push(format!("{name}-{vol}"));
+                    claims.push(format!("{name}-{vol}").into());
                 }
             }
         }
@@ -216,10 +217,8 @@ impl PodRecord {
         claims.sort();
         claims.dedup();
         Some(PodRecord {
-            namespace,
-            name,
-            node_name: spec.node_name.unwrap_or_default(),
-            claims,
+            node_name: spec.node_name.unwrap_or_default().into(),
+            claims: claims.into(),
             deleting: meta.deletion_timestamp.is_some(),
         })
     }
@@ -398,12 +397,15 @@ pub fn affected_claims(
         .map(|c| (c.namespace.as_str(), c.name.as_str()))
         .collect();
     let mut out = AffectedClaims::new();
-    for pod in pods.values().filter(|p| p.node_name == node) {
-        for claim in &pod.claims {
-            if ours.contains(&(pod.namespace.as_str(), claim.as_str())) {
-                out.entry((pod.namespace.clone(), claim.clone()))
+    for (key, pod) in pods.iter().filter(|(_, p)| &*p.node_name == node) {
+        let Some((namespace, name)) = key.split_once('/') else {
+            continue;
+        };
+        for claim in pod.claims.iter() {
+            if ours.contains(&(namespace, &**claim)) {
+                out.entry((namespace.to_string(), claim.to_string()))
                     .or_default()
-                    .push(pod.name.clone());
+                    .push(name.to_string());
             }
         }
     }
@@ -936,10 +938,8 @@ mod tests {
         (
             format!("{ns}/{name}"),
             PodRecord {
-                namespace: ns.into(),
-                name: name.into(),
                 node_name: node.into(),
-                claims: claims.iter().map(|c| c.to_string()).collect(),
+                claims: claims.iter().map(|&c| c.into()).collect(),
                 deleting: false,
             },
         )
@@ -1109,18 +1109,15 @@ mod tests {
             ]},
             "status": {"phase": "Running"}
         });
-        let key_and_record = |o: &Value| {
-            PodRecord::from_object(o).map(|r| (format!("{}/{}", r.namespace, r.name), r))
-        };
+        let key_and_record =
+            |o: &Value| PodRecord::from_object(o).map(|r| (watch::object_key(o).unwrap(), r));
         assert_eq!(
             key_and_record(&full),
             Some((
                 "ns/web-0".to_string(),
                 PodRecord {
-                    namespace: "ns".into(),
-                    name: "web-0".into(),
                     node_name: "n1".into(),
-                    claims: names(&["data-web-0", "web-0-scratch"]),
+                    claims: ["data-web-0".into(), "web-0-scratch".into()].into(),
                     deleting: true,
                 }
             ))
@@ -1128,8 +1125,9 @@ mod tests {
         let unscheduled = json!({"metadata": {"name": "p", "namespace": "ns"},
             "spec": {"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "c"}}]}});
         assert_eq!(
-            PodRecord::from_object(&unscheduled).map(|p| (p.node_name, p.claims)),
-            Some((String::new(), names(&["c"])))
+            PodRecord::from_object(&unscheduled)
+                .map(|p| (p.node_name.to_string(), p.claims.to_vec())),
+            Some((String::new(), vec!["c".into()]))
         );
         for lean in [
             json!({"metadata": {"name": "p", "namespace": "ns"},
@@ -1165,7 +1163,11 @@ mod tests {
         assert!(out.is_empty(), "no PVCs, no events: {out:?}");
         assert_eq!(w.next_wakeup(t(400), tick), Some(Duration::from_secs(5)));
         w.plan(t(500), &two, &pods, &pvs);
-        assert_eq!(w.next_wakeup(t(500), tick), None, "both failed: nothing to time");
+        assert_eq!(
+            w.next_wakeup(t(500), tick),
+            None,
+            "both failed: nothing to time"
+        );
         // An event waiting for its PVC lookup is retried on the tick.
         let emission = Emission {
             namespace: "ns".into(),

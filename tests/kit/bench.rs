@@ -956,24 +956,51 @@ struct FootprintRow {
     idle_cpu: Duration,
     /// Voluntary context switches of all threads over the idle window.
     idle_switches: u64,
+    /// The same by thread name, busiest first.
+    idle_by_thread: Vec<(String, u64)>,
 }
 
-/// Voluntary context switches summed over every thread of `pid` (each one is a thread waking
-/// up after it blocked or slept).
-fn voluntary_switches(pid: u32) -> u64 {
+/// Voluntary context switches of every thread of `pid` (each one is a thread waking up after
+/// it blocked or slept), by thread id, with the thread's name.
+fn voluntary_switches(pid: u32) -> BTreeMap<String, (String, u64)> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
+        return BTreeMap::new();
     };
     tasks
         .filter_map(Result::ok)
-        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
-        .filter_map(|s| {
-            s.lines()
-                .find(|l| l.starts_with("voluntary_ctxt_switches:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
+        .filter_map(|t| {
+            let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with(name))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .map(str::to_string)
+            };
+            let n = field("voluntary_ctxt_switches:")?.parse::<u64>().ok()?;
+            Some((
+                t.file_name().to_string_lossy().into_owned(),
+                (field("Name:")?, n),
+            ))
         })
-        .sum()
+        .collect()
+}
+
+/// Switches between two snapshots, summed by thread name, busiest first (threads that came
+/// and went in between are not counted).
+fn switches_between(
+    a: &BTreeMap<String, (String, u64)>,
+    b: &BTreeMap<String, (String, u64)>,
+) -> Vec<(String, u64)> {
+    let mut by_name: BTreeMap<String, u64> = BTreeMap::new();
+    for (tid, (name, n)) in b {
+        if let Some((_, before)) = a.get(tid) {
+            *by_name.entry(name.clone()).or_default() += n.saturating_sub(*before);
+        }
+    }
+    let mut v: Vec<(String, u64)> = by_name.into_iter().filter(|(_, n)| *n > 0).collect();
+    v.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.cmp(&y.0)));
+    v
 }
 
 /// 5,000 Bound PVs + PVCs of the driver, 500 Ready nodes, 20,000 Pods on them using those PVCs
@@ -1082,6 +1109,8 @@ fn footprint_run(
         "--enable-node-watcher".to_string(),
         "--report-missing-volumes=false".to_string(),
         "--monitor-interval=10s".to_string(),
+        // Metrics and health endpoints on, as a deployment has them.
+        "--http-endpoint=127.0.0.1:0".to_string(),
         format!(
             "--list-volumes-interval={}",
             if idle { "1h" } else { "10s" }
@@ -1113,6 +1142,7 @@ fn footprint_run(
             idle_window: Duration::ZERO,
             idle_cpu: Duration::ZERO,
             idle_switches: 0,
+            idle_by_thread: Vec::new(),
         };
         if idle {
             // Let the first sweep's tail (event drain, metric updates) settle first.
@@ -1121,7 +1151,8 @@ fn footprint_run(
             let before = voluntary_switches(pid);
             std::thread::sleep(o.idle);
             let to = Instant::now();
-            row.idle_switches = voluntary_switches(pid).saturating_sub(before);
+            row.idle_by_thread = switches_between(&before, &voluntary_switches(pid));
+            row.idle_switches = row.idle_by_thread.iter().map(|(_, n)| n).sum();
             std::thread::sleep(Duration::from_millis(50));
             row.idle_window = to - from;
             row.idle_cpu = sampler.cpu_between(from, to);
@@ -1176,7 +1207,7 @@ fn footprint(o: &Opts, bin: &Path) -> Result<(), String> {
         started.elapsed().as_secs_f64()
     );
     println!(
-        "Cluster: {FP_VOLUMES} Bound PVs + PVCs of the driver (1% abnormal), {FP_NODES} Ready Nodes, {FP_PODS} Pods on them using those PVCs, {FP_EVENTS} unrelated Events. Flags: --leader-election --enable-node-watcher --report-missing-volumes=false --monitor-interval=10s --kube-api-qps={} --kube-api-burst={}; driver page size {}.\n",
+        "Cluster: {FP_VOLUMES} Bound PVs + PVCs of the driver (1% abnormal), {FP_NODES} Ready Nodes, {FP_PODS} Pods on them using those PVCs, {FP_EVENTS} unrelated Events. Flags: --leader-election --enable-node-watcher --report-missing-volumes=false --monitor-interval=10s --http-endpoint=127.0.0.1:0 --kube-api-qps={} --kube-api-burst={}; driver page size {}.\n",
         o.qps, o.burst, o.page_size
     );
     println!("| MALLOC_ARENA_MAX | cluster | VmHWM MiB | VmRSS at 60 s MiB | CPU s in the first minute |");
@@ -1203,6 +1234,19 @@ fn footprint(o: &Opts, bin: &Path) -> Result<(), String> {
             mib(r.rss_kib),
             r.idle_cpu.as_secs_f64() / minutes.max(f64::EPSILON),
             r.idle_switches as f64 / r.idle_window.as_secs_f64().max(f64::EPSILON)
+        );
+    }
+    for r in &idle {
+        let per_sec = |n: u64| n as f64 / r.idle_window.as_secs_f64().max(f64::EPSILON);
+        let threads: Vec<String> = r
+            .idle_by_thread
+            .iter()
+            .map(|(name, n)| format!("{name} {:.2}", per_sec(*n)))
+            .collect();
+        println!(
+            "\nWakeups per second by thread, MALLOC_ARENA_MAX={}: {}",
+            r.arena.as_deref().unwrap_or("unset"),
+            threads.join(", ")
         );
     }
     println!(
