@@ -31,6 +31,16 @@ pub const WATCH_DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(600);
 /// A response body larger than this is refused rather than exhausting memory. Lists are paged,
 /// but an unpaged LIST of 100,000 PVs is a few hundred MB; this leaves room for that.
 pub const MAX_BODY: u64 = 2 << 30;
+/// ureq's per-connection read buffer. Its default, 128 KiB, times one connection per watch
+/// plus the pool is a sizeable part of a small process (issue #18); this still holds any
+/// response head ureq accepts (`max_response_header_size`, 64 KiB).
+const INPUT_BUFFER: usize = 64 * 1024;
+/// ureq's per-connection write buffer (default 128 KiB). Request heads are a few hundred bytes
+/// plus the bearer token; bodies (Events, Leases, patches) are a few KiB and stream through.
+const OUTPUT_BUFFER: usize = 16 * 1024;
+/// Buffer between ureq's body reader and the JSON parser or the watch line splitter: ureq has
+/// buffered already, this only turns serde_json's byte-at-a-time reads into larger ones.
+const READ_BUFFER: usize = 8 * 1024;
 /// How much of a non-Status error body ends up in the error message.
 const ERROR_BODY_EXCERPT: usize = 256;
 /// client-go's REST client (`rest.Request.maxRetries`) sends a request again, after the wait the
@@ -148,6 +158,8 @@ impl Client {
             .accept("application/json")
             .proxy(proxy)
             .tls_config(tls)
+            .input_buffer_size(INPUT_BUFFER)
+            .output_buffer_size(OUTPUT_BUFFER)
             .build();
         let agent = ureq::Agent::new_with_config(agent_cfg);
         let host = host_of(&cfg.server);
@@ -398,8 +410,7 @@ impl Client {
             return Err(api_error(&what, resp));
         }
         let reader = resp.into_body().into_with_config().limit(MAX_BODY).reader();
-        // serde_json reads a reader byte by byte: the buffer turns that into a few large reads.
-        object::read_page(BufReader::with_capacity(32 * 1024, reader), each)
+        object::read_page(BufReader::with_capacity(READ_BUFFER, reader), each)
             .map_err(|message| Error::Decode { what, message })
     }
 
@@ -416,7 +427,7 @@ impl Client {
         }
         let reader = resp.into_body().into_with_config().limit(u64::MAX).reader();
         Ok(WatchStream {
-            lines: BufReader::with_capacity(64 * 1024, Box::new(reader)),
+            lines: BufReader::with_capacity(READ_BUFFER, Box::new(reader)),
             line: Vec::new(),
             what,
             done: false,
