@@ -349,6 +349,15 @@ impl<T: Clone> Store<T> {
             .cloned()
     }
 
+    /// Whether `key` is cached, without cloning its record.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.inner
+            .map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(key)
+    }
+
     pub fn len(&self) -> usize {
         self.inner
             .map
@@ -541,7 +550,7 @@ impl PvcStore {
                 message: "PVC without name or namespace".into(),
             });
         };
-        if !rec.volume_name.is_empty() && self.pvs.get(&rec.volume_name).is_some() {
+        if !rec.volume_name.is_empty() && self.pvs.contains_key(&rec.volume_name) {
             self.store.insert_if_absent(rec.key(), rec.clone());
         }
         Ok(Some(rec))
@@ -1062,7 +1071,7 @@ pub fn spawn_pvc_reflector(
         "PersistentVolumeClaim",
         move |w: PvcWire| {
             let r = PvcRecord::from_wire(w)?;
-            if r.volume_name.is_empty() || filter.get(&r.volume_name).is_none() {
+            if r.volume_name.is_empty() || !filter.contains_key(&r.volume_name) {
                 return None;
             }
             Some(r)
