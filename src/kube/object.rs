@@ -372,6 +372,52 @@ mod tests {
         assert_eq!(m.meta().key(), None);
     }
 
+    /// Pages follow `continue` to the end; the selector stays on every page; an error page
+    /// ends the walk with the API error.
+    #[test]
+    fn pager_walks_every_page() {
+        use crate::kube::client::tests::{client, http, Canned};
+        let srv = Canned::start(vec![
+            http(
+                200,
+                "",
+                r#"{"metadata":{"continue":"c1","resourceVersion":"5"},"items":[{"n":1},{"n":2}]}"#,
+            ),
+            http(
+                200,
+                "",
+                r#"{"metadata":{"resourceVersion":"6"},"items":[{"n":3}]}"#,
+            ),
+            http(
+                403,
+                "",
+                r#"{"kind":"Status","code":403,"reason":"Forbidden"}"#,
+            ),
+        ]);
+        let c = client(&srv.addr);
+        let mut seen = Vec::new();
+        let meta = Pager::new(&c, "/api/v1/events", &[("fieldSelector", "a=b")], 2)
+            .for_each(&mut |raw| seen.push(raw.get().to_string()))
+            .unwrap();
+        assert_eq!(seen, [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#]);
+        assert_eq!(meta.resource_version, "6");
+        let reqs = srv.requests();
+        assert!(
+            reqs[0].starts_with("GET /api/v1/events?fieldSelector=a%3Db&limit=2 "),
+            "{}",
+            reqs[0]
+        );
+        assert!(
+            reqs[1].starts_with("GET /api/v1/events?fieldSelector=a%3Db&limit=2&continue=c1 "),
+            "{}",
+            reqs[1]
+        );
+        let e = Pager::new(&c, "/x", &[], 2)
+            .for_each(&mut |_| {})
+            .unwrap_err();
+        assert_eq!(e.code(), Some(403));
+    }
+
     #[test]
     fn malformed_objects_are_described_and_skipped() {
         let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
