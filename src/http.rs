@@ -1,8 +1,10 @@
 //! The plain-HTTP endpoint (upstream §10, DESIGN §2.7, §3.3): metrics at `--metrics-path`,
 //! `/healthz/leader-election` whenever leader election is on, `/healthz` and `/readyz`.
 //!
-//! A minimal HTTP/1.1 server on std: one accepting thread (`http-server`) that polls the
-//! shutdown signal between non-blocking accepts, and one short-lived thread per connection
+//! A minimal HTTP/1.1 server on std: one accepting thread (`http-server`) blocked in `accept`
+//! (it costs nothing while nobody scrapes), a thread (`http-stop`) that sleeps until shutdown
+//! and then wakes the acceptor with a connection of its own, and one short-lived thread per
+//! connection
 //! whose whole request read runs under one deadline, so a slow client holds only its own thread.
 //! Every response closes the connection.
 
@@ -25,8 +27,10 @@ pub const READYZ_PATH: &str = "/readyz";
 const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
-/// How often the accept loop looks at the shutdown signal.
-const ACCEPT_POLL: Duration = Duration::from_millis(50);
+/// After a failed accept (EMFILE and friends), wait this long before the next one.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// How long the stop thread tries to reach the acceptor.
+const WAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The whole request head must arrive within this time.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,6 +76,8 @@ pub struct Health {
 pub struct HttpServer {
     addr: SocketAddr,
     thread: JoinHandle<()>,
+    /// Wakes the acceptor at shutdown; returns whether it could.
+    stopper: JoinHandle<bool>,
 }
 
 impl HttpServer {
@@ -81,6 +87,19 @@ impl HttpServer {
 
     /// Waits for the server thread, which ends after shutdown is triggered.
     pub fn join(self) {
+        let woke = match self.stopper.join() {
+            Ok(w) => w,
+            Err(p) => std::panic::resume_unwind(p),
+        };
+        if !woke {
+            // Joining would wait for a connection that may never come; the thread holds
+            // nothing that must be flushed.
+            log::warn!(
+                "Could not wake the HTTP server on {} for shutdown; leaving it",
+                self.addr
+            );
+            return;
+        }
         if let Err(p) = self.thread.join() {
             std::panic::resume_unwind(p);
         }
@@ -151,40 +170,75 @@ pub fn serve(
         message: e.to_string(),
     };
     let addr = listener.local_addr().map_err(bind_err)?;
-    listener.set_nonblocking(true).map_err(bind_err)?;
     let routes = Arc::new(Routes {
         metrics_path: cfg.metrics_path.clone(),
         metrics,
         health,
     });
+    let spawn_err = |e: io::Error| Error::Spawn {
+        message: e.to_string(),
+    };
+    let stop = shutdown.clone();
     let thread = std::thread::Builder::new()
         .name("http-server".into())
-        .spawn(move || accept_loop(listener, routes, shutdown))
-        .map_err(|e| Error::Spawn {
-            message: e.to_string(),
-        })?;
-    Ok(HttpServer { addr, thread })
+        .spawn(move || accept_loop(listener, routes, stop))
+        .map_err(spawn_err)?;
+    let stopper = std::thread::Builder::new()
+        .name("http-stop".into())
+        .spawn(move || {
+            // Disconnected (Err) exactly when shutdown is triggered.
+            let _ = shutdown.receiver().recv();
+            wake(addr)
+        })
+        .map_err(spawn_err)?;
+    Ok(HttpServer {
+        addr,
+        thread,
+        stopper,
+    })
+}
+
+/// Connect to the listener so its blocked `accept` returns and sees the shutdown. A wildcard
+/// address is reached through the loopback address of its family, then the other one.
+fn wake(addr: SocketAddr) -> bool {
+    let port = addr.port();
+    let candidates: Vec<SocketAddr> = if addr.ip().is_unspecified() {
+        let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+        let v4 = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+        if addr.is_ipv6() {
+            vec![v6, v4]
+        } else {
+            vec![v4, v6]
+        }
+    } else {
+        vec![addr]
+    };
+    candidates
+        .iter()
+        .any(|a| TcpStream::connect_timeout(a, WAKE_TIMEOUT).is_ok())
 }
 
 fn accept_loop(listener: TcpListener, routes: Arc<Routes>, shutdown: Shutdown) {
     let active = Arc::new(AtomicUsize::new(0));
     let mut handlers: Vec<JoinHandle<()>> = Vec::new();
-    while !shutdown.is_triggered() {
+    loop {
+        // Blocks until a client (or, at shutdown, the stop thread) connects: no polling.
+        let accepted = listener.accept();
+        if shutdown.is_triggered() {
+            break;
+        }
         handlers.retain(|h| !h.is_finished());
-        match listener.accept() {
+        match accepted {
             Ok((stream, _)) => {
                 if let Some(h) = dispatch(stream, &routes, &active, &shutdown) {
                     handlers.push(h);
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                shutdown.wait_timeout(ACCEPT_POLL);
-            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 log::warn!("Failed to accept an HTTP connection err=\"{e}\"");
-                shutdown.wait_timeout(ACCEPT_POLL);
+                shutdown.wait_timeout(ACCEPT_BACKOFF);
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Watch caches: reflector threads that list (in pages) and then watch a resource, feeding lean
-//! in-memory stores. The state machine follows kube-rs's watcher and client-go's reflector:
+//! in-memory stores. Objects are decoded straight off the response into typed records that keep
+//! only what the controller uses (`kube::object`); a malformed one is logged and skipped. The state machine follows kube-rs's watcher and client-go's reflector:
 //! a normal end of a watch re-watches from the last resourceVersion, 410 Gone relists, other
 //! failures back off (0.8 s doubling to 30 s, with jitter, reset after 2 quiet minutes). A
 //! relist swaps the store atomically, so objects deleted during an outage disappear.
@@ -8,10 +9,14 @@
 //! name/namespace/uid/resourceVersion of PVCs bound to those PVs.
 
 use crate::health::{PvcCondition, PvcHealth};
-use crate::kube::{encode_query, Client, Error, WatchEvent};
+use crate::kube::object::{self, Object};
+use crate::kube::{Client, Error, ObjectMeta, Pager, WatchEvent};
 use crate::shutdown::Shutdown;
 use crate::timeutil;
 use crossbeam_channel::{Receiver, Sender};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,7 +39,8 @@ pub const BACKOFF_RESET: Duration = Duration::from_secs(120);
 const QUICK_WATCH: Duration = Duration::from_secs(1);
 
 // ---------------------------------------------------------------------------------------------
-// Records
+// Records, and their wire forms: only the fields a record keeps are decoded, everything else in
+// the object is skipped by the parser without being stored.
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClaimRef {
@@ -55,11 +61,47 @@ pub struct PvRecord {
     pub deleting: bool,
 }
 
-fn s(v: &Value, ptr: &str) -> String {
-    v.pointer(ptr)
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string()
+/// A PersistentVolume as decoded: metadata, `spec.csi`, `spec.claimRef`, `status.phase`.
+#[derive(Debug, Default, Deserialize)]
+pub struct PvWire {
+    #[serde(default)]
+    metadata: Option<ObjectMeta>,
+    #[serde(default)]
+    spec: Option<PvSpecWire>,
+    #[serde(default)]
+    status: Option<PhaseWire>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PvSpecWire {
+    csi: Option<CsiWire>,
+    claim_ref: Option<ClaimRefWire>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CsiWire {
+    driver: Option<String>,
+    volume_handle: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ClaimRefWire {
+    namespace: Option<String>,
+    name: Option<String>,
+    uid: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct PhaseWire {
+    phase: Option<String>,
+}
+
+impl Object for PvWire {
+    fn meta(&self) -> &ObjectMeta {
+        object::meta_or_empty(&self.metadata)
+    }
 }
 
 impl PvRecord {
@@ -69,49 +111,37 @@ impl PvRecord {
     }
 
     /// `None` unless this is a CSI PV of `driver` with a name and a volume handle.
-    pub fn from_object(obj: &Value, driver: &str) -> Option<PvRecord> {
-        let csi = obj.pointer("/spec/csi")?;
-        if csi.get("driver").and_then(Value::as_str) != Some(driver) {
+    pub fn from_wire(w: PvWire, driver: &str) -> Option<PvRecord> {
+        let spec = w.spec?;
+        let csi = spec.csi?;
+        if csi.driver.as_deref() != Some(driver) {
             return None;
         }
-        let name = s(obj, "/metadata/name");
-        let volume_handle = csi
-            .get("volumeHandle")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        if name.is_empty() || volume_handle.is_empty() {
-            return None;
-        }
-        let claim = obj.pointer("/spec/claimRef").and_then(|c| {
-            let name = c
-                .get("name")
-                .and_then(Value::as_str)
-                .filter(|n| !n.is_empty())?;
+        let meta = w.metadata.unwrap_or_default();
+        let name = meta.name.filter(|n| !n.is_empty())?;
+        let volume_handle = csi.volume_handle.filter(|h| !h.is_empty())?;
+        let claim = spec.claim_ref.and_then(|c| {
             Some(ClaimRef {
-                namespace: c
-                    .get("namespace")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-                name: name.to_string(),
-                uid: c
-                    .get("uid")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
+                name: c.name.filter(|n| !n.is_empty())?,
+                namespace: c.namespace.unwrap_or_default(),
+                uid: c.uid.unwrap_or_default(),
             })
         });
         Some(PvRecord {
             name,
-            uid: s(obj, "/metadata/uid"),
+            uid: meta.uid.unwrap_or_default(),
             volume_handle,
-            phase: s(obj, "/status/phase"),
+            phase: w.status.and_then(|s| s.phase).unwrap_or_default(),
             claim,
-            deleting: obj
-                .pointer("/metadata/deletionTimestamp")
-                .is_some_and(|v| !v.is_null()),
+            deleting: meta.deletion_timestamp.is_some(),
         })
+    }
+
+    /// From a tree (tests, and callers that already hold one); a malformed object is `None`.
+    pub fn from_object(obj: &Value, driver: &str) -> Option<PvRecord> {
+        PvWire::deserialize(obj)
+            .ok()
+            .and_then(|w| PvRecord::from_wire(w, driver))
     }
 }
 
@@ -128,16 +158,58 @@ pub struct PvcRecord {
     pub health: Option<Box<PvcHealth>>,
 }
 
+/// A PersistentVolumeClaim as decoded: metadata, `spec.volumeName`, `status.healthStatus`.
+#[derive(Debug, Default, Deserialize)]
+pub struct PvcWire {
+    #[serde(default)]
+    metadata: Option<ObjectMeta>,
+    #[serde(default)]
+    spec: Option<PvcSpecWire>,
+    #[serde(default)]
+    status: Option<PvcStatusWire>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PvcSpecWire {
+    volume_name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PvcStatusWire {
+    health_status: Option<HealthStatusWire>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HealthStatusWire {
+    health_conditions: Option<Vec<HealthConditionWire>>,
+    last_transition_time: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct HealthConditionWire {
+    status: Option<String>,
+    reason: Option<String>,
+    message: Option<String>,
+}
+
+impl Object for PvcWire {
+    fn meta(&self) -> &ObjectMeta {
+        object::meta_or_empty(&self.metadata)
+    }
+}
+
 /// `status.healthStatus` as the API serves it; `None` when absent, null or without conditions.
-fn pvc_health(v: &Value) -> Option<PvcHealth> {
-    let conditions: Vec<PvcCondition> = v
-        .get("healthConditions")?
-        .as_array()?
-        .iter()
+fn pvc_health(h: HealthStatusWire) -> Option<PvcHealth> {
+    let conditions: Vec<PvcCondition> = h
+        .health_conditions?
+        .into_iter()
         .map(|c| PvcCondition {
-            status: s(c, "/status"),
-            reason: s(c, "/reason"),
-            message: s(c, "/message"),
+            status: c.status.unwrap_or_default(),
+            reason: c.reason.unwrap_or_default(),
+            message: c.message.unwrap_or_default(),
         })
         .collect();
     if conditions.is_empty() {
@@ -145,28 +217,33 @@ fn pvc_health(v: &Value) -> Option<PvcHealth> {
     }
     Some(PvcHealth {
         conditions,
-        last_transition_time: s(v, "/lastTransitionTime"),
+        last_transition_time: h.last_transition_time.unwrap_or_default(),
     })
 }
 
 impl PvcRecord {
-    pub fn from_object(obj: &Value) -> Option<PvcRecord> {
-        let name = s(obj, "/metadata/name");
-        let namespace = s(obj, "/metadata/namespace");
-        if name.is_empty() || namespace.is_empty() {
-            return None;
-        }
+    /// `None` without a name or namespace.
+    pub fn from_wire(w: PvcWire) -> Option<PvcRecord> {
+        let meta = w.metadata?;
         Some(PvcRecord {
-            namespace,
-            name,
-            uid: s(obj, "/metadata/uid"),
-            resource_version: s(obj, "/metadata/resourceVersion"),
-            volume_name: s(obj, "/spec/volumeName"),
-            health: obj
-                .pointer("/status/healthStatus")
+            name: meta.name.filter(|n| !n.is_empty())?,
+            namespace: meta.namespace.filter(|n| !n.is_empty())?,
+            uid: meta.uid.unwrap_or_default(),
+            resource_version: meta.resource_version.unwrap_or_default(),
+            volume_name: w.spec.and_then(|s| s.volume_name).unwrap_or_default(),
+            health: w
+                .status
+                .and_then(|s| s.health_status)
                 .and_then(pvc_health)
                 .map(Box::new),
         })
+    }
+
+    /// From a tree (tests, and callers that already hold one); a malformed object is `None`.
+    pub fn from_object(obj: &Value) -> Option<PvcRecord> {
+        PvcWire::deserialize(obj)
+            .ok()
+            .and_then(PvcRecord::from_wire)
     }
 
     pub fn key(&self) -> String {
@@ -174,28 +251,21 @@ impl PvcRecord {
     }
 }
 
-/// A type a generic reflector can cache. Keys must follow the store convention: `name` for
+/// A type a generic reflector can cache. Store keys follow the object's metadata: `name` for
 /// cluster-scoped objects, `namespace/name` for namespaced ones (the reflector removes an object
 /// that stops qualifying by that key).
 pub trait Resource: Sized + Clone + Send + Sync + 'static {
+    /// What is decoded of each object: only the fields the record needs.
+    type Wire: DeserializeOwned + Object;
+    /// The object kind, for the log line about a malformed object.
+    const KIND: &'static str;
     /// `None` = do not cache this object.
-    fn key_and_record(obj: &Value) -> Option<(String, Self)>;
+    fn from_wire(wire: Self::Wire) -> Option<Self>;
 }
 
 /// The store key of any object: `namespace/name` or `name`.
 pub fn object_key(obj: &Value) -> Option<String> {
-    let name = obj
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())?;
-    match obj
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-    {
-        Some(ns) => Some(format!("{ns}/{name}")),
-        None => Some(name.to_string()),
-    }
+    ObjectMeta::deserialize(obj.get("metadata")?).ok()?.key()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -280,6 +350,15 @@ impl<T: Clone> Store<T> {
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
             .cloned()
+    }
+
+    /// Whether `key` is cached, without cloning its record.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.inner
+            .map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(key)
     }
 
     pub fn len(&self) -> usize {
@@ -476,18 +555,18 @@ impl PvcStore {
             return Ok(Some(r));
         }
         let path = format!("/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}");
-        let obj = match client.get(&path) {
-            Ok(v) => v,
+        let wire: PvcWire = match client.get_as(&path) {
+            Ok(w) => w,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         };
-        let Some(rec) = PvcRecord::from_object(&obj) else {
+        let Some(rec) = PvcRecord::from_wire(wire) else {
             return Err(Error::Decode {
                 what: format!("GET {path}"),
                 message: "PVC without name or namespace".into(),
             });
         };
-        if !rec.volume_name.is_empty() && self.pvs.get(&rec.volume_name).is_some() {
+        if !rec.volume_name.is_empty() && self.pvs.contains_key(&rec.volume_name) {
             self.store.insert_if_absent(rec.key(), rec.clone());
         }
         Ok(Some(rec))
@@ -648,7 +727,60 @@ impl Backoff {
 // ---------------------------------------------------------------------------------------------
 // The reflector thread
 
-type Decoder<T> = Arc<dyn Fn(&Value) -> Option<(String, T)> + Send + Sync>;
+/// One object off the wire, as the reflector uses it.
+struct Decoded<T> {
+    /// The store key, from the metadata (`None` without a name).
+    key: Option<String>,
+    resource_version: String,
+    record: Verdict<T>,
+}
+
+enum Verdict<T> {
+    /// Cache this record.
+    Keep(T),
+    /// The object does not qualify (another driver, a pod without PVCs): not cached, and
+    /// dropped from the cache when an update makes it stop qualifying.
+    Drop,
+    /// Not decodable (already logged): a list skips it; a watch event about it changes
+    /// nothing, as client-go's informers never see an object their decoder refused.
+    Malformed,
+}
+
+type Decoder<T> = Box<dyn Fn(&RawValue) -> Decoded<T> + Send>;
+
+/// Raw object → wire form `W` → record. A malformed object is logged (kind, name); its key and
+/// version still come from its metadata when that much is sound, so the watch moves past it.
+fn decoder<W, T>(
+    context: String,
+    kind: &'static str,
+    select: impl Fn(W) -> Option<T> + Send + 'static,
+) -> Decoder<T>
+where
+    W: DeserializeOwned + Object,
+{
+    Box::new(move |raw| match object::decode::<W>(raw, kind, &context) {
+        Some(w) => {
+            let meta = w.meta();
+            let (key, resource_version) = (meta.key(), meta.resource_version().to_string());
+            Decoded {
+                key,
+                resource_version,
+                record: match select(w) {
+                    Some(r) => Verdict::Keep(r),
+                    None => Verdict::Drop,
+                },
+            }
+        }
+        None => {
+            let m: object::MetaOnly = serde_json::from_str(raw.get()).unwrap_or_default();
+            Decoded {
+                key: m.meta().key(),
+                resource_version: m.meta().resource_version().to_string(),
+                record: Verdict::Malformed,
+            }
+        }
+    })
+}
 
 struct Reflector<T> {
     name: String,
@@ -661,18 +793,11 @@ struct Reflector<T> {
 }
 
 impl<T: Clone + Send + Sync + 'static> Reflector<T> {
-    fn path(&self, extra: &[(&str, &str)]) -> String {
-        let mut pairs: Vec<(&str, &str)> = self
-            .query
+    fn query(&self) -> Vec<(&str, &str)> {
+        self.query
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        pairs.extend_from_slice(extra);
-        if pairs.is_empty() {
-            self.list_path.clone()
-        } else {
-            format!("{}?{}", self.list_path, encode_query(&pairs))
-        }
+            .collect()
     }
 
     fn run(self) {
@@ -701,20 +826,23 @@ impl<T: Clone + Send + Sync + 'static> Reflector<T> {
         log::debug!("{}: reflector stopped", self.name);
     }
 
+    /// All pages, each item decoded into its record as the page streams in.
     fn list(&self) -> Outcome {
-        let limit = PAGE_SIZE.to_string();
         let mut map = HashMap::new();
-        let mut cont: Option<String> = None;
+        let mut pager = Pager::new(&self.client, &self.list_path, &self.query(), PAGE_SIZE);
         loop {
-            let mut extra = vec![("limit", limit.as_str())];
-            if let Some(c) = &cont {
-                extra.push(("continue", c.as_str()));
-            }
-            let path = self.path(&extra);
-            let page = match self.client.get(&path) {
-                Ok(v) => v,
+            let path = pager.next_path();
+            let continuing = pager.continuing();
+            let mut keep = |raw: &RawValue| {
+                let d = (self.decode)(raw);
+                if let (Some(k), Verdict::Keep(r)) = (d.key, d.record) {
+                    map.insert(k, r);
+                }
+            };
+            let meta = match pager.next_page(&mut keep) {
+                Ok(m) => m,
                 Err(e) => {
-                    let gone = e.is_gone() && cont.is_some();
+                    let gone = e.is_gone() && continuing;
                     if gone {
                         log::info!(
                             "{}: list continue token expired, listing again from the start",
@@ -733,52 +861,27 @@ impl<T: Clone + Send + Sync + 'static> Reflector<T> {
                     };
                 }
             };
-            let Some(items) = page.get("items").and_then(Value::as_array) else {
-                log::warn!(
-                    "{}: malformed list response from GET {path}: no items",
-                    self.name
-                );
-                return Outcome::ListFailed {
-                    gone: false,
-                    retry_after: None,
-                };
-            };
-            for item in items {
-                if let Some((k, r)) = (self.decode)(item) {
-                    map.insert(k, r);
-                }
-            }
-            let next = page
-                .pointer("/metadata/continue")
-                .and_then(Value::as_str)
-                .filter(|c| !c.is_empty());
-            match next {
-                Some(c) => cont = Some(c.to_string()),
-                None => {
-                    let rv = page
-                        .pointer("/metadata/resourceVersion")
-                        .and_then(Value::as_str)
-                        .unwrap_or("");
-                    if rv.is_empty() {
-                        log::warn!(
-                            "{}: malformed list response from GET {path}: no resourceVersion",
-                            self.name
-                        );
-                        return Outcome::ListFailed {
-                            gone: false,
-                            retry_after: None,
-                        };
-                    }
-                    log::debug!(
-                        "{}: listed {} objects at resourceVersion {rv}",
-                        self.name,
-                        map.len()
+            if meta.continue_token.is_empty() {
+                let rv = meta.resource_version;
+                if rv.is_empty() {
+                    log::warn!(
+                        "{}: malformed list response from GET {path}: no resourceVersion",
+                        self.name
                     );
-                    self.store.replace(map);
-                    return Outcome::Listed {
-                        resource_version: rv.to_string(),
+                    return Outcome::ListFailed {
+                        gone: false,
+                        retry_after: None,
                     };
                 }
+                log::debug!(
+                    "{}: listed {} objects at resourceVersion {rv}",
+                    self.name,
+                    map.len()
+                );
+                self.store.replace(map);
+                return Outcome::Listed {
+                    resource_version: rv,
+                };
             }
             if self.shutdown.is_triggered() {
                 return Outcome::ListFailed {
@@ -791,12 +894,14 @@ impl<T: Clone + Send + Sync + 'static> Reflector<T> {
 
     fn watch(&self, rv: &str) -> Outcome {
         let timeout = timeutil::jitter(WATCH_TIMEOUT, 0.2).as_secs().to_string();
-        let path = self.path(&[
+        let mut pairs = self.query();
+        pairs.extend_from_slice(&[
             ("watch", "true"),
             ("allowWatchBookmarks", "true"),
             ("resourceVersion", rv),
             ("timeoutSeconds", &timeout),
         ]);
+        let path = format!("{}?{}", self.list_path, crate::kube::encode_query(&pairs));
         let start = Instant::now();
         let mut last = rv.to_string();
         let mut events = 0usize;
@@ -822,20 +927,20 @@ impl<T: Clone + Send + Sync + 'static> Reflector<T> {
             match ev {
                 Ok(WatchEvent::Added(o)) | Ok(WatchEvent::Modified(o)) => {
                     events += 1;
-                    bump(&mut last, &o);
-                    match (self.decode)(&o) {
-                        Some((k, r)) => self.store.apply(k, r),
-                        None => {
-                            if let Some(k) = object_key(&o) {
-                                self.store.remove(&k);
-                            }
-                        }
+                    let d = (self.decode)(&o);
+                    bump(&mut last, d.resource_version);
+                    match (d.key, d.record) {
+                        (Some(k), Verdict::Keep(r)) => self.store.apply(k, r),
+                        (Some(k), Verdict::Drop) => self.store.remove(&k),
+                        _ => {}
                     }
                 }
                 Ok(WatchEvent::Deleted(o)) => {
                     events += 1;
-                    bump(&mut last, &o);
-                    if let Some(k) = (self.decode)(&o).map(|(k, _)| k).or_else(|| object_key(&o)) {
+                    // A deletion needs only the key, even of an object that is otherwise bad.
+                    let d = (self.decode)(&o);
+                    bump(&mut last, d.resource_version);
+                    if let Some(k) = d.key {
                         self.store.remove(&k);
                     }
                 }
@@ -878,13 +983,9 @@ impl<T: Clone + Send + Sync + 'static> Reflector<T> {
     }
 }
 
-fn bump(last: &mut String, obj: &Value) {
-    if let Some(rv) = obj
-        .pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .filter(|r| !r.is_empty())
-    {
-        *last = rv.to_string();
+fn bump(last: &mut String, rv: String) {
+    if !rv.is_empty() {
+        *last = rv;
     }
 }
 
@@ -940,13 +1041,14 @@ pub fn spawn_reflector<T: Resource>(
     shutdown: Shutdown,
 ) -> std::io::Result<(Store<T>, JoinHandle<()>)> {
     let store = Store::new();
+    let decode = decoder::<T::Wire, T>(format!("reflector-{name}"), T::KIND, T::from_wire);
     let h = spawn_with(
         reflector(
             name,
             client,
             list_path,
             extra_query,
-            Arc::new(T::key_and_record),
+            decode,
             store.clone(),
             shutdown,
         ),
@@ -962,8 +1064,11 @@ pub fn spawn_pv_reflector(
     shutdown: Shutdown,
 ) -> std::io::Result<(PvStore, JoinHandle<()>)> {
     let store = Store::new();
-    let decode: Decoder<PvRecord> =
-        Arc::new(move |o| PvRecord::from_object(o, &driver).map(|r| (r.name.clone(), r)));
+    let decode = decoder(
+        "reflector-pv".into(),
+        "PersistentVolume",
+        move |w: PvWire| PvRecord::from_wire(w, &driver),
+    );
     let h = spawn_with(
         reflector(
             "pv",
@@ -988,13 +1093,17 @@ pub fn spawn_pvc_reflector(
 ) -> std::io::Result<(PvcStore, JoinHandle<()>)> {
     let pvcs = PvcStore::new(pvs.clone());
     let filter = pvs.clone();
-    let decode: Decoder<PvcRecord> = Arc::new(move |o| {
-        let r = PvcRecord::from_object(o)?;
-        if r.volume_name.is_empty() || filter.get(&r.volume_name).is_none() {
-            return None;
-        }
-        Some((r.key(), r))
-    });
+    let decode = decoder(
+        "reflector-pvc".into(),
+        "PersistentVolumeClaim",
+        move |w: PvcWire| {
+            let r = PvcRecord::from_wire(w)?;
+            if r.volume_name.is_empty() || !filter.contains_key(&r.volume_name) {
+                return None;
+            }
+            Some(r)
+        },
+    );
     let r = reflector(
         "pvc",
         client,
@@ -1399,6 +1508,66 @@ mod tests {
         );
     }
 
+    /// A malformed object is skipped (list) or ignored (watch) and everything around it kept:
+    /// the page, the watch and the cached record it would have replaced.
+    #[test]
+    fn malformed_objects_are_skipped_not_fatal() {
+        let mut bad = pv("bad", "d", "Bound", "4");
+        bad["spec"]["csi"]["volumeHandle"] = json!(42);
+        let mut bad_update = pv("a", "d", "Bound", "12");
+        bad_update["status"]["phase"] = json!(["Bound"]);
+        let srv = Canned::start(vec![
+            http(
+                200,
+                "",
+                &list_body(
+                    &[
+                        pv("a", "d", "Bound", "3"),
+                        bad,
+                        json!("garbage"),
+                        pv("b", "d", "Bound", "5"),
+                    ],
+                    "10",
+                    "",
+                ),
+            ),
+            chunked(
+                &[
+                    &line("MODIFIED", &bad_update),
+                    &line("ADDED", &pv("c", "d", "Bound", "13")),
+                ],
+                true,
+            ),
+        ]);
+        let sd = Shutdown::new();
+        let (store, handle) =
+            spawn_pv_reflector(client(&srv.addr), "d".into(), sd.clone()).unwrap();
+        let rx = store.subscribe();
+        assert!(store.wait_synced(Duration::from_secs(10), &sd));
+        loop {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(Change::Applied { key, .. }) if key == "c" => break,
+                Ok(_) => {}
+                Err(e) => panic!("the watch after the malformed event was lost: {e}"),
+            }
+        }
+        let mut keys: Vec<String> = store.snapshot().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["a", "b", "c"]);
+        assert_eq!(
+            store.get("a").map(|r| r.phase),
+            Some("Bound".to_string()),
+            "the malformed update left the cached record alone"
+        );
+        sd.trigger();
+        handle.join().unwrap();
+        let reqs = srv.requests();
+        assert!(
+            reqs[1].contains("resourceVersion=10&"),
+            "one list, then the watch: {reqs:?}"
+        );
+    }
+
     /// A 410 on a continue token restarts the list from the first page without backoff.
     #[test]
     fn expired_continue_token_restarts_the_list() {
@@ -1473,9 +1642,10 @@ mod tests {
     #[derive(Clone, Debug, PartialEq)]
     struct NodeName(String);
     impl Resource for NodeName {
-        fn key_and_record(obj: &Value) -> Option<(String, Self)> {
-            let k = object_key(obj)?;
-            Some((k.clone(), NodeName(k)))
+        type Wire = object::MetaOnly;
+        const KIND: &'static str = "Node";
+        fn from_wire(w: object::MetaOnly) -> Option<Self> {
+            w.meta().key().map(NodeName)
         }
     }
 

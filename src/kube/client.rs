@@ -1,10 +1,16 @@
 //! The Kubernetes REST client: one shared ureq agent (rustls, the cluster CA, client certificate,
 //! proxy as client-go picks it), credentials attached per request, the QPS/burst limiter,
-//! `Status` bodies turned into typed errors, and watch streams read line by line.
+//! `Status` bodies turned into typed errors, list pages streamed item by item into the caller's
+//! records (`object`), and watch streams read line by line with each object kept as raw text
+//! until its reader decodes it into a record.
 
 use super::config::{self, ClientConfig, Credentials, Identity};
 use super::error::{Error, Status};
+use super::object::{self, ListMeta, MetaOnly, Object};
 use super::ratelimit::RateLimiter;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::net::IpAddr;
@@ -25,6 +31,16 @@ pub const WATCH_DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(600);
 /// A response body larger than this is refused rather than exhausting memory. Lists are paged,
 /// but an unpaged LIST of 100,000 PVs is a few hundred MB; this leaves room for that.
 pub const MAX_BODY: u64 = 2 << 30;
+/// ureq's per-connection read buffer. Its default, 128 KiB, times one connection per watch
+/// plus the pool is a sizeable part of a small process (issue #18); this still holds any
+/// response head ureq accepts (`max_response_header_size`, 64 KiB).
+const INPUT_BUFFER: usize = 64 * 1024;
+/// ureq's per-connection write buffer (default 128 KiB). Request heads are a few hundred bytes
+/// plus the bearer token; bodies (Events, Leases, patches) are a few KiB and stream through.
+const OUTPUT_BUFFER: usize = 16 * 1024;
+/// Buffer between ureq's body reader and the JSON parser or the watch line splitter: ureq has
+/// buffered already, this only turns serde_json's byte-at-a-time reads into larger ones.
+const READ_BUFFER: usize = 8 * 1024;
 /// How much of a non-Status error body ends up in the error message.
 const ERROR_BODY_EXCERPT: usize = 256;
 /// client-go's REST client (`rest.Request.maxRetries`) sends a request again, after the wait the
@@ -56,12 +72,13 @@ impl PatchKind {
     }
 }
 
-/// One line of a watch stream.
-#[derive(Debug, Clone, PartialEq)]
+/// One line of a watch stream. Objects stay raw JSON text (always a JSON object) until the
+/// reader decodes them into its own record type.
+#[derive(Debug, Clone)]
 pub enum WatchEvent {
-    Added(Value),
-    Modified(Value),
-    Deleted(Value),
+    Added(Box<RawValue>),
+    Modified(Box<RawValue>),
+    Deleted(Box<RawValue>),
     Bookmark {
         resource_version: String,
     },
@@ -141,6 +158,8 @@ impl Client {
             .accept("application/json")
             .proxy(proxy)
             .tls_config(tls)
+            .input_buffer_size(INPUT_BUFFER)
+            .output_buffer_size(OUTPUT_BUFFER)
             .build();
         let agent = ureq::Agent::new_with_config(agent_cfg);
         let host = host_of(&cfg.server);
@@ -332,6 +351,24 @@ impl Client {
         body: Option<(&str, &Value)>,
     ) -> Result<Value, Error> {
         let what = format!("{method} {path}");
+        let buf = self.request_body(method, path, body)?;
+        if buf.iter().all(|b| b.is_ascii_whitespace()) {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&buf).map_err(|e| Error::Decode {
+            what,
+            message: e.to_string(),
+        })
+    }
+
+    /// The body of a successful answer, whole.
+    fn request_body(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &Value)>,
+    ) -> Result<Vec<u8>, Error> {
+        let what = format!("{method} {path}");
         let bytes = body.map(|(ct, v)| (ct, serde_json::to_vec(v).unwrap_or_default()));
         let resp = self.send(
             method,
@@ -348,13 +385,33 @@ impl Client {
         BufReader::new(reader)
             .read_to_end(&mut buf)
             .map_err(|e| read_error(&what, e))?;
-        if buf.iter().all(|b| b.is_ascii_whitespace()) {
-            return Ok(Value::Null);
-        }
+        Ok(buf)
+    }
+
+    /// GET one object decoded straight into `T` (a record's wire form), no tree in between.
+    pub fn get_as<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        let buf = self.request_body("GET", path, None)?;
         serde_json::from_slice(&buf).map_err(|e| Error::Decode {
-            what,
+            what: format!("GET {path}"),
             message: e.to_string(),
         })
+    }
+
+    /// GET one list page and hand each item to `each` while the body is still being read, so
+    /// a page is never in memory whole (see [`object::read_page`]).
+    pub fn get_list_page(
+        &self,
+        path: &str,
+        each: &mut dyn FnMut(&RawValue),
+    ) -> Result<ListMeta, Error> {
+        let what = format!("GET {path}");
+        let resp = self.send("GET", path, None, None)?;
+        if !resp.status().is_success() {
+            return Err(api_error(&what, resp));
+        }
+        let reader = resp.into_body().into_with_config().limit(MAX_BODY).reader();
+        object::read_page(BufReader::with_capacity(READ_BUFFER, reader), each)
+            .map_err(|message| Error::Decode { what, message })
     }
 
     /// Start a watch; `path_and_query` must include `watch=true` (or be a `/watch/` path).
@@ -370,7 +427,8 @@ impl Client {
         }
         let reader = resp.into_body().into_with_config().limit(u64::MAX).reader();
         Ok(WatchStream {
-            lines: BufReader::with_capacity(64 * 1024, Box::new(reader)),
+            lines: BufReader::with_capacity(READ_BUFFER, Box::new(reader)),
+            line: Vec::new(),
             what,
             done: false,
         })
@@ -545,6 +603,8 @@ fn status_from_value(v: &Value, fallback_code: u16) -> Status {
 /// normally; a transport or decode failure yields one `Err` and then ends.
 pub struct WatchStream {
     lines: BufReader<Box<dyn Read + Send>>,
+    /// The line being read, reused from event to event.
+    line: Vec<u8>,
     what: String,
     done: bool,
 }
@@ -563,6 +623,7 @@ impl WatchStream {
     pub fn from_reader(what: &str, r: Box<dyn Read + Send>) -> WatchStream {
         WatchStream {
             lines: BufReader::new(r),
+            line: Vec::new(),
             what: what.to_string(),
             done: false,
         }
@@ -573,13 +634,28 @@ impl Iterator for WatchStream {
     type Item = Result<WatchEvent, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let mut line = Vec::new();
+        // One unusually large event must not pin its buffer for the rest of the watch.
+        if self.line.capacity() > LINE_KEEP {
+            self.line = Vec::new();
+        }
+        let mut line = std::mem::take(&mut self.line);
+        let ev = self.next_in(&mut line);
+        self.line = line;
+        ev
+    }
+}
+
+/// A watch line buffer larger than this is not kept for the next event.
+const LINE_KEEP: usize = 256 * 1024;
+
+impl WatchStream {
+    fn next_in(&mut self, line: &mut Vec<u8>) -> Option<Result<WatchEvent, Error>> {
         loop {
             if self.done {
                 return None;
             }
             line.clear();
-            match self.lines.read_until(b'\n', &mut line) {
+            match self.lines.read_until(b'\n', line) {
                 Ok(0) => {
                     self.done = true;
                     return None;
@@ -592,7 +668,7 @@ impl Iterator for WatchStream {
                         }
                         continue;
                     }
-                    let ev = parse_watch_line(&line).map_err(|m| Error::Decode {
+                    let ev = parse_watch_line(line).map_err(|m| Error::Decode {
                         what: self.what.clone(),
                         message: if complete {
                             m
@@ -614,33 +690,36 @@ impl Iterator for WatchStream {
     }
 }
 
-/// Decode one watch line: `{"type": "...", "object": {...}}`.
+#[derive(Deserialize)]
+struct WatchLine {
+    #[serde(rename = "type")]
+    kind: String,
+    object: Box<RawValue>,
+}
+
+/// Decode one watch line: `{"type": "...", "object": {...}}`. The object is kept as raw text;
+/// only a bookmark's version and an error's Status are decoded here.
 pub fn parse_watch_line(line: &[u8]) -> Result<WatchEvent, String> {
-    let mut v: Value = serde_json::from_slice(line).map_err(|e| e.to_string())?;
-    let ty = v
-        .get("type")
-        .and_then(Value::as_str)
-        .ok_or("watch event without type")?
-        .to_string();
-    let obj = v
-        .get_mut("object")
-        .map(Value::take)
-        .ok_or("watch event without object")?;
-    if !obj.is_object() {
+    let WatchLine { kind, object } = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    if !object.get().starts_with('{') {
         return Err("watch event object is not a JSON object".to_string());
     }
-    Ok(match ty.as_str() {
-        "ADDED" => WatchEvent::Added(obj),
-        "MODIFIED" => WatchEvent::Modified(obj),
-        "DELETED" => WatchEvent::Deleted(obj),
+    Ok(match kind.as_str() {
+        "ADDED" => WatchEvent::Added(object),
+        "MODIFIED" => WatchEvent::Modified(object),
+        "DELETED" => WatchEvent::Deleted(object),
         "BOOKMARK" => WatchEvent::Bookmark {
-            resource_version: obj
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .unwrap_or("")
+            resource_version: serde_json::from_str::<MetaOnly>(object.get())
+                .map_err(|e| format!("malformed bookmark: {e}"))?
+                .meta()
+                .resource_version()
                 .to_string(),
         },
-        "ERROR" => WatchEvent::Error(status_from_value(&obj, 500)),
+        // A Status is small and rare: a tree is fine here.
+        "ERROR" => WatchEvent::Error(status_from_value(
+            &serde_json::from_str(object.get()).map_err(|e| e.to_string())?,
+            500,
+        )),
         other => return Err(format!("unknown watch event type {other:?}")),
     })
 }
@@ -1136,12 +1215,9 @@ pub(crate) mod tests {
             .unwrap()
             .collect();
         assert_eq!(evs.len(), 2);
-        assert!(matches!(&evs[0], Ok(WatchEvent::Added(o)) if o["metadata"]["name"] == "a"));
-        assert_eq!(
-            evs[1].as_ref().unwrap(),
-            &WatchEvent::Bookmark {
-                resource_version: "9".into()
-            }
+        assert!(matches!(&evs[0], Ok(WatchEvent::Added(o)) if o.get().contains(r#""name":"a""#)));
+        assert!(
+            matches!(evs[1].as_ref().unwrap(), WatchEvent::Bookmark { resource_version } if resource_version == "9")
         );
         let evs: Vec<_> = c.watch("/w?watch=true").unwrap().collect();
         assert!(

@@ -1,13 +1,15 @@
 //! The hand-written Kubernetes client: configuration loading (`config`, `yaml`), the HTTP client
-//! on ureq with typed errors and watches (`client`, `error`), and the client-side rate limiter
-//! (`ratelimit`).
+//! on ureq with typed errors and watches (`client`, `error`), typed decoding of objects and list
+//! pages (`object`), and the client-side rate limiter (`ratelimit`).
 
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod object;
 pub mod ratelimit;
 pub mod yaml;
 
 pub use client::{encode_query, Client, PatchKind, RequestObserver, WatchEvent, WatchStream};
 pub use config::{load_config, Auth, ClientConfig, ExecConfig, Identity};
 pub use error::{Error, Status};
+pub use object::{ListMeta, ObjectMeta, Pager};

@@ -18,8 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use serde_json::Value;
-
 use crate::csi::Generation;
 use crate::events::{EventType, ObjectRef, Recorder};
 use crate::health::{self, Mended};
@@ -308,6 +306,20 @@ pub fn seed_from(
     out
 }
 
+/// Of each Event, what seeding needs: the involved object's uid and the last time it happened.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SeedEventWire {
+    involved_object: Option<InvolvedWire>,
+    last_timestamp: Option<String>,
+    event_time: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct InvolvedWire {
+    uid: Option<String>,
+}
+
 fn list_events(
     client: &Client,
     component: &str,
@@ -317,42 +329,24 @@ fn list_events(
     let selector =
         format!("source={component},reason={reason},type={event_type},involvedObject.kind=PersistentVolumeClaim");
     let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let mut query: Vec<(&str, &str)> =
-            vec![("fieldSelector", selector.as_str()), ("limit", "500")];
-        if !token.is_empty() {
-            query.push(("continue", token.as_str()));
-        }
-        let page = client.get(&format!("/api/v1/events?{}", kube::encode_query(&query)))?;
-        for item in page
-            .get("items")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let uid = item
-                .pointer("/involvedObject/uid")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let ts = item
-                .get("lastTimestamp")
-                .and_then(Value::as_str)
-                .or_else(|| item.get("eventTime").and_then(Value::as_str))
+    let query = [("fieldSelector", selector.as_str())];
+    kube::Pager::new(client, "/api/v1/events", &query, crate::watch::PAGE_SIZE).for_each(
+        &mut |raw| {
+            let Some(e) = kube::object::decode::<SeedEventWire>(raw, "Event", "seeding") else {
+                return;
+            };
+            let uid = e.involved_object.and_then(|o| o.uid).unwrap_or_default();
+            let ts = e
+                .last_timestamp
+                .as_deref()
+                .or(e.event_time.as_deref())
                 .and_then(parse_rfc3339);
             if let (false, Some(ts)) = (uid.is_empty(), ts) {
-                out.push((uid.to_string(), ts));
+                out.push((uid, ts));
             }
-        }
-        token = page
-            .pointer("/metadata/continue")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        if token.is_empty() {
-            return Ok(out);
-        }
-    }
+        },
+    )?;
+    Ok(out)
 }
 
 #[cfg(test)]

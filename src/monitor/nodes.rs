@@ -1,32 +1,39 @@
 //! The node watcher (`--enable-node-watcher`, upstream §8, DESIGN §2.5): compact Node and Pod
 //! caches, the pure decisions (is a node failed or recovered, which PVCs of this driver are
 //! used by pods on it, the event messages) and the "node-watcher" thread that evaluates them
-//! on a timer and emits `NodeFailed` / `NodeRecovered` on the PVCs.
+//! when a Node changes or a NotReady node reaches the timeout (it sleeps otherwise) and emits
+//! `NodeFailed` / `NodeRecovered` on the PVCs.
 //!
 //! Fixed against upstream (§15.1-5): a deleted Node counts as failed instead of crashing the
 //! process; pods are tracked through updates and deletes (a pod scheduled after start is seen);
-//! the threshold is `--node-not-ready-timeout` and is checked every tick, not on the next
-//! resync; `NodeFailed` is emitted once per failure episode with sorted pod names;
+//! the threshold is `--node-not-ready-timeout` and is checked when it is reached, not on the
+//! next resync; `NodeFailed` is emitted once per failure episode with sorted pod names;
 //! `NodeRecovered` is a Normal event, on the PVCs that got `NodeFailed`.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::events::{EventType, ObjectRef, Recorder};
-use crate::kube::{self, Client};
+use crate::kube::object::Object;
+use crate::kube::{self, Client, ObjectMeta};
 use crate::shutdown::Shutdown;
 use crate::timeutil::parse_rfc3339;
 use crate::watch::{self, PvRecord, PvStore, PvcRecord, PvcStore, Resource, Store};
 
 pub const REASON_FAILED: &str = "NodeFailed";
 pub const REASON_RECOVERED: &str = "NodeRecovered";
-/// How often the timer re-evaluates the nodes: detection lands within this of the threshold.
+/// How often events waiting for their PVC lookup are retried.
 pub const DEFAULT_TICK: Duration = Duration::from_secs(1);
 /// Ticks an event may wait for its PVC lookup (API errors) before it is given up.
 pub const MAX_LOOKUP_TRIES: u32 = 10;
+/// With no NotReady node and nothing pending, the watcher still looks again this rarely (a
+/// safety net; every Node change wakes it at once).
+const IDLE_RECHECK: Duration = Duration::from_secs(3600);
 /// How often a still unsynced cache is mentioned in the log.
 const SYNC_WAIT_LOG: Duration = Duration::from_secs(30);
 
@@ -55,97 +62,152 @@ pub struct NodeRecord {
     pub deleting: bool,
 }
 
+/// A Node as decoded: metadata and the `type`, `status` and `lastTransitionTime` of each
+/// condition (heartbeats, capacity, images and the rest are skipped unread).
+#[derive(Debug, Default, Deserialize)]
+pub struct NodeWire {
+    #[serde(default)]
+    metadata: Option<ObjectMeta>,
+    #[serde(default)]
+    status: Option<NodeStatusWire>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct NodeStatusWire {
+    conditions: Option<Vec<NodeConditionWire>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeConditionWire {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    status: Option<String>,
+    last_transition_time: Option<String>,
+}
+
+impl Object for NodeWire {
+    fn meta(&self) -> &ObjectMeta {
+        kube::object::meta_or_empty(&self.metadata)
+    }
+}
+
 impl NodeRecord {
-    pub fn from_object(obj: &Value) -> Option<NodeRecord> {
-        let name = obj
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())?;
+    pub fn from_wire(w: NodeWire) -> Option<NodeRecord> {
+        let meta = w.metadata?;
+        let name = meta.name.filter(|n| !n.is_empty())?;
         // Upstream looks at the first `Ready` condition only.
-        let ready = obj
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .and_then(|cs| {
-                cs.iter()
-                    .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
-            });
+        let ready = w
+            .status
+            .and_then(|s| s.conditions)
+            .and_then(|cs| cs.into_iter().find(|c| c.kind.as_deref() == Some("Ready")));
         let (state, transition) = match ready {
             None => (ReadyState::Missing, None),
             Some(c) => {
-                let state = match c.get("status").and_then(Value::as_str) {
+                let state = match c.status.as_deref() {
                     Some("True") => ReadyState::True,
                     Some("False") => ReadyState::False,
                     _ => ReadyState::Unknown,
                 };
-                let t = c
-                    .get("lastTransitionTime")
-                    .and_then(Value::as_str)
-                    .and_then(parse_rfc3339);
+                let t = c.last_transition_time.as_deref().and_then(parse_rfc3339);
                 (state, t)
             }
         };
         Some(NodeRecord {
-            name: name.to_string(),
+            name,
             ready: state,
             ready_transition: transition,
-            deleting: obj
-                .pointer("/metadata/deletionTimestamp")
-                .is_some_and(|v| !v.is_null()),
+            deleting: meta.deletion_timestamp.is_some(),
         })
+    }
+
+    /// From a tree (tests); a malformed object is `None`.
+    pub fn from_object(obj: &Value) -> Option<NodeRecord> {
+        NodeWire::deserialize(obj)
+            .ok()
+            .and_then(NodeRecord::from_wire)
     }
 }
 
 impl Resource for NodeRecord {
-    fn key_and_record(obj: &Value) -> Option<(String, Self)> {
-        NodeRecord::from_object(obj).map(|r| (r.name.clone(), r))
+    type Wire = NodeWire;
+    const KIND: &'static str = "Node";
+    fn from_wire(w: NodeWire) -> Option<Self> {
+        NodeRecord::from_wire(w)
     }
 }
 
-/// What the watcher needs of one Pod that uses at least one PVC.
+/// What the watcher needs of one Pod that uses at least one PVC. Its namespace and name are
+/// the store key (`namespace/name`), not repeated here: tens of thousands of pods are cached,
+/// so each record is kept to three words and three small allocations.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodRecord {
-    pub namespace: String,
-    pub name: String,
     /// `spec.nodeName`; empty while unscheduled.
-    pub node_name: String,
+    pub node_name: Box<str>,
     /// Names of the PVCs the pod uses, in its namespace: `persistentVolumeClaim.claimName`, and
     /// `<pod>-<volume>` for generic ephemeral volumes (the name Kubernetes gives their claim).
-    pub claims: Vec<String>,
+    pub claims: Box<[Box<str>]>,
     /// `metadata.deletionTimestamp` is set.
     pub deleting: bool,
 }
 
+/// A Pod as decoded: metadata, `spec.nodeName` and, of each volume, its name and whether it is
+/// a PVC (its claim name) or generic ephemeral. Containers, status and the rest are skipped.
+#[derive(Debug, Default, Deserialize)]
+pub struct PodWire {
+    #[serde(default)]
+    metadata: Option<ObjectMeta>,
+    #[serde(default)]
+    spec: Option<PodSpecWire>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodSpecWire {
+    node_name: Option<String>,
+    volumes: Option<Vec<PodVolumeWire>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodVolumeWire {
+    name: Option<String>,
+    persistent_volume_claim: Option<ClaimSourceWire>,
+    /// Only whether it is set matters.
+    ephemeral: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClaimSourceWire {
+    claim_name: Option<String>,
+}
+
+impl Object for PodWire {
+    fn meta(&self) -> &ObjectMeta {
+        kube::object::meta_or_empty(&self.metadata)
+    }
+}
+
 impl PodRecord {
     /// `None` for pods without PVCs: they can never matter, and most pods have none.
-    pub fn from_object(obj: &Value) -> Option<PodRecord> {
-        let name = obj
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())?;
-        let namespace = obj
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())?;
-        let mut claims = Vec::new();
-        for v in obj
-            .pointer("/spec/volumes")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+    pub fn from_wire(w: PodWire) -> Option<PodRecord> {
+        let meta = w.metadata?;
+        let name = meta.name.filter(|n| !n.is_empty())?;
+        // The namespace is in the store key; a pod without one is not a pod we can act on.
+        meta.namespace.as_deref().filter(|n| !n.is_empty())?;
+        let spec = w.spec?;
+        let mut claims: Vec<Box<str>> = Vec::new();
+        for v in spec.volumes.into_iter().flatten() {
             if let Some(claim) = v
-                .pointer("/persistentVolumeClaim/claimName")
-                .and_then(Value::as_str)
+                .persistent_volume_claim
+                .and_then(|c| c.claim_name)
                 .filter(|c| !c.is_empty())
             {
-                claims.push(claim.to_string());
-            } else if v.get("ephemeral").is_some_and(|e| !e.is_null()) {
-                if let Some(vol) = v
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .filter(|n| !n.is_empty())
-                {
-                    claims.push(format!("{name}-{vol}"));
+                claims.push(claim.into());
+            } else if v.ephemeral.is_some() {
+                if let Some(vol) = v.name.filter(|n| !n.is_empty()) {
+                    claims.push(format!("{name}-{vol}").into());
                 }
             }
         }
@@ -155,24 +217,25 @@ impl PodRecord {
         claims.sort();
         claims.dedup();
         Some(PodRecord {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            node_name: obj
-                .pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            claims,
-            deleting: obj
-                .pointer("/metadata/deletionTimestamp")
-                .is_some_and(|v| !v.is_null()),
+            node_name: spec.node_name.unwrap_or_default().into(),
+            claims: claims.into(),
+            deleting: meta.deletion_timestamp.is_some(),
         })
+    }
+
+    /// From a tree (tests); a malformed object is `None`.
+    pub fn from_object(obj: &Value) -> Option<PodRecord> {
+        PodWire::deserialize(obj)
+            .ok()
+            .and_then(PodRecord::from_wire)
     }
 }
 
 impl Resource for PodRecord {
-    fn key_and_record(obj: &Value) -> Option<(String, Self)> {
-        PodRecord::from_object(obj).map(|r| (format!("{}/{}", r.namespace, r.name), r))
+    type Wire = PodWire;
+    const KIND: &'static str = "Pod";
+    fn from_wire(w: PodWire) -> Option<Self> {
+        PodRecord::from_wire(w)
     }
 }
 
@@ -298,6 +361,17 @@ impl NodeTracker {
         }
         out
     }
+
+    /// The earliest moment a node's verdict can change without any Node update: when a
+    /// not-Ready stretch still short of `timeout` reaches it. `None`: only an update can.
+    pub fn next_deadline(&self, timeout: Duration) -> Option<SystemTime> {
+        self.nodes
+            .values()
+            .filter(|st| !st.failed)
+            .filter_map(|st| st.not_ready_since)
+            .map(|since| since + timeout)
+            .min()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -323,12 +397,15 @@ pub fn affected_claims(
         .map(|c| (c.namespace.as_str(), c.name.as_str()))
         .collect();
     let mut out = AffectedClaims::new();
-    for pod in pods.values().filter(|p| p.node_name == node) {
-        for claim in &pod.claims {
-            if ours.contains(&(pod.namespace.as_str(), claim.as_str())) {
-                out.entry((pod.namespace.clone(), claim.clone()))
+    for (key, pod) in pods.iter().filter(|(_, p)| &*p.node_name == node) {
+        let Some((namespace, name)) = key.split_once('/') else {
+            continue;
+        };
+        for claim in pod.claims.iter() {
+            if ours.contains(&(namespace, &**claim)) {
+                out.entry((namespace.to_string(), claim.to_string()))
                     .or_default()
-                    .push(pod.name.clone());
+                    .push(name.to_string());
             }
         }
     }
@@ -448,6 +525,17 @@ impl NodeWatcher {
         out
     }
 
+    /// How long the watcher may sleep at `now` if no Node changes: until the next failure
+    /// deadline, or `retry` while events wait for their PVC lookup. `None`: until a change.
+    pub fn next_wakeup(&self, now: SystemTime, retry: Duration) -> Option<Duration> {
+        let deadline = self
+            .tracker
+            .next_deadline(self.timeout)
+            .map(|d| d.duration_since(now).unwrap_or(Duration::ZERO));
+        let retry = (!self.pending.is_empty()).then_some(retry);
+        deadline.into_iter().chain(retry).min()
+    }
+
     /// Emit `new` after whatever is still waiting, in order. An event whose PVC lookup fails
     /// waits for the next call (at most `MAX_LOOKUP_TRIES` calls), and so do later events of the
     /// same PVC, so a PVC never sees its recovery before its failure.
@@ -506,7 +594,8 @@ impl NodeWatcher {
     }
 
     /// Start the Node and Pod reflectors and the "node-watcher" thread, which waits for both
-    /// caches and then evaluates every `tick` until shutdown. `pvs` and `pvcs` are the
+    /// caches and then evaluates whenever a Node changes, when a NotReady node reaches the
+    /// timeout, and every `tick` while events wait for a PVC lookup; otherwise it sleeps. `pvs` and `pvcs` are the
     /// controller's (synced) stores. Returns the watcher thread and the two reflector threads,
     /// in that order.
     pub fn spawn(
@@ -568,15 +657,32 @@ impl NodeWatcher {
         let mut emit = |o: &ObjectRef, kind: EventType, reason: &str, message: &str| {
             recorder.event(o, kind, reason, message)
         };
+        // Subscribed before the first evaluation, so no change can fall between the two.
+        let changes = caches.nodes.subscribe();
+        let stop = shutdown.receiver();
         loop {
+            let now = SystemTime::now();
             let planned = self.plan(
-                SystemTime::now(),
+                now,
                 &caches.nodes.snapshot(),
                 &caches.pods.snapshot(),
                 &caches.pvs.snapshot(),
             );
             self.deliver(planned, &lookup, &mut emit);
-            if shutdown.wait_timeout(tick) {
+            // Nothing to do until a Node changes or a deadline comes: sleep, do not tick.
+            let wait = self.next_wakeup(now, tick).unwrap_or(IDLE_RECHECK);
+            crossbeam_channel::select! {
+                recv(changes) -> c => {
+                    if c.is_err() {
+                        return;
+                    }
+                    // One evaluation covers every change that has queued up.
+                    while changes.try_recv().is_ok() {}
+                }
+                recv(stop) -> _ => return,
+                default(wait) => {}
+            }
+            if shutdown.is_triggered() {
                 return;
             }
         }
@@ -824,10 +930,8 @@ mod tests {
         (
             format!("{ns}/{name}"),
             PodRecord {
-                namespace: ns.into(),
-                name: name.into(),
                 node_name: node.into(),
-                claims: claims.iter().map(|c| c.to_string()).collect(),
+                claims: claims.iter().map(|&c| c.into()).collect(),
                 deleting: false,
             },
         )
@@ -936,8 +1040,14 @@ mod tests {
             ),
             (
                 json!({"metadata": {"name": "n1"}, "status": {"conditions": [
-                    {"type": "Ready", "status": 7, "lastTransitionTime": "garbage"}]}}),
+                    {"type": "Ready", "status": "Weird", "lastTransitionTime": "garbage"}]}}),
                 Some((ReadyState::Unknown, None, false)),
+            ),
+            // Malformed (a field of the wrong type): not a record; the reflector logs it.
+            (
+                json!({"metadata": {"name": "n1"}, "status": {"conditions": [
+                    {"type": "Ready", "status": 7}]}}),
+                None,
             ),
             (
                 json!({"metadata": {"name": "n1", "deletionTimestamp": "2026-01-02T03:04:05Z"},
@@ -949,15 +1059,19 @@ mod tests {
                 Some((ReadyState::Missing, None, false)),
             ),
             (
-                json!({"metadata": {"name": "n1"}, "status": {"conditions": "nope"}}),
+                json!({"metadata": {"name": "n1"}, "status": {"conditions": null}}),
                 Some((ReadyState::Missing, None, false)),
+            ),
+            (
+                json!({"metadata": {"name": "n1"}, "status": {"conditions": "nope"}}),
+                None,
             ),
             (json!({"metadata": {}}), None),
             (json!({"metadata": {"name": ""}}), None),
             (json!([1, 2]), None),
         ];
         for (obj, want) in cases {
-            let got = NodeRecord::key_and_record(&obj);
+            let got = NodeRecord::from_object(&obj).map(|r| (r.name.clone(), r));
             let want = want.map(|(ready, ts, deleting)| {
                 (
                     "n1".to_string(),
@@ -987,15 +1101,15 @@ mod tests {
             ]},
             "status": {"phase": "Running"}
         });
+        let key_and_record =
+            |o: &Value| PodRecord::from_object(o).map(|r| (watch::object_key(o).unwrap(), r));
         assert_eq!(
-            PodRecord::key_and_record(&full),
+            key_and_record(&full),
             Some((
                 "ns/web-0".to_string(),
                 PodRecord {
-                    namespace: "ns".into(),
-                    name: "web-0".into(),
                     node_name: "n1".into(),
-                    claims: names(&["data-web-0", "web-0-scratch"]),
+                    claims: ["data-web-0".into(), "web-0-scratch".into()].into(),
                     deleting: true,
                 }
             ))
@@ -1003,8 +1117,9 @@ mod tests {
         let unscheduled = json!({"metadata": {"name": "p", "namespace": "ns"},
             "spec": {"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "c"}}]}});
         assert_eq!(
-            PodRecord::from_object(&unscheduled).map(|p| (p.node_name, p.claims)),
-            Some((String::new(), names(&["c"])))
+            PodRecord::from_object(&unscheduled)
+                .map(|p| (p.node_name.to_string(), p.claims.to_vec())),
+            Some((String::new(), vec!["c".into()]))
         );
         for lean in [
             json!({"metadata": {"name": "p", "namespace": "ns"},
@@ -1016,8 +1131,51 @@ mod tests {
                    "spec": {"volumes": [{"name": "e", "ephemeral": null}]}}),
             json!("pod"),
         ] {
-            assert_eq!(PodRecord::key_and_record(&lean), None, "{lean}");
+            assert_eq!(key_and_record(&lean), None, "{lean}");
         }
+    }
+
+    /// The watcher sleeps until a NotReady node's deadline, or a retry while an event waits
+    /// for its PVC; with every node Ready and nothing pending, only a change wakes it.
+    #[test]
+    fn sleeps_until_the_next_deadline() {
+        let tick = Duration::from_secs(1);
+        let (pods, pvs) = (HashMap::new(), HashMap::new());
+        let mut w = NodeWatcher::new(T5M);
+        w.plan(t(0), &nodes(&[node("a", READY, Some(0))]), &pods, &pvs);
+        assert_eq!(w.next_wakeup(t(0), tick), None);
+        let two = nodes(&[node("a", False, Some(100)), node("b", Unknown, Some(105))]);
+        w.plan(t(110), &two, &pods, &pvs);
+        assert_eq!(
+            w.next_wakeup(t(110), tick),
+            Some(Duration::from_secs(290)),
+            "a's stretch began at 100: it fails at 400"
+        );
+        let out = w.plan(t(400), &two, &pods, &pvs);
+        assert!(out.is_empty(), "no PVCs, no events: {out:?}");
+        assert_eq!(w.next_wakeup(t(400), tick), Some(Duration::from_secs(5)));
+        w.plan(t(500), &two, &pods, &pvs);
+        assert_eq!(
+            w.next_wakeup(t(500), tick),
+            None,
+            "both failed: nothing to time"
+        );
+        // An event waiting for its PVC lookup is retried on the tick.
+        let emission = Emission {
+            namespace: "ns".into(),
+            pvc: "c".into(),
+            kind: EventType::Warning,
+            reason: REASON_FAILED,
+            message: "m".into(),
+        };
+        let failing = |_: &str, _: &str| -> Result<Option<PvcRecord>, kube::Error> {
+            Err(kube::Error::Transport {
+                what: "GET c".into(),
+                message: "refused".into(),
+            })
+        };
+        w.deliver(vec![emission], &failing, &mut |_, _, _, _| {});
+        assert_eq!(w.next_wakeup(t(500), tick), Some(tick));
     }
 
     fn pvc_record(ns: &str, name: &str) -> PvcRecord {

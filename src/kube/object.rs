@@ -1,0 +1,442 @@
+//! Objects as they come off the wire, typed: the metadata every cache needs, list pages read
+//! item by item straight from the response (each item as its raw JSON text, decoded by the
+//! caller into a record that names only the fields it keeps), and paging through a list.
+//!
+//! Nothing here builds a `serde_json::Value` of a page or an object: a page of 500 Pods as a
+//! tree is several MB of short-lived allocations, and a few reflector threads doing that at
+//! once grow several glibc arenas that are never given back (issue #18).
+
+use super::client::{encode_query, Client};
+use super::error::Error;
+use serde::de::{self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+use std::fmt;
+
+/// The `metadata` fields the caches use. Missing or null fields are `None`; a field of the
+/// wrong type makes the whole object malformed.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+    /// Only whether it is set matters; its value is never read.
+    pub deletion_timestamp: Option<IgnoredAny>,
+}
+
+impl ObjectMeta {
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("")
+    }
+
+    pub fn resource_version(&self) -> &str {
+        self.resource_version.as_deref().unwrap_or("")
+    }
+
+    pub fn is_deleting(&self) -> bool {
+        self.deletion_timestamp.is_some()
+    }
+
+    /// The store key: `namespace/name` for namespaced objects, `name` for cluster-scoped ones;
+    /// `None` without a name.
+    pub fn key(&self) -> Option<String> {
+        let name = self.name.as_deref().filter(|n| !n.is_empty())?;
+        match self.namespace.as_deref().filter(|n| !n.is_empty()) {
+            Some(ns) => Some(format!("{ns}/{name}")),
+            None => Some(name.to_string()),
+        }
+    }
+}
+
+/// A wire type with object metadata (the reflector reads keys and versions through it).
+pub trait Object {
+    fn meta(&self) -> &ObjectMeta;
+}
+
+/// Just the metadata of an object: bookmarks, and the name of a malformed object for its log
+/// line.
+#[derive(Debug, Default, Deserialize)]
+pub struct MetaOnly {
+    #[serde(default)]
+    pub metadata: Option<ObjectMeta>,
+}
+
+impl Object for MetaOnly {
+    fn meta(&self) -> &ObjectMeta {
+        meta_or_empty(&self.metadata)
+    }
+}
+
+/// `metadata`, or an empty one when the object has none (wire types keep it optional so that
+/// an object without it is not malformed, just nameless).
+pub fn meta_or_empty(m: &Option<ObjectMeta>) -> &ObjectMeta {
+    static EMPTY: ObjectMeta = ObjectMeta {
+        name: None,
+        namespace: None,
+        uid: None,
+        resource_version: None,
+        deletion_timestamp: None,
+    };
+    m.as_ref().unwrap_or(&EMPTY)
+}
+
+/// `namespace/name`, `name` or `(no name)` of a raw object, however malformed the rest is.
+pub fn describe(raw: &RawValue) -> String {
+    serde_json::from_str::<MetaOnly>(raw.get())
+        .ok()
+        .and_then(|m| m.meta().key())
+        .unwrap_or_else(|| "(no name)".to_string())
+}
+
+/// Decode one object into `T`. A malformed object (a field of the wrong type, not an object at
+/// all) is logged with `kind`, its name and `context` (who was reading it), and yields `None`:
+/// one bad object never fails a list or a watch.
+pub fn decode<T: DeserializeOwned>(raw: &RawValue, kind: &str, context: &str) -> Option<T> {
+    match serde_json::from_str::<T>(raw.get()) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            log::warn!(
+                "{context}: skipping a malformed {kind} {}: {e}",
+                describe(raw)
+            );
+            None
+        }
+    }
+}
+
+/// What a list page says about the whole list.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ListMeta {
+    /// The version the list was taken at (a watch starts from the last page's).
+    pub resource_version: String,
+    /// Where the next page starts; empty on the last page.
+    pub continue_token: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListMetaWire {
+    resource_version: Option<String>,
+    #[serde(rename = "continue")]
+    continue_token: Option<String>,
+}
+
+/// Read one list page from `reader`, handing every element of `items` to `each` as soon as it
+/// has been read; only one element is in memory at a time. A page without `items` is
+/// malformed (`items: null` is an empty page).
+pub fn read_page<R: std::io::Read>(
+    reader: R,
+    each: &mut dyn FnMut(&RawValue),
+) -> Result<ListMeta, String> {
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let meta = PageSeed { each }
+        .deserialize(&mut de)
+        .map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(meta)
+}
+
+struct PageSeed<'a> {
+    each: &'a mut dyn FnMut(&RawValue),
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "camelCase")]
+enum PageField {
+    Metadata,
+    Items,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> DeserializeSeed<'de> for PageSeed<'_> {
+    type Value = ListMeta;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<ListMeta, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> de::Visitor<'de> for PageSeed<'_> {
+    type Value = ListMeta;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ListMeta, A::Error> {
+        let mut meta = ListMeta::default();
+        let mut items = false;
+        while let Some(field) = map.next_key::<PageField>()? {
+            match field {
+                PageField::Metadata => {
+                    if let Some(m) = map.next_value::<Option<ListMetaWire>>()? {
+                        meta.resource_version = m.resource_version.unwrap_or_default();
+                        meta.continue_token = m.continue_token.unwrap_or_default();
+                    }
+                }
+                PageField::Items => {
+                    map.next_value_seed(ItemsSeed {
+                        each: &mut *self.each,
+                    })?;
+                    items = true;
+                }
+                PageField::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        if !items {
+            return Err(de::Error::custom("list response without items"));
+        }
+        Ok(meta)
+    }
+}
+
+struct ItemsSeed<'a> {
+    each: &'a mut dyn FnMut(&RawValue),
+}
+
+impl<'de> DeserializeSeed<'de> for ItemsSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> de::Visitor<'de> for ItemsSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of objects")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        // Each element's text is copied once into a small buffer and handed over; the element
+        // is decoded (or found malformed) by the caller, so a bad one cannot break the page.
+        while let Some(raw) = seq.next_element::<Box<RawValue>>()? {
+            (self.each)(&raw);
+        }
+        Ok(())
+    }
+}
+
+/// Walks a list page by page (`limit` objects each, following `continue`), each item handed to
+/// the caller as it is read. The reflector's initial list and the Event seeding use it;
+/// client-go's pager does the same job.
+pub struct Pager<'a> {
+    client: &'a Client,
+    path: String,
+    query: Vec<(String, String)>,
+    limit: String,
+    token: Option<String>,
+}
+
+impl<'a> Pager<'a> {
+    pub fn new(client: &'a Client, path: &str, query: &[(&str, &str)], limit: u32) -> Pager<'a> {
+        Pager {
+            client,
+            path: path.to_string(),
+            query: query
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            limit: limit.to_string(),
+            token: None,
+        }
+    }
+
+    /// The request path of the next page.
+    pub fn next_path(&self) -> String {
+        let mut pairs: Vec<(&str, &str)> = self
+            .query
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        pairs.push(("limit", &self.limit));
+        if let Some(t) = &self.token {
+            pairs.push(("continue", t));
+        }
+        format!("{}?{}", self.path, encode_query(&pairs))
+    }
+
+    /// A continue token is in use: a 410 now means it expired and the list must start over.
+    pub fn continuing(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// Back to the first page.
+    pub fn restart(&mut self) {
+        self.token = None;
+    }
+
+    /// Fetch the next page, every item to `each`. The returned metadata's `continue_token` is
+    /// empty on the last page; the pager remembers it for the next call.
+    pub fn next_page(&mut self, each: &mut dyn FnMut(&RawValue)) -> Result<ListMeta, Error> {
+        let meta = self.client.get_list_page(&self.next_path(), each)?;
+        self.token = Some(meta.continue_token.clone()).filter(|t| !t.is_empty());
+        Ok(meta)
+    }
+
+    /// Every page to the end.
+    pub fn for_each(mut self, each: &mut dyn FnMut(&RawValue)) -> Result<ListMeta, Error> {
+        loop {
+            let meta = self.next_page(each)?;
+            if meta.continue_token.is_empty() {
+                return Ok(meta);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(text: &str) -> (Result<ListMeta, String>, Vec<String>) {
+        let mut seen = Vec::new();
+        let r = read_page(text.as_bytes(), &mut |raw| seen.push(raw.get().to_string()));
+        (r, seen)
+    }
+
+    #[test]
+    fn pages_are_read_item_by_item() {
+        let (meta, items) = page(
+            r#"{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"7","continue":"c"},
+               "items":[{"metadata":{"name":"a"}}, 3, {"x":[1,{"y":null}]}]}"#,
+        );
+        assert_eq!(
+            meta.unwrap(),
+            ListMeta {
+                resource_version: "7".into(),
+                continue_token: "c".into()
+            }
+        );
+        assert_eq!(
+            items,
+            vec![
+                r#"{"metadata":{"name":"a"}}"#,
+                "3",
+                r#"{"x":[1,{"y":null}]}"#
+            ]
+        );
+        // Items before metadata, null items, no continue.
+        let (meta, items) = page(r#"{"items":null,"metadata":{"resourceVersion":"9"}}"#);
+        assert_eq!(meta.unwrap().resource_version, "9");
+        assert!(items.is_empty());
+    }
+
+    #[test]
+    fn malformed_pages_are_errors() {
+        for bad in [
+            r#"{"metadata":{}}"#,
+            r#"{"items":{}}"#,
+            r#"[]"#,
+            r#"{"items":[1,2"#,
+            r#"{"items":[]} trailing"#,
+            r#"{"metadata":{"resourceVersion":5},"items":[]}"#,
+        ] {
+            assert!(page(bad).0.is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn object_meta_and_keys() {
+        let m: MetaOnly = serde_json::from_str(
+            r#"{"metadata":{"name":"c","namespace":"ns","uid":"u","resourceVersion":"7","deletionTimestamp":"2026-01-01T00:00:00Z","labels":{"a":"b"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(m.meta().key().as_deref(), Some("ns/c"));
+        assert_eq!(m.meta().resource_version(), "7");
+        assert!(m.meta().is_deleting());
+        let m: MetaOnly =
+            serde_json::from_str(r#"{"metadata":{"name":"n","deletionTimestamp":null}}"#).unwrap();
+        assert_eq!(m.meta().key().as_deref(), Some("n"));
+        assert!(!m.meta().is_deleting());
+        let m: MetaOnly = serde_json::from_str(r#"{"spec":{}}"#).unwrap();
+        assert_eq!(m.meta().key(), None);
+    }
+
+    /// Pages follow `continue` to the end; the selector stays on every page; an error page
+    /// ends the walk with the API error.
+    #[test]
+    fn pager_walks_every_page() {
+        use crate::kube::client::tests::{client, http, Canned};
+        let srv = Canned::start(vec![
+            http(
+                200,
+                "",
+                r#"{"metadata":{"continue":"c1","resourceVersion":"5"},"items":[{"n":1},{"n":2}]}"#,
+            ),
+            http(
+                200,
+                "",
+                r#"{"metadata":{"resourceVersion":"6"},"items":[{"n":3}]}"#,
+            ),
+            http(
+                403,
+                "",
+                r#"{"kind":"Status","code":403,"reason":"Forbidden"}"#,
+            ),
+        ]);
+        let c = client(&srv.addr);
+        let mut seen = Vec::new();
+        let meta = Pager::new(&c, "/api/v1/events", &[("fieldSelector", "a=b")], 2)
+            .for_each(&mut |raw| seen.push(raw.get().to_string()))
+            .unwrap();
+        assert_eq!(seen, [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#]);
+        assert_eq!(meta.resource_version, "6");
+        let reqs = srv.requests();
+        assert!(
+            reqs[0].starts_with("GET /api/v1/events?fieldSelector=a%3Db&limit=2 "),
+            "{}",
+            reqs[0]
+        );
+        assert!(
+            reqs[1].starts_with("GET /api/v1/events?fieldSelector=a%3Db&limit=2&continue=c1 "),
+            "{}",
+            reqs[1]
+        );
+        let e = Pager::new(&c, "/x", &[], 2)
+            .for_each(&mut |_| {})
+            .unwrap_err();
+        assert_eq!(e.code(), Some(403));
+    }
+
+    #[test]
+    fn malformed_objects_are_described_and_skipped() {
+        let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
+        let bad = raw(r#"{"metadata":{"name":"p","namespace":"ns"},"spec":{"nodeName":3}}"#);
+        assert_eq!(describe(&bad), "ns/p");
+        #[derive(Deserialize, Debug)]
+        #[serde(rename_all = "camelCase")]
+        #[allow(dead_code)]
+        struct Spec {
+            node_name: Option<String>,
+        }
+        #[derive(Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Pod {
+            spec: Option<Spec>,
+        }
+        assert!(decode::<Pod>(&bad, "Pod", "test").is_none());
+        assert!(decode::<Pod>(&raw(r#"{"spec":{"nodeName":"n"}}"#), "Pod", "test").is_some());
+        assert_eq!(describe(&raw("\"garbage\"")), "(no name)");
+        assert_eq!(describe(&raw(r#"{"metadata":{"name":7}}"#)), "(no name)");
+    }
+}
