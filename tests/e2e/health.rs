@@ -487,7 +487,7 @@ fn paging_with_repeats_and_omissions() {
 
     // `c` is left out of the listing while it is still abnormal: its Get says so, nothing
     // recovers, nothing is rewritten.
-    let before = status_patches(&env, "pvc-c").len();
+    let before = wait_patches(&env, "pvc-c", 1).len();
     env.driver.drop_from_health_list("c");
     wait_more_calls(&env, GET_VOLUME_HEALTH, 3);
     assert!(env
