@@ -14,6 +14,7 @@ mod kubeconfig;
 mod leader;
 mod listmode;
 mod missing;
+mod monitoring;
 mod nodes;
 mod observability;
 mod rbac;
