@@ -171,6 +171,10 @@ pub fn run(cfg: Config) -> Result<(), Fatal> {
         shutdown.clone(),
     )
     .map_err(|e| fatal("Failed to start the event recorder", e))?;
+    {
+        let r = recorder.clone();
+        metrics.set_events_dropped(Box::new(move || r.dropped()));
+    }
 
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),

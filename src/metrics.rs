@@ -4,7 +4,7 @@
 //! exposition 0.0.4 by the HTTP server.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::core::{Collector, Desc};
@@ -165,6 +165,46 @@ pub struct Metrics {
     status_writes_dropped: CounterVec,
     unknown_conditions: CounterVec,
     volumes: VolumeMap,
+    events_dropped: Arc<OnceLock<DroppedEvents>>,
+}
+
+/// Reads how many Events the recorder dropped so far (its queue was full).
+pub type DroppedEvents = Box<dyn Fn() -> u64 + Send + Sync>;
+
+const EVENTS_DROPPED_NAME: &str = "csi_volume_health_events_dropped_total";
+const EVENTS_DROPPED_HELP: &str = "Events the sidecar could not queue for the API server, by reason (queue_full: 1000 Events were already waiting)";
+
+/// `csi_volume_health_events_dropped_total`, read from the recorder's own count at scrape time
+/// (the recorder knows nothing of metrics; its counter is the one truth).
+struct EventsDroppedCollector {
+    desc: Desc,
+    source: Arc<OnceLock<DroppedEvents>>,
+}
+
+impl Collector for EventsDroppedCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Some(read) = self.source.get() else {
+            return Vec::new();
+        };
+        let mut c = prometheus::proto::Counter::default();
+        c.set_value(read() as f64);
+        let mut m = prometheus::proto::Metric::default();
+        m.set_counter(c);
+        let mut reason = LabelPair::default();
+        reason.set_name("reason".to_string());
+        reason.set_value("queue_full".to_string());
+        m.set_label(vec![reason]);
+        let mut family = MetricFamily::default();
+        family.set_name(EVENTS_DROPPED_NAME.to_string());
+        family.set_help(EVENTS_DROPPED_HELP.to_string());
+        family.set_field_type(MetricType::COUNTER);
+        family.set_metric(vec![m]);
+        vec![family]
+    }
 }
 
 impl Default for Metrics {
@@ -197,6 +237,7 @@ impl Metrics {
         )
         .unwrap_or_else(unreachable_metric);
         let volumes: VolumeMap = Arc::new(Mutex::new(HashMap::new()));
+        let events_dropped: Arc<OnceLock<DroppedEvents>> = Arc::new(OnceLock::new());
         let desc = |name: &str, help: &str, labels: &[&str]| {
             Desc::new(
                 name.to_string(),
@@ -278,6 +319,10 @@ impl Metrics {
             Box::new(start) as Box<dyn prometheus::core::Collector>,
             Box::new(csi_ops.clone()),
             Box::new(volume_status),
+            Box::new(EventsDroppedCollector {
+                desc: desc(EVENTS_DROPPED_NAME, EVENTS_DROPPED_HELP, &["reason"]),
+                source: events_dropped.clone(),
+            }),
             Box::new(probe_total.clone()),
             Box::new(probe_duration.clone()),
             Box::new(last_sweep.clone()),
@@ -302,6 +347,7 @@ impl Metrics {
             status_writes_dropped,
             unknown_conditions,
             volumes,
+            events_dropped,
         }
     }
 
@@ -380,6 +426,12 @@ impl Metrics {
             self.status_writes.with_label_values(&[result]);
         }
         self.status_writes_dropped.with_label_values::<&str>(&[]);
+    }
+
+    /// Where `csi_volume_health_events_dropped_total` reads from (the recorder, once it runs);
+    /// set once, later calls are ignored.
+    pub fn set_events_dropped(&self, read: DroppedEvents) {
+        let _ = self.events_dropped.set(read);
     }
 
     /// One write of a PVC's `status.healthStatus`: `ok`, `dropped`, `forbidden` or `error`.
@@ -610,6 +662,29 @@ mod tests {
             .map(|s| s.name)
             .collect();
         assert_eq!(names, ["process_start_time_seconds"]);
+    }
+
+    #[test]
+    fn dropped_events_are_read_from_the_recorder_at_scrape_time() {
+        let m = Metrics::with_start_time(0.0);
+        let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = n.clone();
+        m.set_events_dropped(Box::new(move || {
+            seen.load(std::sync::atomic::Ordering::Relaxed)
+        }));
+        let text = m.encode();
+        assert!(
+            text.contains("# TYPE csi_volume_health_events_dropped_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("csi_volume_health_events_dropped_total{reason=\"queue_full\"} 0\n"),
+            "{text}"
+        );
+        n.store(3, std::sync::atomic::Ordering::Relaxed);
+        assert!(m
+            .encode()
+            .contains("csi_volume_health_events_dropped_total{reason=\"queue_full\"} 3\n"));
     }
 
     #[test]
