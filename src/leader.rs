@@ -18,11 +18,12 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::Sender;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use crate::events::{Event, EventType, ObjectRef};
 use crate::kube;
 use crate::shutdown::Shutdown;
-use crate::timeutil::{jitter, rfc3339, rfc3339_micros, unix_nanos};
+use crate::timeutil::{jitter, rfc3339_micros};
 
 /// client-go's `JitterFactor` for the acquire loop.
 const JITTER_FACTOR: f64 = 1.2;
@@ -529,7 +530,8 @@ pub fn lease_for_update(
     lease
 }
 
-/// The `LeaderElection` event client-go's recorder writes on the Lease.
+/// The `LeaderElection` event client-go's recorder writes on the Lease, built by the events
+/// module as every other event is (name generation with its DNS-subdomain fallback included).
 pub fn leader_event(
     lease: &Lease,
     lease_name: &str,
@@ -539,38 +541,24 @@ pub fn leader_event(
     now: SystemTime,
 ) -> Value {
     let meta = &lease.metadata;
+    let object = ObjectRef {
+        kind: "Lease".to_string(),
+        api_version: LEASE_API_VERSION.to_string(),
+        namespace: meta.namespace.as_deref().unwrap_or(namespace).to_string(),
+        name: meta.name.as_deref().unwrap_or(lease_name).to_string(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        resource_version: meta.resource_version.clone().unwrap_or_default(),
+    };
     let component = format!("{lease_name}/{identity}");
-    let ts = rfc3339(now);
-    let mut involved = json!({
-        "kind": "Lease",
-        "namespace": meta.namespace.as_deref().unwrap_or(namespace),
-        "name": meta.name.as_deref().unwrap_or(lease_name),
-        "apiVersion": LEASE_API_VERSION,
-    });
-    for (k, v) in [
-        ("uid", &meta.uid),
-        ("resourceVersion", &meta.resource_version),
-    ] {
-        if let Some(v) = v {
-            involved[k] = json!(v);
-        }
-    }
-    json!({
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": { "name": format!("{lease_name}.{:x}", unix_nanos(now)), "namespace": namespace },
-        "involvedObject": involved,
-        "reason": "LeaderElection",
-        "message": message,
-        "source": { "component": component },
-        "firstTimestamp": ts,
-        "lastTimestamp": ts,
-        "count": 1,
-        "type": "Normal",
-        "eventTime": null,
-        "reportingComponent": component,
-        "reportingInstance": "",
-    })
+    Event::new(
+        &component,
+        &object,
+        EventType::Normal,
+        "LeaderElection",
+        message,
+        now,
+    )
+    .create_body()
 }
 
 /// Leadership state shared with the HTTP server's `/healthz/leader-election`.
@@ -962,6 +950,7 @@ impl<A: LeaseApi> Elector<A> {
 mod tests {
     use super::*;
     use crossbeam_channel::Receiver;
+    use serde_json::json;
     use std::collections::HashMap;
     use std::sync::atomic::AtomicUsize;
     use std::time::UNIX_EPOCH;
@@ -1298,6 +1287,16 @@ mod tests {
             (Some("2026-01-02T03:04:05Z"), Some("2026-01-02T03:04:05Z"))
         );
         assert_eq!(ev["count"], 1);
+    }
+
+    #[test]
+    fn leader_event_name_falls_back_like_every_other_event() {
+        // Not a DNS subdomain (uppercase): client-go's GenerateEventName gives a random UUID.
+        let lease = lease(json!({"metadata": {"name": "Lease-A", "namespace": "ns"}}));
+        let ev = leader_event(&lease, "Lease-A", "ns", "pod", "m", SystemTime::now());
+        let name = ev["metadata"]["name"].as_str().unwrap();
+        assert!(!name.starts_with("Lease-A."), "{name}");
+        assert_eq!(name.len(), 36, "{name}");
     }
 
     #[test]
