@@ -16,11 +16,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::Sender;
-use serde_json::{json, Map, Value};
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 
+use crate::events::{Event, EventType, ObjectRef};
 use crate::kube;
 use crate::shutdown::Shutdown;
-use crate::timeutil::{jitter, rfc3339, rfc3339_micros, unix_nanos};
+use crate::timeutil::{jitter, rfc3339_micros};
 
 /// client-go's `JitterFactor` for the acquire loop.
 const JITTER_FACTOR: f64 = 1.2;
@@ -29,13 +32,193 @@ pub const HEALTHZ_TOLERANCE: Duration = Duration::from_secs(20);
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 const LEASE_API_VERSION: &str = "coordination.k8s.io/v1";
 
+/// A `coordination.k8s.io/v1` Lease as the lease loop reads it and writes it back.
+///
+/// client-go's LeaseLock does Get → typed Lease → change spec and labels → Update, so its PUT
+/// carries what its typed Lease knows and nothing else; this does the same with the fields below.
+/// A PUT replaces the object, so everything of `metadata` a PUT would otherwise remove is carried
+/// (see [`LeaseMeta`]); the spec keeps the two fields newer than the election record.
+///
+/// Fields are declared in alphabetical order, the order the JSON bodies had when they were built
+/// as a `serde_json::Value` map, so the bytes on the wire did not change with the types.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lease {
+    /// Never read: every body we send sets it to [`LEASE_API_VERSION`].
+    #[serde(default, skip_deserializing)]
+    pub api_version: String,
+    /// Never read: every body we send sets it to `Lease`.
+    #[serde(default, skip_deserializing)]
+    pub kind: String,
+    /// Strict: a metadata field of the wrong type makes the Lease malformed (an error naming it),
+    /// since a PUT built on a guessed resourceVersion or uid would not be the conditional write
+    /// it must be.
+    #[serde(default)]
+    pub metadata: LeaseMeta,
+    /// Lenient: see [`zero_if_malformed`].
+    #[serde(default, deserialize_with = "zero_if_malformed")]
+    pub spec: LeaseSpec,
+}
+
+/// `metadata` of a Lease: what client-go's typed `ObjectMeta` would send back on its Update,
+/// less `managedFields` and `selfLink`.
+///
+/// - `resourceVersion` makes the PUT conditional (409 when someone wrote first), `uid` makes it
+///   fail on a Lease deleted and re-created meanwhile; the event names the Lease by them too.
+/// - `labels`, `annotations`, `ownerReferences` and `finalizers` are user data a PUT without them
+///   would delete (an admin's annotation, a garbage-collection owner, a finalizer).
+/// - `generateName`, `generation`, `creationTimestamp`, `deletionTimestamp` and
+///   `deletionGracePeriodSeconds` are carried as read, as client-go does, although the server
+///   keeps its own values of them on an update.
+/// - `managedFields` is left out: an update that does not mention it keeps the server's (only an
+///   explicit single empty entry clears it; Kubernetes docs, Server-Side Apply, "Clearing
+///   managedFields"), and it is the largest part of most objects, which we never read.
+/// - `selfLink` is deprecated and no longer set by the server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseMeta {
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_grace_period_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_timestamp: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub finalizers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub owner_references: Vec<OwnerReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+/// A metav1 `OwnerReference`, every field of it: carried back whole so a PUT keeps the owner.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerReference {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_owner_deletion: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<bool>,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub uid: String,
+}
+
+/// `spec` of a Lease. The five fields of client-go's `LeaderElectionRecord` are always written
+/// (`null` for a time we do not have, as before); `preferredHolder` and `strategy` (coordinated
+/// leader election, Kubernetes 1.31+) are not ours, so they are written back as read and left out
+/// when absent. MicroTimes stay the strings read (see [`LeaseRecord`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseSpec {
+    #[serde(default, deserialize_with = "zero_if_malformed")]
+    pub acquire_time: Option<String>,
+    #[serde(default, deserialize_with = "zero_if_malformed")]
+    pub holder_identity: Option<String>,
+    #[serde(default, deserialize_with = "zero_if_malformed")]
+    pub lease_duration_seconds: Option<i64>,
+    #[serde(default, deserialize_with = "zero_if_malformed")]
+    pub lease_transitions: Option<i64>,
+    #[serde(
+        default,
+        deserialize_with = "zero_if_malformed",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub preferred_holder: Option<String>,
+    #[serde(default, deserialize_with = "zero_if_malformed")]
+    pub renew_time: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "zero_if_malformed",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub strategy: Option<String>,
+}
+
+/// A spec value of the wrong type reads as its zero value, as the loop always has read it: a
+/// Lease the API server would never have stored (it validates the spec) must not wedge the
+/// election for good; with no holder it is free to take, and the takeover writes a sound spec.
+/// (The untagged enum buffers the one value it is given, never the whole object.)
+fn zero_if_malformed<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OrNot<T> {
+        Is(T),
+        Not(IgnoredAny),
+    }
+    Ok(match OrNot::<T>::deserialize(d)? {
+        OrNot::Is(v) => v,
+        OrNot::Not(_) => T::default(),
+    })
+}
+
+/// `null` for a map or list is an empty one, as Go's decoder reads it.
+fn null_as_empty<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// A Lease the server sent that does not decode (not an object, metadata of the wrong shape):
+/// the error names the Lease, since a POST's path does not.
+fn malformed(namespace: &str, name: &str, e: kube::Error) -> kube::Error {
+    match e {
+        kube::Error::Decode { what, message } => kube::Error::Decode {
+            what: format!("{what} (lease {namespace}/{name})"),
+            message,
+        },
+        e => e,
+    }
+}
+
 /// The Kubernetes calls the lease loop makes; a seam so the loop is tested without a server.
 pub trait LeaseApi: Send + 'static {
     /// `None` when the Lease does not exist (404).
-    fn get(&self, namespace: &str, name: &str) -> Result<Option<Value>, kube::Error>;
-    fn create(&self, namespace: &str, lease: &Value) -> Result<Value, kube::Error>;
+    fn get(&self, namespace: &str, name: &str) -> Result<Option<Lease>, kube::Error>;
+    fn create(&self, namespace: &str, lease: &Lease) -> Result<Lease, kube::Error>;
     /// PUT; 409 when `metadata.resourceVersion` is stale.
-    fn update(&self, namespace: &str, name: &str, lease: &Value) -> Result<Value, kube::Error>;
+    fn update(&self, namespace: &str, name: &str, lease: &Lease) -> Result<Lease, kube::Error>;
     fn create_event(&self, namespace: &str, event: &Value) -> Result<Value, kube::Error>;
     /// Bounds the calls that follow by `deadline` (None lifts it), as client-go's renew context
     /// does: a hanging request must not keep a leader leading past its renew deadline.
@@ -47,18 +230,22 @@ fn leases_path(namespace: &str) -> String {
 }
 
 impl LeaseApi for kube::Client {
-    fn get(&self, namespace: &str, name: &str) -> Result<Option<Value>, kube::Error> {
-        match kube::Client::get(self, &format!("{}/{name}", leases_path(namespace))) {
+    fn get(&self, namespace: &str, name: &str) -> Result<Option<Lease>, kube::Error> {
+        match self.get_as(&format!("{}/{name}", leases_path(namespace))) {
             Ok(v) => Ok(Some(v)),
             Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
+            Err(e) => Err(malformed(namespace, name, e)),
         }
     }
-    fn create(&self, namespace: &str, lease: &Value) -> Result<Value, kube::Error> {
-        self.post(&leases_path(namespace), lease)
+    fn create(&self, namespace: &str, lease: &Lease) -> Result<Lease, kube::Error> {
+        let name = lease.metadata.name.as_deref().unwrap_or_default();
+        self.send_as("POST", &leases_path(namespace), lease)
+            .map_err(|e| malformed(namespace, name, e))
     }
-    fn update(&self, namespace: &str, name: &str, lease: &Value) -> Result<Value, kube::Error> {
-        self.put(&format!("{}/{name}", leases_path(namespace)), lease)
+    fn update(&self, namespace: &str, name: &str, lease: &Lease) -> Result<Lease, kube::Error> {
+        let path = format!("{}/{name}", leases_path(namespace));
+        self.send_as("PUT", &path, lease)
+            .map_err(|e| malformed(namespace, name, e))
     }
     fn create_event(&self, namespace: &str, event: &Value) -> Result<Value, kube::Error> {
         self.post(&format!("/api/v1/namespaces/{namespace}/events"), event)
@@ -180,36 +367,25 @@ pub struct LeaseRecord {
 }
 
 impl LeaseRecord {
-    /// Missing or malformed fields read as their zero value, as Go's decoder leaves them.
-    pub fn from_lease(lease: &Value) -> LeaseRecord {
-        let spec = &lease["spec"];
-        let time = |k: &str| spec[k].as_str().map(str::to_string);
+    /// Missing (or, see [`zero_if_malformed`], malformed) fields read as their zero value.
+    pub fn from_lease(lease: &Lease) -> LeaseRecord {
+        let spec = &lease.spec;
         LeaseRecord {
-            holder: spec["holderIdentity"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            lease_duration_seconds: spec["leaseDurationSeconds"].as_i64().unwrap_or(0),
-            acquire_time: time("acquireTime"),
-            renew_time: time("renewTime"),
-            lease_transitions: spec["leaseTransitions"].as_i64().unwrap_or(0),
+            holder: spec.holder_identity.clone().unwrap_or_default(),
+            lease_duration_seconds: spec.lease_duration_seconds.unwrap_or(0),
+            acquire_time: spec.acquire_time.clone(),
+            renew_time: spec.renew_time.clone(),
+            lease_transitions: spec.lease_transitions.unwrap_or(0),
         }
     }
 
-    fn spec_fields(&self) -> [(&'static str, Value); 5] {
-        [
-            ("holderIdentity", json!(self.holder)),
-            ("leaseDurationSeconds", json!(self.lease_duration_seconds)),
-            (
-                "acquireTime",
-                self.acquire_time.as_ref().map_or(Value::Null, |t| json!(t)),
-            ),
-            (
-                "renewTime",
-                self.renew_time.as_ref().map_or(Value::Null, |t| json!(t)),
-            ),
-            ("leaseTransitions", json!(self.lease_transitions)),
-        ]
+    /// Writes the record into `spec`, leaving the fields that are not the record's as they are.
+    fn write_to(&self, spec: &mut LeaseSpec) {
+        spec.holder_identity = Some(self.holder.clone());
+        spec.lease_duration_seconds = Some(self.lease_duration_seconds);
+        spec.acquire_time = self.acquire_time.clone();
+        spec.renew_time = self.renew_time.clone();
+        spec.lease_transitions = Some(self.lease_transitions);
     }
 
     fn lease_duration(&self) -> Duration {
@@ -320,92 +496,69 @@ pub fn lease_for_create(
     namespace: &str,
     labels: &BTreeMap<String, String>,
     rec: &LeaseRecord,
-) -> Value {
-    let mut metadata = json!({ "name": name, "namespace": namespace });
-    if !labels.is_empty() {
-        metadata["labels"] = json!(labels);
-    }
-    let spec: Map<String, Value> = rec
-        .spec_fields()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    json!({ "apiVersion": LEASE_API_VERSION, "kind": "Lease", "metadata": metadata, "spec": spec })
+) -> Lease {
+    let mut lease = Lease {
+        api_version: LEASE_API_VERSION.to_string(),
+        kind: "Lease".to_string(),
+        metadata: LeaseMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: labels.clone(),
+            ..LeaseMeta::default()
+        },
+        spec: LeaseSpec::default(),
+    };
+    rec.write_to(&mut lease.spec);
+    lease
 }
 
 /// The PUT body: the Lease as last read (so its resourceVersion makes the write conditional),
 /// with the record's fields replaced, other spec fields kept and our labels merged in.
 pub fn lease_for_update(
-    current: &Value,
+    current: &Lease,
     labels: &BTreeMap<String, String>,
     rec: &LeaseRecord,
-) -> Value {
-    let mut lease = if current.is_object() {
-        current.clone()
-    } else {
-        json!({})
-    };
-    lease["apiVersion"] = json!(LEASE_API_VERSION);
-    lease["kind"] = json!("Lease");
-    if !lease["metadata"].is_object() {
-        lease["metadata"] = json!({});
-    }
-    if !labels.is_empty() {
-        if !lease["metadata"]["labels"].is_object() {
-            lease["metadata"]["labels"] = json!({});
-        }
-        for (k, v) in labels {
-            lease["metadata"]["labels"][k.as_str()] = json!(v);
-        }
-    }
-    if !lease["spec"].is_object() {
-        lease["spec"] = json!({});
-    }
-    for (k, v) in rec.spec_fields() {
-        lease["spec"][k] = v;
-    }
+) -> Lease {
+    let mut lease = current.clone();
+    lease.api_version = LEASE_API_VERSION.to_string();
+    lease.kind = "Lease".to_string();
+    lease
+        .metadata
+        .labels
+        .extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    rec.write_to(&mut lease.spec);
     lease
 }
 
-/// The `LeaderElection` event client-go's recorder writes on the Lease.
+/// The `LeaderElection` event client-go's recorder writes on the Lease, built by the events
+/// module as every other event is (name generation with its DNS-subdomain fallback included).
 pub fn leader_event(
-    lease: &Value,
+    lease: &Lease,
     lease_name: &str,
     namespace: &str,
     identity: &str,
     message: &str,
     now: SystemTime,
 ) -> Value {
-    let meta = &lease["metadata"];
+    let meta = &lease.metadata;
+    let object = ObjectRef {
+        kind: "Lease".to_string(),
+        api_version: LEASE_API_VERSION.to_string(),
+        namespace: meta.namespace.as_deref().unwrap_or(namespace).to_string(),
+        name: meta.name.as_deref().unwrap_or(lease_name).to_string(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        resource_version: meta.resource_version.clone().unwrap_or_default(),
+    };
     let component = format!("{lease_name}/{identity}");
-    let ts = rfc3339(now);
-    let mut involved = json!({
-        "kind": "Lease",
-        "namespace": meta["namespace"].as_str().unwrap_or(namespace),
-        "name": meta["name"].as_str().unwrap_or(lease_name),
-        "apiVersion": LEASE_API_VERSION,
-    });
-    for (k, key) in [("uid", "uid"), ("resourceVersion", "resourceVersion")] {
-        if let Some(v) = meta[key].as_str() {
-            involved[k] = json!(v);
-        }
-    }
-    json!({
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": { "name": format!("{lease_name}.{:x}", unix_nanos(now)), "namespace": namespace },
-        "involvedObject": involved,
-        "reason": "LeaderElection",
-        "message": message,
-        "source": { "component": component },
-        "firstTimestamp": ts,
-        "lastTimestamp": ts,
-        "count": 1,
-        "type": "Normal",
-        "eventTime": null,
-        "reportingComponent": component,
-        "reportingInstance": "",
-    })
+    Event::new(
+        &component,
+        &object,
+        EventType::Normal,
+        "LeaderElection",
+        message,
+        now,
+    )
+    .create_body()
 }
 
 /// Leadership state shared with the HTTP server's `/healthz/leader-election`.
@@ -482,7 +635,7 @@ struct Elector<A: LeaseApi> {
     events: Sender<LeaderEvent>,
     observed: Option<Observation>,
     /// The Lease object as last read or written: the base of the next PUT.
-    lease: Option<Value>,
+    lease: Option<Lease>,
     reported_leader: String,
 }
 
@@ -705,8 +858,8 @@ impl<A: LeaseApi> Elector<A> {
     }
 
     /// After a successful create or update: we observe what we wrote, now.
-    fn wrote(&mut self, response: Value, rec: LeaseRecord, now: Instant) {
-        self.lease = response.is_object().then_some(response);
+    fn wrote(&mut self, response: Lease, rec: LeaseRecord, now: Instant) {
+        self.lease = Some(response);
         self.observed = Some(Observation {
             record: rec,
             at: now,
@@ -797,6 +950,7 @@ impl<A: LeaseApi> Elector<A> {
 mod tests {
     use super::*;
     use crossbeam_channel::Receiver;
+    use serde_json::json;
     use std::collections::HashMap;
     use std::sync::atomic::AtomicUsize;
     use std::time::UNIX_EPOCH;
@@ -992,7 +1146,7 @@ mod tests {
             SystemTime::now(),
         )
         .unwrap();
-        let created = lease_for_create("l", "ns", &labels, &r);
+        let created = body(&lease_for_create("l", "ns", &labels, &r));
         assert_eq!(created["apiVersion"], "coordination.k8s.io/v1");
         assert_eq!(created["kind"], "Lease");
         assert_eq!(
@@ -1007,7 +1161,7 @@ mod tests {
             assert!(is_micro_time(v), "{k}={v}");
         }
         assert!(
-            lease_for_create("l", "ns", &BTreeMap::new(), &r)["metadata"]
+            body(&lease_for_create("l", "ns", &BTreeMap::new(), &r))["metadata"]
                 .get("labels")
                 .is_none()
         );
@@ -1016,7 +1170,7 @@ mod tests {
             "metadata": {"name": "l", "namespace": "ns", "resourceVersion": "42", "uid": "u1", "labels": {"keep": "1", "app": "old"}},
             "spec": {"holderIdentity": "other", "leaseDurationSeconds": 15, "strategy": "OldestEmulationVersion"}
         });
-        let updated = lease_for_update(&current, &labels, &r);
+        let updated = body(&lease_for_update(&lease(current), &labels, &r));
         assert_eq!(updated["metadata"]["resourceVersion"], "42");
         assert_eq!(
             updated["metadata"]["labels"],
@@ -1024,19 +1178,92 @@ mod tests {
         );
         assert_eq!(updated["spec"]["strategy"], "OldestEmulationVersion");
         assert_eq!(updated["spec"]["holderIdentity"], "me");
-        assert_eq!(LeaseRecord::from_lease(&updated), r);
-        // Garbage in, a well-formed body out.
-        let g = lease_for_update(&json!("garbage"), &labels, &r);
+        assert_eq!(LeaseRecord::from_lease(&lease(updated)), r);
+        // Garbage is refused when it is read, naming the Lease; an empty Lease still makes a
+        // well-formed body.
+        let garbage = decode_lease("ns", "l", json!("garbage")).unwrap_err();
+        assert!(garbage.to_string().contains("lease ns/l"), "{garbage}");
+        let g = body(&lease_for_update(&Lease::default(), &labels, &r));
         assert_eq!(g["spec"]["holderIdentity"], "me");
         assert_eq!(
-            LeaseRecord::from_lease(&json!({"spec": {"holderIdentity": 7}})),
+            LeaseRecord::from_lease(&lease(json!({"spec": {"holderIdentity": 7}}))),
             LeaseRecord::default()
         );
     }
 
     #[test]
+    fn create_body_bytes_are_those_of_the_value_tree_it_replaced() {
+        let labels: BTreeMap<String, String> = [("app".to_string(), "hm".to_string())].into();
+        let t = "2026-01-02T03:04:05.120000Z";
+        let r = LeaseRecord {
+            holder: "me".into(),
+            lease_duration_seconds: 15,
+            acquire_time: Some(t.into()),
+            renew_time: Some(t.into()),
+            lease_transitions: 0,
+        };
+        assert_eq!(
+            serde_json::to_string(&lease_for_create("l", "ns", &labels, &r)).unwrap(),
+            format!(
+                r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{{"labels":{{"app":"hm"}},"name":"l","namespace":"ns"}},"spec":{{"acquireTime":"{t}","holderIdentity":"me","leaseDurationSeconds":15,"leaseTransitions":0,"renewTime":"{t}"}}}}"#
+            )
+        );
+    }
+
+    #[test]
+    fn update_body_keeps_what_a_put_would_lose_and_leaves_managed_fields_out() {
+        let owner = json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": "hm", "uid": "d1", "controller": true, "blockOwnerDeletion": true}]);
+        let current = lease(json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {
+                "name": "l", "namespace": "ns", "uid": "u1", "resourceVersion": "42",
+                "generation": 3, "creationTimestamp": "2026-01-01T00:00:00Z",
+                "labels": {"keep": "1"}, "annotations": {"note": "admin"},
+                "ownerReferences": owner, "finalizers": ["example.com/keep"],
+                "managedFields": [{"manager": "kubectl", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]
+            },
+            "spec": {"holderIdentity": "other", "leaseDurationSeconds": 15, "leaseTransitions": 2,
+                     "strategy": "OldestEmulationVersion", "preferredHolder": "other"}
+        }));
+        let r = next_record(
+            Decision::TakeOver,
+            Some(&LeaseRecord::from_lease(&current)),
+            "me",
+            Duration::from_secs(15),
+            SystemTime::now(),
+        )
+        .unwrap();
+        let labels: BTreeMap<String, String> = [("app".to_string(), "hm".to_string())].into();
+        let b = body(&lease_for_update(&current, &labels, &r));
+        let m = &b["metadata"];
+        assert_eq!(
+            (&m["uid"], &m["resourceVersion"], &m["generation"]),
+            (&json!("u1"), &json!("42"), &json!(3))
+        );
+        assert_eq!(m["creationTimestamp"], "2026-01-01T00:00:00Z");
+        assert_eq!(m["labels"], json!({"keep": "1", "app": "hm"}));
+        assert_eq!(m["annotations"], json!({"note": "admin"}));
+        assert_eq!(m["ownerReferences"], owner);
+        assert_eq!(m["finalizers"], json!(["example.com/keep"]));
+        assert!(m.get("managedFields").is_none(), "{m}");
+        assert_eq!(b["spec"]["strategy"], "OldestEmulationVersion");
+        assert_eq!(b["spec"]["preferredHolder"], "other");
+        assert_eq!(
+            (&b["spec"]["holderIdentity"], &b["spec"]["leaseTransitions"]),
+            (&json!("me"), &json!(3))
+        );
+        // null collections read as empty ones, as Go's decoder reads them.
+        let nulls = lease(
+            json!({"metadata": {"labels": null, "annotations": null, "finalizers": null, "ownerReferences": null}}),
+        );
+        assert_eq!(nulls.metadata, LeaseMeta::default());
+    }
+
+    #[test]
     fn leader_event_shape() {
-        let lease = json!({"metadata": {"name": "lease-a", "namespace": "ns", "uid": "u1", "resourceVersion": "7"}});
+        let lease = lease(
+            json!({"metadata": {"name": "lease-a", "namespace": "ns", "uid": "u1", "resourceVersion": "7"}}),
+        );
         let now = UNIX_EPOCH + Duration::new(1_767_323_045, 5);
         let ev = leader_event(&lease, "lease-a", "ns", "pod.a", "pod-a became leader", now);
         assert_eq!(
@@ -1063,6 +1290,16 @@ mod tests {
     }
 
     #[test]
+    fn leader_event_name_falls_back_like_every_other_event() {
+        // Not a DNS subdomain (uppercase): client-go's GenerateEventName gives a random UUID.
+        let lease = lease(json!({"metadata": {"name": "Lease-A", "namespace": "ns"}}));
+        let ev = leader_event(&lease, "Lease-A", "ns", "pod", "m", SystemTime::now());
+        let name = ev["metadata"]["name"].as_str().unwrap();
+        assert!(!name.starts_with("Lease-A."), "{name}");
+        assert_eq!(name.len(), 36, "{name}");
+    }
+
+    #[test]
     fn healthz_rule() {
         let s = LeaderStatus::new();
         let t0 = Instant::now();
@@ -1082,6 +1319,29 @@ mod tests {
         assert_eq!(s.healthz(t0 + Duration::from_secs(36), d), Ok(()));
         s.mark_stopped();
         assert_eq!(s.healthz(t0 + Duration::from_secs(1000), d), Ok(()));
+    }
+
+    /// A Lease as the client decodes it, from the JSON a server would send.
+    fn decode_lease(ns: &str, name: &str, v: Value) -> Result<Lease, kube::Error> {
+        serde_json::from_value(v).map_err(|e| {
+            malformed(
+                ns,
+                name,
+                kube::Error::Decode {
+                    what: "GET lease".into(),
+                    message: e.to_string(),
+                },
+            )
+        })
+    }
+
+    fn lease(v: Value) -> Lease {
+        decode_lease("ns", "l", v).unwrap()
+    }
+
+    /// A Lease as it goes on the wire.
+    fn body(l: &Lease) -> Value {
+        serde_json::to_value(l).unwrap()
     }
 
     // ---- the loop against an in-memory API server ----
@@ -1143,8 +1403,8 @@ mod tests {
                 .lock()
                 .unwrap()
                 .lease
-                .as_ref()
-                .map(LeaseRecord::from_lease)
+                .clone()
+                .map(|l| LeaseRecord::from_lease(&lease(l)))
         }
         fn last_write_by(&self, holder: &str) -> Option<Instant> {
             self.state
@@ -1175,38 +1435,47 @@ mod tests {
             Ok(())
         }
 
-        fn store(&self, st: &mut State, mut lease: Value, op: &'static str) -> Value {
+        fn store(
+            &self,
+            st: &mut State,
+            mut stored: Value,
+            op: &'static str,
+        ) -> Result<Lease, kube::Error> {
             st.rv += 1;
-            lease["metadata"]["resourceVersion"] = json!(st.rv.to_string());
-            if lease["metadata"]["uid"].is_null() {
-                lease["metadata"]["uid"] = json!("uid-1");
+            stored["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+            if stored["metadata"]["uid"].is_null() {
+                stored["metadata"]["uid"] = json!("uid-1");
             }
-            let holder = LeaseRecord::from_lease(&lease).holder;
+            let holder = LeaseRecord::from_lease(&lease(stored.clone())).holder;
             st.writes.push((holder, Instant::now()));
             st.log.push((self.who.clone(), op, 200));
-            st.lease = Some(lease.clone());
-            lease
+            st.lease = Some(stored.clone());
+            decode_lease("ns", "l", stored)
         }
     }
 
     impl LeaseApi for FakeClient {
-        fn get(&self, _ns: &str, _name: &str) -> Result<Option<Value>, kube::Error> {
+        fn get(&self, ns: &str, name: &str) -> Result<Option<Lease>, kube::Error> {
             self.check("get")?;
             let mut st = self.state.lock().unwrap();
             let code = if st.lease.is_some() { 200 } else { 404 };
             st.log.push((self.who.clone(), "get", code));
-            Ok(st.lease.clone())
+            st.lease
+                .clone()
+                .map(|l| decode_lease(ns, name, l))
+                .transpose()
         }
-        fn create(&self, _ns: &str, lease: &Value) -> Result<Value, kube::Error> {
+        fn create(&self, _ns: &str, lease: &Lease) -> Result<Lease, kube::Error> {
             self.check("create")?;
             let mut st = self.state.lock().unwrap();
             if st.lease.is_some() {
                 st.log.push((self.who.clone(), "create", 409));
                 return Err(api_error(409, "AlreadyExists"));
             }
-            Ok(self.store(&mut st, lease.clone(), "create"))
+            self.store(&mut st, body(lease), "create")
         }
-        fn update(&self, _ns: &str, _name: &str, lease: &Value) -> Result<Value, kube::Error> {
+        fn update(&self, _ns: &str, _name: &str, lease: &Lease) -> Result<Lease, kube::Error> {
+            let lease = body(lease);
             self.check("update")?;
             let mut st = self.state.lock().unwrap();
             let current_rv = st
@@ -1224,7 +1493,7 @@ mod tests {
                 st.log.push((self.who.clone(), "update", 409));
                 return Err(api_error(409, "Conflict"));
             }
-            Ok(self.store(&mut st, lease.clone(), "update"))
+            self.store(&mut st, lease, "update")
         }
         fn create_event(&self, _ns: &str, event: &Value) -> Result<Value, kube::Error> {
             self.check("event")?;
@@ -1570,6 +1839,34 @@ mod tests {
         assert!(a.try_acquire_or_renew());
         let r = fake.record().unwrap();
         assert_eq!((r.holder.as_str(), r.lease_transitions), ("a", 2));
+    }
+
+    #[test]
+    fn a_lease_that_does_not_decode_is_an_error_naming_it_and_is_not_written() {
+        for bad in [
+            json!("garbage"),
+            json!({"metadata": {"name": "l", "resourceVersion": 5}}),
+            json!({"metadata": "nonsense"}),
+        ] {
+            let fake = Fake::new();
+            fake.state.lock().unwrap().lease = Some(bad.clone());
+            let (mut a, _ra) = elector(&fake, "a");
+            let err = a.api.get("ns", "lease-x").unwrap_err();
+            assert!(err.to_string().contains("lease ns/lease-x"), "{err}");
+            fake.state.lock().unwrap().log.clear();
+            assert!(!a.try_acquire_or_renew(), "{bad}");
+            let ops: Vec<&str> = fake
+                .state
+                .lock()
+                .unwrap()
+                .log
+                .iter()
+                .map(|(_, o, _)| *o)
+                .collect();
+            assert_eq!(ops, ["get"], "{bad}");
+            assert_eq!(fake.state.lock().unwrap().lease.as_ref(), Some(&bad));
+            assert!(!a.is_leader());
+        }
     }
 
     #[test]

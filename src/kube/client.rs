@@ -9,7 +9,7 @@ use super::error::{Error, Status};
 use super::object::{self, ListMeta, MetaOnly, Object};
 use super::ratelimit::RateLimiter;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
@@ -362,11 +362,11 @@ impl Client {
     }
 
     /// The body of a successful answer, whole.
-    fn request_body(
+    fn request_body<B: Serialize + ?Sized>(
         &self,
         method: &str,
         path: &str,
-        body: Option<(&str, &Value)>,
+        body: Option<(&str, &B)>,
     ) -> Result<Vec<u8>, Error> {
         let what = format!("{method} {path}");
         let bytes = body.map(|(ct, v)| (ct, serde_json::to_vec(v).unwrap_or_default()));
@@ -390,9 +390,24 @@ impl Client {
 
     /// GET one object decoded straight into `T` (a record's wire form), no tree in between.
     pub fn get_as<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
-        let buf = self.request_body("GET", path, None)?;
+        let buf = self.request_body("GET", path, None::<(&str, &Value)>)?;
         serde_json::from_slice(&buf).map_err(|e| Error::Decode {
             what: format!("GET {path}"),
+            message: e.to_string(),
+        })
+    }
+
+    /// POST or PUT a wire type as JSON and decode the answer straight into `T`: no tree on
+    /// either side (the lease loop's create and update).
+    pub fn send_as<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &B,
+    ) -> Result<T, Error> {
+        let buf = self.request_body(method, path, Some(("application/json", body)))?;
+        serde_json::from_slice(&buf).map_err(|e| Error::Decode {
+            what: format!("{method} {path}"),
             message: e.to_string(),
         })
     }
