@@ -439,12 +439,7 @@ fn run_one(o: &Opts, n: usize, mode: ModeArg, noise: bool) -> Result<Row, String
         r
     });
     if let Err(e) = &result {
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(30).collect();
-        eprintln!("   failed: {e}\n   sidecar log (last lines):");
-        for l in tail.into_iter().rev() {
-            eprintln!("   | {l}");
-        }
+        print_failure(e, &log_path);
     }
     let _ = std::fs::remove_dir_all(&dir);
     result
@@ -561,6 +556,16 @@ fn measure(
     row.rss_kib = rss;
     row.hwm_kib = hwm;
     Ok(row)
+}
+
+/// A failed measurement: the error and the last lines the sidecar logged.
+fn print_failure(e: &str, log_path: &Path) {
+    let text = std::fs::read_to_string(log_path).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(30).collect();
+    eprintln!("   failed: {e}\n   sidecar log (last lines):");
+    for l in tail.into_iter().rev() {
+        eprintln!("   | {l}");
+    }
 }
 
 fn finished(s: &csidriver::State, method: &str) -> usize {
@@ -1243,12 +1248,7 @@ fn footprint_run(
     sampler.stop();
     guard.terminate();
     if let Err(e) = &measured {
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(30).collect();
-        eprintln!("   failed: {e}\n   sidecar log (last lines):");
-        for l in tail.into_iter().rev() {
-            eprintln!("   | {l}");
-        }
+        print_failure(e, &log_path);
     }
     let _ = std::fs::remove_dir_all(&dir);
     measured
