@@ -4,9 +4,14 @@
 //! re-read, exec plugins with expiry) the client asks for an `Authorization` header.
 
 use super::error::Error;
-use super::yaml;
 use crate::timeutil;
-use serde_json::Value;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::DecodePaddingMode;
+use base64::{alphabet, DecodeError, Engine};
+use saphyr_parser::{Event, Marker, Parser, ScalarStyle, Tag};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -181,9 +186,270 @@ pub fn load_kubeconfig(path: &Path) -> Result<ClientConfig, Error> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| cfg_err(&source, "", format!("cannot read: {e}")))?;
     let doc =
-        yaml::parse(&text).map_err(|e| cfg_err(&source, "", format!("not valid YAML: {e}")))?;
+        parse_yaml(&text).map_err(|e| cfg_err(&source, "", format!("not valid YAML: {e}")))?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     kubeconfig_from_value(&doc, &source, &dir)
+}
+
+/// The deepest nesting read: serde_json's own recursion limit, so any JSON kubeconfig is still
+/// read. The parser keeps its state on the heap; this bound is for the tree built here, whose
+/// drop and walk recurse: a line of 100,000 `[` is an error, not a stack overflow.
+const YAML_MAX_DEPTH: usize = 128;
+
+/// How many nodes aliases may add by repetition. A kubeconfig repeats a few small maps; this is
+/// far more, and it stops a "billion laughs" file (each alias doubling the one before) before it
+/// fills memory.
+const YAML_MAX_ALIAS_NODES: usize = 100_000;
+
+/// A collection whose end event has not come yet.
+enum Open {
+    Seq {
+        items: Vec<Value>,
+        anchor: usize,
+        nodes: usize,
+    },
+    Map {
+        entries: Map<String, Value>,
+        key: Option<Key>,
+        /// `<<: *base` sources, applied at the end so the map's own keys win (YAML 1.1 merge
+        /// keys, which Go's yaml package and so kubectl honour).
+        merges: Vec<Map<String, Value>>,
+        anchor: usize,
+        nodes: usize,
+    },
+}
+
+struct Key {
+    name: String,
+    at: Marker,
+    merge: bool,
+}
+
+fn at(m: &Marker, message: &str) -> String {
+    format!("line {} column {}: {message}", m.line(), m.col() + 1)
+}
+
+/// Read the first YAML document of `text` (JSON is YAML too) into the tree the loader walks;
+/// plain scalars are typed by the YAML 1.2 core schema, keys are strings. An empty document is
+/// `Null`. Errors give line and column and never quote a value (values hold credentials).
+/// The tokenizer and parser are `saphyr-parser`'s; this builds the tree from its events.
+pub fn parse_yaml(text: &str) -> Result<Value, String> {
+    let mut parser = Parser::new_from_str(text);
+    let mut stack: Vec<Open> = Vec::new();
+    let mut anchors: HashMap<usize, (Value, usize)> = HashMap::new();
+    let mut alias_nodes = 0usize;
+    let mut root = None;
+    loop {
+        let (event, span) = match parser.next_event() {
+            None => return Ok(root.unwrap_or(Value::Null)),
+            Some(Err(e)) if e.info().contains("tab") => {
+                return Err(match tab_indent(text, e.marker().line()) {
+                    Some((line, col)) => {
+                        format!("line {line} column {col}: tab used for indentation")
+                    }
+                    None => at(e.marker(), e.info()),
+                })
+            }
+            Some(Err(e)) => return Err(at(e.marker(), e.info())),
+            Some(Ok(x)) => x,
+        };
+        let mark = span.start;
+        let awaiting_key = matches!(stack.last(), Some(Open::Map { key: None, .. }));
+        // A finished node: its value, how many nodes it holds and its anchor (0 = none).
+        let (value, nodes, anchor) = match event {
+            Event::Nothing | Event::StreamStart | Event::DocumentStart(_) => continue,
+            // Only the first document is read, as client-go's decoder does.
+            Event::DocumentEnd | Event::StreamEnd => return Ok(root.unwrap_or(Value::Null)),
+            Event::Scalar(text, style, anchor, tag) => {
+                if awaiting_key {
+                    let merge = style == ScalarStyle::Plain && text == "<<";
+                    let name = text.into_owned();
+                    if anchor != 0 {
+                        anchors.insert(anchor, (Value::String(name.clone()), 1));
+                    }
+                    if let Some(Open::Map { key, .. }) = stack.last_mut() {
+                        *key = Some(Key {
+                            name,
+                            at: mark,
+                            merge,
+                        });
+                    }
+                    continue;
+                }
+                (scalar(text, style, tag.as_deref()), 1, anchor)
+            }
+            Event::Alias(id) => {
+                let Some((v, n)) = anchors.get(&id) else {
+                    return Err(at(&mark, "alias to an unknown anchor"));
+                };
+                alias_nodes += n;
+                if alias_nodes > YAML_MAX_ALIAS_NODES {
+                    return Err(at(
+                        &mark,
+                        &format!("aliases repeat more than {YAML_MAX_ALIAS_NODES} nodes"),
+                    ));
+                }
+                if awaiting_key {
+                    let Value::String(name) = v else {
+                        return Err(at(&mark, "a map key must be a string"));
+                    };
+                    let name = name.clone();
+                    if let Some(Open::Map { key, .. }) = stack.last_mut() {
+                        *key = Some(Key {
+                            name,
+                            at: mark,
+                            merge: false,
+                        });
+                    }
+                    continue;
+                }
+                (v.clone(), *n, 0)
+            }
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                if awaiting_key {
+                    return Err(at(&mark, "a map key must be a string, not a list or map"));
+                }
+                if stack.len() >= YAML_MAX_DEPTH {
+                    return Err(at(
+                        &mark,
+                        &format!("nested more than {YAML_MAX_DEPTH} levels deep"),
+                    ));
+                }
+                stack.push(if matches!(event, Event::SequenceStart(..)) {
+                    Open::Seq {
+                        items: Vec::new(),
+                        anchor,
+                        nodes: 1,
+                    }
+                } else {
+                    Open::Map {
+                        entries: Map::new(),
+                        key: None,
+                        merges: Vec::new(),
+                        anchor,
+                        nodes: 1,
+                    }
+                });
+                continue;
+            }
+            Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
+                Some(Open::Seq {
+                    items,
+                    anchor,
+                    nodes,
+                }) => (Value::Array(items), nodes, anchor),
+                Some(Open::Map {
+                    mut entries,
+                    merges,
+                    anchor,
+                    nodes,
+                    ..
+                }) => {
+                    for m in merges {
+                        for (k, v) in m {
+                            entries.entry(k).or_insert(v);
+                        }
+                    }
+                    (Value::Object(entries), nodes, anchor)
+                }
+                // The parser balances its events; never trust that to the point of a panic.
+                None => return Err(at(&mark, "unbalanced end of a list or map")),
+            },
+        };
+        if anchor != 0 {
+            anchors.insert(anchor, (value.clone(), nodes));
+        }
+        match stack.last_mut() {
+            None => root = Some(value),
+            Some(Open::Seq {
+                items, nodes: n, ..
+            }) => {
+                items.push(value);
+                *n += nodes;
+            }
+            Some(Open::Map {
+                entries,
+                key,
+                merges,
+                nodes: n,
+                ..
+            }) => {
+                let Some(k) = key.take() else {
+                    return Err(at(&mark, "a map value without a key"));
+                };
+                *n += nodes;
+                if k.merge {
+                    match value {
+                        Value::Object(m) => merges.push(m),
+                        Value::Array(list) if list.iter().all(Value::is_object) => {
+                            merges.extend(list.into_iter().filter_map(|v| match v {
+                                Value::Object(m) => Some(m),
+                                _ => None,
+                            }))
+                        }
+                        _ => {
+                            return Err(at(&k.at, "the merge key << takes a map or a list of maps"))
+                        }
+                    }
+                } else if entries.contains_key(&k.name) {
+                    return Err(at(&k.at, &format!("duplicate key {:?}", k.name)));
+                } else {
+                    entries.insert(k.name, value);
+                }
+            }
+        }
+    }
+}
+
+/// The first tab in a line's indentation from line `from` on: the parser reports some of these
+/// at the start of the scalar before the tab, a line or more too early.
+fn tab_indent(text: &str, from: usize) -> Option<(usize, usize)> {
+    text.lines()
+        .enumerate()
+        .skip(from.saturating_sub(1))
+        .find_map(|(i, l)| {
+            let indent = l.len() - l.trim_start_matches([' ', '\t']).len();
+            l[..indent].find('\t').map(|c| (i + 1, c + 1))
+        })
+}
+
+/// A scalar's value: quoted and block scalars are strings, plain ones are typed (a core-schema
+/// tag such as `!!str` overrides the style).
+fn scalar(text: Cow<'_, str>, style: ScalarStyle, tag: Option<&Tag>) -> Value {
+    let core = tag
+        .filter(|t| t.is_yaml_core_schema())
+        .map(|t| t.suffix.as_str());
+    match (style, core) {
+        (_, Some("str")) => Value::String(text.into_owned()),
+        (ScalarStyle::Plain, _) | (_, Some("int" | "float" | "bool" | "null")) => plain(&text),
+        _ => Value::String(text.into_owned()),
+    }
+}
+
+/// Plain scalar typing, YAML 1.2 core schema (what `kubectl` and Go's yaml read).
+fn plain(t: &str) -> Value {
+    match t {
+        "" | "~" | "null" | "Null" | "NULL" => Value::Null,
+        "true" | "True" | "TRUE" => Value::Bool(true),
+        "false" | "False" | "FALSE" => Value::Bool(false),
+        _ => {
+            if let Ok(i) = t.parse::<i64>() {
+                return Value::from(i);
+            }
+            // Rust also parses `inf` and `NaN`, which YAML spells `.inf` and `.nan`.
+            if t.bytes()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit() || c == b'-' || c == b'.')
+            {
+                if let Ok(f) = t.parse::<f64>() {
+                    if let Some(n) = serde_json::Number::from_f64(f) {
+                        return Value::Number(n);
+                    }
+                }
+            }
+            Value::String(t.to_string())
+        }
+    }
 }
 
 fn str_field<'a>(
@@ -809,67 +1075,45 @@ pub fn check_identity(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("unusable client certificate or key: {e}"))
 }
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+/// Standard base64 with padding optional and trailing bits allowed, as Go's decoder.
+const BASE64_LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
+/// The URL-safe alphabet, which our decoder has always taken too.
+const BASE64_URL_LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
 
 pub fn base64_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    STANDARD.encode(data)
 }
 
-/// Standard base64; whitespace ignored, padding optional (kubeconfig `*-data` fields).
+/// Standard (or URL-safe) base64; whitespace ignored, padding optional (kubeconfig `*-data`
+/// fields, which people wrap and paste). The message names at most one bad character.
 pub fn base64_decode(s: &str) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    let mut padding = false;
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            b'=' => {
-                padding = true;
-                continue;
-            }
-            b' ' | b'\n' | b'\r' | b'\t' => continue,
-            _ => return Err(format!("not base64 (character {:?})", c as char)),
-        };
-        if padding {
-            return Err("not base64 (data after padding)".to_string());
-        }
-        acc = acc << 6 | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    if bits >= 6 {
-        return Err("not base64 (truncated)".to_string());
-    }
-    Ok(out)
+    let compact: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    BASE64_LENIENT
+        .decode(&compact)
+        .or_else(|e| BASE64_URL_LENIENT.decode(&compact).map_err(|_| e))
+        .map_err(|e| match e {
+            DecodeError::InvalidByte(_, b'=') => "not base64 (data after padding)".to_string(),
+            DecodeError::InvalidByte(_, c) => format!("not base64 (character {:?})", c as char),
+            DecodeError::InvalidLength(_) => "not base64 (truncated)".to_string(),
+            _ => "not base64 (bad padding)".to_string(),
+        })
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use serde_json::json;
     use std::os::unix::fs::PermissionsExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -960,6 +1204,147 @@ openssl req -newkey rsa:2048 -nodes -keyout other.key -out other.csr -subj /CN=o
         assert_eq!(base64_decode("YW\nI").unwrap(), b"ab");
         assert!(base64_decode("YW*").is_err());
         assert!(base64_decode("Y").is_err());
+    }
+
+    #[test]
+    fn yaml_kubectl_view_raw_output() {
+        let doc = r#"apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: LS0tLS1CRUdJTg==
+    server: https://127.0.0.1:6443
+  name: kind-kind
+contexts:
+- context:
+    cluster: kind-kind
+    user: kind-kind
+    namespace: "default"
+  name: kind-kind
+current-context: kind-kind
+kind: Config
+preferences: {}
+users:
+- name: kind-kind
+  user:
+    token: 'abc''def'   # a comment
+    insecure-skip-tls-verify: true
+    exec:
+      args: []
+      env: null
+      port: 8080
+"#;
+        let v = parse_yaml(doc).unwrap();
+        assert_eq!(
+            v["clusters"][0]["cluster"]["server"],
+            "https://127.0.0.1:6443"
+        );
+        assert_eq!(v["clusters"][0]["name"], "kind-kind");
+        assert_eq!(v["contexts"][0]["context"]["namespace"], "default");
+        assert_eq!(v["current-context"], "kind-kind");
+        assert_eq!(v["preferences"], json!({}));
+        assert_eq!(v["users"][0]["user"]["token"], "abc'def");
+        assert_eq!(v["users"][0]["user"]["insecure-skip-tls-verify"], true);
+        assert_eq!(v["users"][0]["user"]["exec"]["args"], json!([]));
+        assert_eq!(v["users"][0]["user"]["exec"]["env"], Value::Null);
+        assert_eq!(v["users"][0]["user"]["exec"]["port"], 8080);
+    }
+
+    #[test]
+    fn yaml_lists_flow_escapes_and_block_scalars() {
+        let doc = "a:\n  - x\n  - \"y\\u00e9\\n\"\n  -   - nested\nb: [one, 'two', {k: v}]\nc: \"has # hash\"\nd: url#frag\nenv:\n- name: A\n  value: \"1\"\n-\n  name: B\n  value:\nlit: |\n  line1\n\n  line2\nfold: >-\n  a\n  b\nempty:\n";
+        let v = parse_yaml(doc).unwrap();
+        assert_eq!(v["a"], json!(["x", "yé\n", ["nested"]]));
+        assert_eq!(v["b"], json!(["one", "two", {"k": "v"}]));
+        assert_eq!(v["c"], "has # hash");
+        assert_eq!(v["d"], "url#frag");
+        assert_eq!(
+            v["env"],
+            json!([{"name": "A", "value": "1"}, {"name": "B", "value": null}])
+        );
+        assert_eq!(v["lit"], "line1\n\nline2\n");
+        assert_eq!(v["fold"], "a b");
+        assert_eq!(v["empty"], Value::Null);
+    }
+
+    #[test]
+    fn yaml_what_the_old_subset_parser_refused() {
+        // Go's encoder folds long plain strings (issue #14: GKE's installHint).
+        let v = parse_yaml("exec:\n  installHint: Install it by following\n    https://example.com/x#y\n  provideClusterInfo: true\n").unwrap();
+        assert_eq!(
+            v["exec"]["installHint"],
+            "Install it by following https://example.com/x#y"
+        );
+        assert_eq!(v["exec"]["provideClusterInfo"], true);
+        let v = parse_yaml("base: &b {server: 'https://h:1', insecure-skip-tls-verify: true}\nc1: *b\nc2:\n  <<: *b\n  server: https://other:2\nl: [\n  1,\n  two\n]\nt: !!str 123\nn: !!int \"7\"\n").unwrap();
+        assert_eq!(v["c1"], v["base"]);
+        assert_eq!(
+            v["c2"],
+            json!({"server": "https://other:2", "insecure-skip-tls-verify": true})
+        );
+        assert_eq!(v["l"], json!([1, "two"]));
+        assert_eq!(v["t"], "123");
+        assert_eq!(v["n"], 7);
+        let v = parse_yaml("\u{feff}a: 1\r\nb:\r\n- x\r\n").unwrap();
+        assert_eq!(v, json!({"a": 1, "b": ["x"]}));
+    }
+
+    #[test]
+    fn yaml_json_documents_and_empty() {
+        assert_eq!(
+            parse_yaml("{\n \"a\": [1, 2]\n}\n").unwrap(),
+            json!({"a": [1, 2]})
+        );
+        assert_eq!(
+            parse_yaml("{\n\t\"a\": {\n\t\t\"b\": \"c\"\n\t}\n}\n").unwrap(),
+            json!({"a": {"b": "c"}})
+        );
+        assert_eq!(parse_yaml("# only a comment\n\n").unwrap(), Value::Null);
+        assert_eq!(parse_yaml("").unwrap(), Value::Null);
+        assert_eq!(
+            parse_yaml("---\na: 1\n---\nb: 2\n").unwrap(),
+            json!({"a": 1})
+        );
+    }
+
+    #[test]
+    fn yaml_errors_name_line_and_column_and_no_value() {
+        for (doc, line, what) in [
+            ("a: 1\n\tb: 2\n", "line 2 ", "tab"),
+            ("a: \"open secret\n", "line 1 ", ""),
+            ("a: 1\n   b: 2\n", "line 2 ", ""),
+            (
+                "a: 1\nb: x\na: secret\n",
+                "line 3 column 1",
+                "duplicate key \"a\"",
+            ),
+            ("a: [1, 2\n", "line ", ""),
+            ("a: *ref\n", "line 1 ", "unknown"),
+            ("? [a]\n: secret\n", "line 1 ", "key"),
+            ("a: &x [1]\n<<: *x\n", "line 2 ", "merge"),
+        ] {
+            let e = parse_yaml(doc).unwrap_err();
+            assert!(e.starts_with(line), "{doc:?}: {e}");
+            assert!(e.contains(what), "{doc:?}: {e}");
+            assert!(!e.contains("secret"), "{doc:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn yaml_hostile_input_is_an_error_not_an_abort() {
+        for open in ["[", "{a: ", "- "] {
+            let doc = format!("a: {}", open.repeat(100_000));
+            let e = parse_yaml(&doc).unwrap_err();
+            assert!(e.starts_with("line 1 column "), "{open}: {e}");
+        }
+        let deep = format!("a: {}1{}\n", "[".repeat(120), "]".repeat(120));
+        assert!(parse_yaml(&deep).is_ok());
+        // A billion laughs: each alias doubles the one before.
+        let mut doc = "a0: &a0 [x, x]\n".to_string();
+        for i in 1..40 {
+            doc += &format!("a{i}: &a{i} [*a{p}, *a{p}]\n", p = i - 1);
+        }
+        let e = parse_yaml(&doc).unwrap_err();
+        assert!(e.contains("aliases repeat"), "{e}");
     }
 
     #[test]

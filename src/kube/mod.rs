@@ -1,4 +1,4 @@
-//! The hand-written Kubernetes client: configuration loading (`config`, `yaml`), the HTTP client
+//! The hand-written Kubernetes client: configuration loading (`config`), the HTTP client
 //! on ureq with typed errors and watches (`client`, `error`), typed decoding of objects and list
 //! pages (`object`), and the client-side rate limiter (`ratelimit`).
 
@@ -7,7 +7,6 @@ pub mod config;
 pub mod error;
 pub mod object;
 pub mod ratelimit;
-pub mod yaml;
 
 pub use client::{encode_query, Client, PatchKind, RequestObserver, WatchEvent, WatchStream};
 pub use config::{load_config, Auth, ClientConfig, ExecConfig, Identity};

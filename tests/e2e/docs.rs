@@ -53,7 +53,7 @@ pub fn documents(rel: &str) -> Vec<Value> {
             d.lines()
                 .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
         })
-        .map(|d| healthmon::kube::yaml::parse(d).unwrap_or_else(|e| panic!("{rel}: {e}")))
+        .map(|d| healthmon::kube::config::parse_yaml(d).unwrap_or_else(|e| panic!("{rel}: {e}")))
         .collect()
 }
 
