@@ -47,6 +47,13 @@ const ERROR_BODY_EXCERPT: usize = 256;
 /// server asked for, when a 429 or 5xx answer carries `Retry-After`; API priority and fairness
 /// throttles that way. Up to this many times, then the answer is returned as an error.
 pub const MAX_RETRY_AFTER_RETRIES: u32 = 10;
+/// The longest wait a server can ask for, by `Retry-After` or a Status's `retryAfterSeconds`;
+/// a longer one is cut to this. kube-apiserver asks for 1 s (max-in-flight and API priority
+/// and fairness); a minute is twice the reflector's own backoff ceiling (30 s), and with
+/// [`MAX_RETRY_AFTER_RETRIES`] bounds one request's waiting at ten minutes. Without a bound,
+/// `Retry-After: 18446744073709551615` overflowed `Instant` (a panic) and a merely large value
+/// held the caller for that long.
+pub const MAX_SERVER_WAIT: Duration = Duration::from_secs(60);
 
 /// Called after every request with the method and the HTTP code (`"200"`) or `"<error>"`.
 pub type RequestObserver = Arc<dyn Fn(&str, &str) + Send + Sync>;
@@ -322,7 +329,9 @@ impl Client {
             if let Some(wait) = server_wait(&resp) {
                 // As client-go's context does, a deadline (the lease loop's renew deadline)
                 // bounds the wait: a renewal that outlasted the lease could leave two leaders.
-                let in_time = self.deadline.is_none_or(|d| Instant::now() + wait < d);
+                let in_time = self
+                    .deadline
+                    .is_none_or(|d| Instant::now().checked_add(wait).is_some_and(|t| t < d));
                 if throttled < MAX_RETRY_AFTER_RETRIES && in_time {
                     throttled += 1;
                     log::debug!(
@@ -477,11 +486,29 @@ fn server_wait(resp: &http::Response<ureq::Body>) -> Option<Duration> {
     if code != 429 && code < 500 {
         return None;
     }
+    retry_after_header(resp)
+}
+
+/// The `Retry-After` header as a whole number of seconds (the HTTP-date form is not used by
+/// kube-apiserver), bounded by [`MAX_SERVER_WAIT`].
+fn retry_after_header(resp: &http::Response<ureq::Body>) -> Option<Duration> {
     resp.headers()
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+        .map(server_wait_secs)
+}
+
+/// A server-supplied wait in seconds, cut to [`MAX_SERVER_WAIT`] (logged, naming the value).
+fn server_wait_secs(secs: u64) -> Duration {
+    if secs > MAX_SERVER_WAIT.as_secs() {
+        log::warn!(
+            "the API server asked to wait {secs} s before retrying; waiting {} s, the most this client waits",
+            MAX_SERVER_WAIT.as_secs()
+        );
+        return MAX_SERVER_WAIT;
+    }
+    Duration::from_secs(secs)
 }
 
 fn read_error(what: &str, e: std::io::Error) -> Error {
@@ -529,12 +556,7 @@ fn tls_config(
 /// Turn a non-2xx response into `Error::Api`, from its `Status` body when it has one.
 fn api_error(what: &str, resp: http::Response<ureq::Body>) -> Error {
     let code = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+    let retry_after = retry_after_header(&resp);
     let canonical = resp.status().canonical_reason().unwrap_or("").to_string();
     let mut buf = Vec::new();
     let _ = resp
@@ -601,7 +623,7 @@ fn status_from_value(v: &Value, fallback_code: u16) -> Status {
         .pointer("/details/retryAfterSeconds")
         .and_then(Value::as_u64)
         .filter(|s| *s > 0)
-        .map(Duration::from_secs);
+        .map(server_wait_secs);
     Status {
         code,
         reason,
@@ -1143,6 +1165,54 @@ pub(crate) mod tests {
         assert_eq!(lease.get("/x").unwrap_err().code(), Some(429));
         assert_eq!(srv.requests().len(), 1);
         assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn a_huge_server_wait_is_bounded_not_an_overflow() {
+        let huge = |header: &str| {
+            http(
+                429,
+                &format!("Retry-After: {header}\r\n"),
+                r#"{"kind":"Status","code":429}"#,
+            )
+        };
+        // With a deadline (the lease loop): `now + wait` used to overflow `Instant` and panic;
+        // the bounded wait still outlasts the deadline, so the 429 is the answer.
+        let srv = Canned::start(vec![huge("18446744073709551615"), http(200, "", "{}")]);
+        let mut c = client(&srv.addr);
+        c.set_deadline(Some(std::time::Instant::now() + Duration::from_secs(2)));
+        let e = c.get("/x").unwrap_err();
+        assert_eq!(e.retry_after(), Some(MAX_SERVER_WAIT));
+        assert_eq!(srv.requests().len(), 1);
+
+        // Without one: the wait (on the shutdown signal) used to overflow too; now it is a
+        // bounded wait that shutdown ends.
+        let srv = Canned::start(vec![huge("18446744073709551615")]);
+        let c = client(&srv.addr);
+        let shutdown = crate::shutdown::Shutdown::new();
+        c.set_shutdown(shutdown.clone());
+        let trigger = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            shutdown.trigger();
+        });
+        let e = c.get("/x").unwrap_err();
+        trigger.join().unwrap();
+        assert!(e.to_string().contains("shutting down"), "{e}");
+
+        // A Status body's retryAfterSeconds (the reflector's backoff floor) is bounded alike.
+        for secs in ["18446744073709551615", "100000"] {
+            let body = format!(
+                r#"{{"kind":"Status","code":429,"details":{{"retryAfterSeconds":{secs}}}}}"#
+            );
+            let st = status_from_body(429, body.as_bytes(), "Too Many Requests");
+            assert_eq!(st.retry_after, Some(MAX_SERVER_WAIT), "{secs}");
+        }
+        let st = status_from_body(
+            429,
+            br#"{"kind":"Status","code":429,"details":{"retryAfterSeconds":3}}"#,
+            "",
+        );
+        assert_eq!(st.retry_after, Some(Duration::from_secs(3)));
     }
 
     #[test]
