@@ -14,6 +14,7 @@ pub mod leader;
 pub mod logging;
 pub mod metrics;
 pub mod monitor;
+pub mod paging;
 pub mod shutdown;
 pub mod timeutil;
 pub mod watch;

@@ -8,6 +8,7 @@
 
 use super::client::{encode_query, Client};
 use super::error::Error;
+use crate::paging::PageGuard;
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
@@ -238,14 +239,21 @@ impl<'de> de::Visitor<'de> for ItemsSeed<'_> {
 
 /// Walks a list page by page (`limit` objects each, following `continue`), each item handed to
 /// the caller as it is read. The reflector's initial list and the Event seeding use it;
-/// client-go's pager does the same job.
+/// client-go's pager does the same job. A server that repeats a `continue` token or never
+/// stops sending them ends the walk with an error (see [`MAX_LIST_PAGES`]).
 pub struct Pager<'a> {
     client: &'a Client,
     path: String,
     query: Vec<(String, String)>,
     limit: String,
     token: Option<String>,
+    guard: PageGuard,
 }
+
+/// The most pages one list walk follows. At the reflector's page size (500) that is five
+/// million objects, over thirty times the 150,000 Pods of Kubernetes' largest supported
+/// cluster; a server still sending `continue` tokens past it is looping.
+pub const MAX_LIST_PAGES: usize = 10_000;
 
 impl<'a> Pager<'a> {
     pub fn new(client: &'a Client, path: &str, query: &[(&str, &str)], limit: u32) -> Pager<'a> {
@@ -258,6 +266,7 @@ impl<'a> Pager<'a> {
                 .collect(),
             limit: limit.to_string(),
             token: None,
+            guard: PageGuard::new(MAX_LIST_PAGES),
         }
     }
 
@@ -283,12 +292,22 @@ impl<'a> Pager<'a> {
     /// Back to the first page.
     pub fn restart(&mut self) {
         self.token = None;
+        self.guard.restart();
     }
 
     /// Fetch the next page, every item to `each`. The returned metadata's `continue_token` is
     /// empty on the last page; the pager remembers it for the next call.
     pub fn next_page(&mut self, each: &mut dyn FnMut(&RawValue)) -> Result<ListMeta, Error> {
-        let meta = self.client.get_list_page(&self.next_path(), each)?;
+        let path = self.next_path();
+        let meta = self.client.get_list_page(&path, each)?;
+        if let Err(e) = self.guard.page(&meta.continue_token) {
+            // The caller's retry starts from the first page.
+            self.restart();
+            return Err(Error::Decode {
+                what: format!("GET {path}"),
+                message: format!("the API server {e}"),
+            });
+        }
         self.token = Some(meta.continue_token.clone()).filter(|t| !t.is_empty());
         Ok(meta)
     }
@@ -416,6 +435,35 @@ mod tests {
             .for_each(&mut |_| {})
             .unwrap_err();
         assert_eq!(e.code(), Some(403));
+    }
+
+    /// A server that hands back a `continue` token it already gave (here: the first page's
+    /// token again on the third page) ends the walk with an error naming it, instead of paging
+    /// forever.
+    #[test]
+    fn a_repeated_continue_token_ends_the_walk() {
+        use crate::kube::client::tests::{client, http, Canned};
+        let page = |token: &str| {
+            http(
+                200,
+                "",
+                &format!(
+                    r#"{{"metadata":{{"continue":"{token}","resourceVersion":"5"}},"items":[{{"n":1}}]}}"#
+                ),
+            )
+        };
+        let srv = Canned::start(vec![page("c1"), page("c2"), page("c1"), page("c2")]);
+        let c = client(&srv.addr);
+        let mut n = 0;
+        let e = Pager::new(&c, "/api/v1/persistentvolumes", &[], 1)
+            .for_each(&mut |_| n += 1)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "GET /api/v1/persistentvolumes?limit=1&continue=c2: malformed response: the API server repeated the continuation token \"c1\""
+        );
+        assert!(e.is_retryable(), "{e}");
+        assert_eq!((n, srv.requests().len()), (3, 3));
     }
 
     #[test]
