@@ -28,9 +28,16 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const WATCH_READ_SLACK: Duration = Duration::from_secs(30);
 /// Per-read timeout for a watch without `timeoutSeconds`.
 pub const WATCH_DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(600);
-/// A response body larger than this is refused rather than exhausting memory. Lists are paged,
-/// but an unpaged LIST of 100,000 PVs is a few hundred MB; this leaves room for that.
+/// A list page larger than this is refused. Pages are read item by item, each item under
+/// [`MAX_OBJECT`], so this bounds how long one page can take, not memory.
 pub const MAX_BODY: u64 = 2 << 30;
+/// The most one object may take on the wire: a non-watch response body (a Lease, an Event, a
+/// PVC), one watch event line, one item of a list page. etcd refuses a write over 1.5 MiB
+/// (`--max-request-bytes`) and kube-apiserver a request body over 3 MiB, so no stored object's
+/// JSON comes near this; 16 MiB is five times that with room for JSON's verbosity over
+/// protobuf. Anything longer is a broken or hostile stream: it ends the request or the watch
+/// with an error (the caller logs it and retries or reconnects), never memory to grow into.
+pub const MAX_OBJECT: usize = 16 << 20;
 /// ureq's per-connection read buffer. Its default, 128 KiB, times one connection per watch
 /// plus the pool is a sizeable part of a small process (issue #18); this still holds any
 /// response head ureq accepts (`max_response_header_size`, 64 KiB).
@@ -389,7 +396,11 @@ impl Client {
         if !(200..300).contains(&code) {
             return Err(api_error(&what, resp));
         }
-        let reader = resp.into_body().into_with_config().limit(MAX_BODY).reader();
+        let reader = resp
+            .into_body()
+            .into_with_config()
+            .limit(MAX_OBJECT as u64)
+            .reader();
         let mut buf = Vec::new();
         BufReader::new(reader)
             .read_to_end(&mut buf)
@@ -434,8 +445,12 @@ impl Client {
             return Err(api_error(&what, resp));
         }
         let reader = resp.into_body().into_with_config().limit(MAX_BODY).reader();
-        object::read_page(BufReader::with_capacity(READ_BUFFER, reader), each)
-            .map_err(|message| Error::Decode { what, message })
+        object::read_page(
+            BufReader::with_capacity(READ_BUFFER, reader),
+            MAX_OBJECT,
+            each,
+        )
+        .map_err(|message| Error::Decode { what, message })
     }
 
     /// Start a watch; `path_and_query` must include `watch=true` (or be a `/watch/` path).
@@ -692,7 +707,20 @@ impl WatchStream {
                 return None;
             }
             line.clear();
-            match self.lines.read_until(b'\n', line) {
+            // One byte over the cap tells a line of exactly MAX_OBJECT from a longer one.
+            let cap = MAX_OBJECT as u64 + 1;
+            match (&mut self.lines).take(cap).read_until(b'\n', line) {
+                Ok(n) if n as u64 == cap && !line.ends_with(b"\n") => {
+                    self.done = true;
+                    *line = Vec::new();
+                    return Some(Err(Error::Decode {
+                        what: self.what.clone(),
+                        message: format!(
+                            "a watch event line longer than {} MiB, the most one object takes",
+                            MAX_OBJECT >> 20
+                        ),
+                    }));
+                }
                 Ok(0) => {
                     self.done = true;
                     return None;
@@ -1213,6 +1241,38 @@ pub(crate) mod tests {
             "",
         );
         assert_eq!(st.retry_after, Some(Duration::from_secs(3)));
+    }
+
+    /// A watch line that never ends is a broken stream at MAX_OBJECT bytes, not a buffer that
+    /// grows with it; the stream ends after the error.
+    #[test]
+    fn a_watch_line_over_the_cap_ends_the_watch() {
+        let endless = std::io::repeat(b'x').take(100 << 20);
+        let mut w = WatchStream::from_reader("WATCH /api/v1/pods", Box::new(endless));
+        let e = w.next().unwrap().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "WATCH /api/v1/pods: malformed response: a watch event line longer than 16 MiB, the most one object takes"
+        );
+        assert!(w.next().is_none());
+        assert!(w.line.capacity() <= LINE_KEEP);
+        // A line just under the cap is an event as usual.
+        let pad = MAX_OBJECT - 64;
+        let line = format!(
+            r#"{{"type":"ADDED","object":{{"p":"{}"}}}}"#,
+            "x".repeat(pad)
+        ) + "\n";
+        let mut w = WatchStream::from_reader("w", Box::new(std::io::Cursor::new(line)));
+        assert!(matches!(w.next(), Some(Ok(WatchEvent::Added(_)))));
+    }
+
+    /// A single object's body (a Lease, an Event) over MAX_OBJECT is refused, not buffered.
+    #[test]
+    fn an_object_body_over_the_cap_is_refused() {
+        let big = format!(r#"{{"s":"{}"}}"#, "x".repeat(MAX_OBJECT));
+        let srv = Canned::start(vec![http(200, "", &big)]);
+        let e = client(&srv.addr).get("/x").unwrap_err();
+        assert!(matches!(e, Error::Decode { .. }), "{e}");
     }
 
     #[test]

@@ -12,7 +12,9 @@ use crate::paging::PageGuard;
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
+use std::cell::Cell;
 use std::fmt;
+use std::rc::Rc;
 
 /// The `metadata` fields the caches use. Missing or null fields are `None`; a field of the
 /// wrong type makes the whole object malformed.
@@ -130,17 +132,53 @@ struct ListMetaWire {
 
 /// Read one list page from `reader`, handing every element of `items` to `each` as soon as it
 /// has been read; only one element is in memory at a time. A page without `items` is
-/// malformed (`items: null` is an empty page).
+/// malformed (`items: null` is an empty page). More than `max_item` bytes read without an
+/// item ending (one huge item, or a page that never gets to one) fails the page: memory for
+/// one element is bounded by it.
 pub fn read_page<R: std::io::Read>(
     reader: R,
+    max_item: usize,
     each: &mut dyn FnMut(&RawValue),
 ) -> Result<ListMeta, String> {
-    let mut de = serde_json::Deserializer::from_reader(reader);
-    let meta = PageSeed { each }
+    let used = Rc::new(Cell::new(0));
+    let budget = ItemBudget {
+        inner: reader,
+        used: used.clone(),
+        max: max_item,
+    };
+    let mut de = serde_json::Deserializer::from_reader(budget);
+    let mut counted = |raw: &RawValue| {
+        used.set(0);
+        each(raw)
+    };
+    let meta = PageSeed { each: &mut counted }
         .deserialize(&mut de)
         .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
     Ok(meta)
+}
+
+/// Counts the bytes read since the last list item was handed over, and fails the read past
+/// `max`.
+struct ItemBudget<R> {
+    inner: R,
+    used: Rc<Cell<usize>>,
+    max: usize,
+}
+
+impl<R: std::io::Read> std::io::Read for ItemBudget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let used = self.used.get() + n;
+        self.used.set(used);
+        if used > self.max {
+            return Err(std::io::Error::other(format!(
+                "a list item longer than {} bytes, the most one object takes",
+                self.max
+            )));
+        }
+        Ok(n)
+    }
 }
 
 struct PageSeed<'a> {
@@ -329,8 +367,35 @@ mod tests {
 
     fn page(text: &str) -> (Result<ListMeta, String>, Vec<String>) {
         let mut seen = Vec::new();
-        let r = read_page(text.as_bytes(), &mut |raw| seen.push(raw.get().to_string()));
+        let r = read_page(text.as_bytes(), 1 << 20, &mut |raw| {
+            seen.push(raw.get().to_string())
+        });
         (r, seen)
+    }
+
+    /// An item over the budget fails the page (the items before it were handed over); the
+    /// budget is per item, so many items of nearly the budget each are fine.
+    #[test]
+    fn an_item_over_the_budget_fails_the_page() {
+        let item = |n: usize| format!(r#"{{"s":"{}"}}"#, "x".repeat(n));
+        let text = format!(
+            r#"{{"metadata":{{}},"items":[{},{},{}]}}"#,
+            item(90),
+            item(90),
+            item(90)
+        );
+        let mut seen = 0;
+        assert!(read_page(text.as_bytes(), 200, &mut |_| seen += 1).is_ok());
+        assert_eq!(seen, 3);
+        let text = format!(
+            r#"{{"metadata":{{}},"items":[{},{}]}}"#,
+            item(10),
+            item(300)
+        );
+        let mut seen = 0;
+        let e = read_page(text.as_bytes(), 200, &mut |_| seen += 1).unwrap_err();
+        assert!(e.contains("a list item longer than 200 bytes"), "{e}");
+        assert_eq!(seen, 1);
     }
 
     #[test]
