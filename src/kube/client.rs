@@ -341,6 +341,17 @@ impl Client {
                     .is_none_or(|d| Instant::now().checked_add(wait).is_some_and(|t| t < d));
                 if throttled < MAX_RETRY_AFTER_RETRIES && in_time {
                     throttled += 1;
+                    if wait == MAX_SERVER_WAIT {
+                        let asked = resp
+                            .headers()
+                            .get("retry-after")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        log::warn!(
+                            "{what}: the API server answered {code} with Retry-After {asked:?}; waiting {} s, the most this client waits",
+                            MAX_SERVER_WAIT.as_secs()
+                        );
+                    }
                     log::debug!(
                         "{what}: the API server answered {code} with Retry-After, sending again in {wait:?} (retry {throttled})"
                     );
@@ -514,16 +525,9 @@ fn retry_after_header(resp: &http::Response<ureq::Body>) -> Option<Duration> {
         .map(server_wait_secs)
 }
 
-/// A server-supplied wait in seconds, cut to [`MAX_SERVER_WAIT`] (logged, naming the value).
+/// A server-supplied wait in seconds, cut to [`MAX_SERVER_WAIT`].
 fn server_wait_secs(secs: u64) -> Duration {
-    if secs > MAX_SERVER_WAIT.as_secs() {
-        log::warn!(
-            "the API server asked to wait {secs} s before retrying; waiting {} s, the most this client waits",
-            MAX_SERVER_WAIT.as_secs()
-        );
-        return MAX_SERVER_WAIT;
-    }
-    Duration::from_secs(secs)
+    Duration::from_secs(secs).min(MAX_SERVER_WAIT)
 }
 
 fn read_error(what: &str, e: std::io::Error) -> Error {
