@@ -1937,10 +1937,29 @@ mod tests {
             "report-missing-volumes defaults to true"
         );
         assert!(u.contains("  -v int\n"));
-        // Sorted by name, as Go's PrintDefaults.
-        let pos = |n: &str| u.find(&format!("\n  -{n}")).unwrap_or(usize::MAX);
-        assert!(pos("automaxprocs") < pos("csi-address"));
-        assert!(pos("worker-threads") < pos("vmodule") || pos("v") < pos("vmodule"));
+        // Sorted by name, as Go's PrintDefaults: every flag's own head line, found (a missing
+        // one fails, not sorts last), at increasing offsets in name order.
+        let mut names: Vec<&str> = FLAGS.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        let offsets: Vec<usize> = names
+            .iter()
+            .map(|n| {
+                let s = FLAGS.iter().find(|s| s.name == *n).unwrap();
+                let head = match s.kind.usage_word() {
+                    "" => format!("\n  -{n}\n"),
+                    w => format!("\n  -{n} {w}\n"),
+                };
+                u.find(&head).unwrap_or_else(|| panic!("{head:?} missing"))
+            })
+            .collect();
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "flags out of name order: {:?}",
+            names.iter().zip(&offsets).collect::<Vec<_>>()
+        );
+        assert!(
+            names.contains(&"v") && names.contains(&"vmodule") && names.contains(&"worker-threads")
+        );
         let table = flag_table();
         assert_eq!(table.len(), FLAGS.len());
         assert!(table
