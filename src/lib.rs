@@ -15,6 +15,8 @@ pub mod logging;
 pub mod metrics;
 pub mod monitor;
 pub mod paging;
+#[cfg(test)]
+mod proptests;
 pub mod shutdown;
 pub mod timeutil;
 pub mod watch;
