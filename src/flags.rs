@@ -522,6 +522,11 @@ fn check_value(spec: &Spec, raw: &str) -> Result<(), String> {
             if spec.check == Check::Finite && !v.is_finite() {
                 return Err("must be a finite number".into());
             }
+            if spec.check == Check::Finite && v > 0.0 && v < MIN_KUBE_API_QPS {
+                return Err(format!(
+                    "must be at least {MIN_KUBE_API_QPS} (0 takes client-go's default, a negative value turns the limit off)"
+                ));
+            }
             Ok(())
         }
         Kind::Labels => raw.parse::<GoLabels>().map(|_| ()),
@@ -692,6 +697,16 @@ struct RawFlags {
     log_json_info_buffer_size: String,
 }
 
+/// The smallest positive `--kube-api-qps`: one request per 100 s is already too slow to keep a
+/// lease or a watch, and below about 1e-19 the limiter's wait no longer fits a `Duration`
+/// (1e-20 panicked on the first request after the burst). Large values are harmless (they
+/// mean "no limit in practice") and accepted as upstream accepts them.
+pub const MIN_KUBE_API_QPS: f64 = 0.01;
+/// The most `--worker-threads` this sidecar starts (upstream has no bound). Each worker is a
+/// thread, all started at once, each holding a CSI call in flight; ten is the default, and a
+/// thousand concurrent probes is more than any driver serves.
+pub const MAX_WORKER_THREADS: u64 = 1000;
+
 /// client-go's `rest.Config` defaults for a zero QPS / burst (`DefaultQPS`, `DefaultBurst`).
 const CLIENT_GO_DEFAULT_QPS: f64 = 5.0;
 const CLIENT_GO_DEFAULT_BURST: u32 = 10;
@@ -729,6 +744,12 @@ fn build_config(raw: RawFlags) -> Result<Parsed, Error> {
         return Err(Error::Invalid(
             "Option --worker-threads must be greater than zero".into(),
         ));
+    }
+    if raw.worker_threads.0 > MAX_WORKER_THREADS {
+        return Err(Error::Invalid(format!(
+            "--worker-threads {} is more than {MAX_WORKER_THREADS}, the most this sidecar starts",
+            raw.worker_threads.0
+        )));
     }
     let worker_threads = usize::try_from(raw.worker_threads.0).map_err(|_| {
         Error::Invalid(format!(
@@ -1530,6 +1551,7 @@ mod tests {
             (&["--kube-api-burst=99999999999999999999"][..], "invalid value \"99999999999999999999\" for flag -kube-api-burst: value out of range"),
             (&["--kube-api-qps=fast"][..], "invalid value \"fast\" for flag -kube-api-qps: parse error"),
             (&["--kube-api-qps=NaN"][..], "invalid value \"NaN\" for flag -kube-api-qps: must be a finite number"),
+            (&["--kube-api-qps=1e-20"][..], "invalid value \"1e-20\" for flag -kube-api-qps: must be at least 0.01 (0 takes client-go's default, a negative value turns the limit off)"),
             (&["--list-volumes-max-entries=-1"][..], "invalid value \"-1\" for flag -list-volumes-max-entries: must not be negative"),
             (&["--list-volumes-max-entries=3000000000"][..], "invalid value \"3000000000\" for flag -list-volumes-max-entries: value out of range"),
             (&["--logging-format=xml"][..], "invalid value \"xml\" for flag -logging-format: unsupported log format \"xml\", must be \"text\" or \"json\""),
@@ -1629,6 +1651,14 @@ mod tests {
             "Option --worker-threads must be greater than zero"
         );
         assert_eq!(
+            invalid(&["--worker-threads=1001"]),
+            "--worker-threads 1001 is more than 1000, the most this sidecar starts"
+        );
+        assert_eq!(
+            invalid(&["--worker-threads=18446744073709551615"]),
+            "--worker-threads 18446744073709551615 is more than 1000, the most this sidecar starts"
+        );
+        assert_eq!(
             invalid(&["--http-endpoint=:8080", "--metrics-address=:9090"]),
             "Only one of `--metrics-address` and `--http-endpoint` can be set."
         );
@@ -1689,6 +1719,9 @@ mod tests {
     fn client_go_rate_defaults() {
         assert_eq!(run(&["--kube-api-qps=0"]).kube_api_qps, 5.0);
         assert_eq!(run(&["--kube-api-qps=-1"]).kube_api_qps, f64::INFINITY);
+        assert_eq!(run(&["--kube-api-qps=0.01"]).kube_api_qps, 0.01);
+        assert_eq!(run(&["--kube-api-qps=1e300"]).kube_api_qps, 1e300);
+        assert_eq!(run(&["--worker-threads=1000"]).worker_threads, 1000);
         assert_eq!(run(&["--kube-api-burst=0"]).kube_api_burst, 10);
     }
 
@@ -1904,10 +1937,29 @@ mod tests {
             "report-missing-volumes defaults to true"
         );
         assert!(u.contains("  -v int\n"));
-        // Sorted by name, as Go's PrintDefaults.
-        let pos = |n: &str| u.find(&format!("\n  -{n}")).unwrap_or(usize::MAX);
-        assert!(pos("automaxprocs") < pos("csi-address"));
-        assert!(pos("worker-threads") < pos("vmodule") || pos("v") < pos("vmodule"));
+        // Sorted by name, as Go's PrintDefaults: every flag's own head line, found (a missing
+        // one fails, not sorts last), at increasing offsets in name order.
+        let mut names: Vec<&str> = FLAGS.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        let offsets: Vec<usize> = names
+            .iter()
+            .map(|n| {
+                let s = FLAGS.iter().find(|s| s.name == *n).unwrap();
+                let head = match s.kind.usage_word() {
+                    "" => format!("\n  -{n}\n"),
+                    w => format!("\n  -{n} {w}\n"),
+                };
+                u.find(&head).unwrap_or_else(|| panic!("{head:?} missing"))
+            })
+            .collect();
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "flags out of name order: {:?}",
+            names.iter().zip(&offsets).collect::<Vec<_>>()
+        );
+        assert!(
+            names.contains(&"v") && names.contains(&"vmodule") && names.contains(&"worker-threads")
+        );
         let table = flag_table();
         assert_eq!(table.len(), FLAGS.len());
         assert!(table

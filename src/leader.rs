@@ -413,8 +413,11 @@ pub fn observe(prev: Option<&Observation>, fresh: LeaseRecord, now: Instant) -> 
 }
 
 /// client-go's `isLeaseValid`: the holder's own duration, counted from our observation.
+/// Written as "time since observed < duration" so a `leaseDurationSeconds` near `i64::MAX`
+/// (the holder's value, not ours) cannot overflow `Instant`: such a lease is simply held, as
+/// its holder said.
 pub fn lease_valid(obs: &Observation, now: Instant) -> bool {
-    obs.at + obs.record.lease_duration() > now
+    now.saturating_duration_since(obs.at) < obs.record.lease_duration()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1083,6 +1086,20 @@ mod tests {
         assert_eq!(renewed.at, t1);
         assert!(!lease_valid(&same, t0 + Duration::from_secs(15)));
         assert!(lease_valid(&renewed, t0 + Duration::from_secs(15)));
+    }
+
+    #[test]
+    fn an_absurd_lease_duration_is_held_not_an_overflow() {
+        // A holder's leaseDurationSeconds near i64::MAX used to overflow `Instant` here.
+        let t0 = Instant::now();
+        let o = observe(None, rec("other", i64::MAX, "a", 0), t0);
+        assert!(lease_valid(&o, t0 + Duration::from_secs(86_400 * 365)));
+        assert_eq!(
+            decide(Some(&o), t0 + Duration::from_secs(1000), "me"),
+            Decision::Wait
+        );
+        let o = observe(None, rec("other", i64::MIN, "a", 0), t0);
+        assert!(!lease_valid(&o, t0));
     }
 
     fn is_micro_time(s: &str) -> bool {

@@ -14,6 +14,9 @@ pub mod leader;
 pub mod logging;
 pub mod metrics;
 pub mod monitor;
+pub mod paging;
+#[cfg(test)]
+mod proptests;
 pub mod shutdown;
 pub mod timeutil;
 pub mod watch;

@@ -56,7 +56,8 @@ impl Shutdown {
     /// Sleep for `d` or until shutdown, whichever comes first. Returns true when shutdown was
     /// triggered.
     pub fn wait_timeout(&self, d: Duration) -> bool {
-        let deadline = Instant::now() + d;
+        // `d` may come from a server (Retry-After): saturate rather than overflow.
+        let deadline = crate::timeutil::saturating_deadline(Instant::now(), d);
         let mut guard = self.inner.lock.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if self.is_triggered() {
@@ -90,6 +91,17 @@ mod tests {
         let t = std::thread::spawn(move || s2.wait_timeout(Duration::from_secs(60)));
         s.trigger();
         assert!(t.join().unwrap());
+    }
+
+    #[test]
+    fn an_endless_wait_does_not_overflow_and_still_ends_on_trigger() {
+        let s = Shutdown::new();
+        let s2 = s.clone();
+        let t = std::thread::spawn(move || s2.wait_timeout(Duration::MAX));
+        std::thread::sleep(Duration::from_millis(50));
+        s.trigger();
+        assert!(t.join().unwrap());
+        assert!(s.wait_timeout(Duration::MAX));
     }
 
     #[test]

@@ -3,7 +3,16 @@
 //! non-cryptographic random source for jitter.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// `now + d` without overflowing `Instant` (which panics): waits are capped at a century, which
+/// is "never" for any process. For durations a server or a file supplied.
+pub fn saturating_deadline(now: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+    // A century always fits (Instant is seconds in an i64 on every platform we build for);
+    // `now` is only the unreachable fallback.
+    now.checked_add(d.min(CENTURY)).unwrap_or(now)
+}
 
 /// Source of wall-clock time and sleeps; tests substitute a manual clock.
 pub trait Clock: Send + Sync {

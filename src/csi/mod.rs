@@ -22,6 +22,14 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often "Still connecting" is logged while waiting.
 pub const CONNECT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The largest reply accepted from the driver; a larger one fails its call with
+/// RESOURCE_EXHAUSTED before it is read into memory (the grpc-core check on the message's
+/// length prefix). gRPC-Go's default is 4 MiB; ours must hold a whole ListVolumes page, and the
+/// CSI spec's size limits (strings 128 bytes, node IDs 256, each map 4 KiB) put a full entry
+/// (volume context and topology maps, a condition message, some published node IDs) at about
+/// 16 KiB; 1,000 of them are 16 MiB. 64 MiB leaves four times that, where the former
+/// `i32::MAX` let a driver hand us 2 GiB.
+pub const MAX_REPLY: usize = 64 << 20;
 pub const METHOD_PROBE: &str = "/csi.v1.Identity/Probe";
 pub const METHOD_PLUGIN_INFO: &str = "/csi.v1.Identity/GetPluginInfo";
 pub const METHOD_PLUGIN_CAPABILITIES: &str = "/csi.v1.Identity/GetPluginCapabilities";
@@ -320,7 +328,7 @@ impl Connection {
             // csi-lib-utils: retry about once a second, never drop the connection for idleness.
             .initial_reconnect_backoff(Duration::from_millis(200))
             .max_reconnect_backoff(Duration::from_secs(1))
-            .max_receive_message_len(i32::MAX);
+            .max_receive_message_len(MAX_REPLY as i32);
         if let Ok(key) = CString::new("grpc.client_idle_timeout_ms") {
             builder = builder.raw_cfg_int(key, i32::MAX);
         }

@@ -28,9 +28,16 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const WATCH_READ_SLACK: Duration = Duration::from_secs(30);
 /// Per-read timeout for a watch without `timeoutSeconds`.
 pub const WATCH_DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(600);
-/// A response body larger than this is refused rather than exhausting memory. Lists are paged,
-/// but an unpaged LIST of 100,000 PVs is a few hundred MB; this leaves room for that.
+/// A list page larger than this is refused. Pages are read item by item, each item under
+/// [`MAX_OBJECT`], so this bounds how long one page can take, not memory.
 pub const MAX_BODY: u64 = 2 << 30;
+/// The most one object may take on the wire: a non-watch response body (a Lease, an Event, a
+/// PVC), one watch event line, one item of a list page. etcd refuses a write over 1.5 MiB
+/// (`--max-request-bytes`) and kube-apiserver a request body over 3 MiB, so no stored object's
+/// JSON comes near this; 16 MiB is five times that with room for JSON's verbosity over
+/// protobuf. Anything longer is a broken or hostile stream: it ends the request or the watch
+/// with an error (the caller logs it and retries or reconnects), never memory to grow into.
+pub const MAX_OBJECT: usize = 16 << 20;
 /// ureq's per-connection read buffer. Its default, 128 KiB, times one connection per watch
 /// plus the pool is a sizeable part of a small process (issue #18); this still holds any
 /// response head ureq accepts (`max_response_header_size`, 64 KiB).
@@ -47,6 +54,13 @@ const ERROR_BODY_EXCERPT: usize = 256;
 /// server asked for, when a 429 or 5xx answer carries `Retry-After`; API priority and fairness
 /// throttles that way. Up to this many times, then the answer is returned as an error.
 pub const MAX_RETRY_AFTER_RETRIES: u32 = 10;
+/// The longest wait a server can ask for, by `Retry-After` or a Status's `retryAfterSeconds`;
+/// a longer one is cut to this. kube-apiserver asks for 1 s (max-in-flight and API priority
+/// and fairness); a minute is twice the reflector's own backoff ceiling (30 s), and with
+/// [`MAX_RETRY_AFTER_RETRIES`] bounds one request's waiting at ten minutes. Without a bound,
+/// `Retry-After: 18446744073709551615` overflowed `Instant` (a panic) and a merely large value
+/// held the caller for that long.
+pub const MAX_SERVER_WAIT: Duration = Duration::from_secs(60);
 
 /// Called after every request with the method and the HTTP code (`"200"`) or `"<error>"`.
 pub type RequestObserver = Arc<dyn Fn(&str, &str) + Send + Sync>;
@@ -322,9 +336,22 @@ impl Client {
             if let Some(wait) = server_wait(&resp) {
                 // As client-go's context does, a deadline (the lease loop's renew deadline)
                 // bounds the wait: a renewal that outlasted the lease could leave two leaders.
-                let in_time = self.deadline.is_none_or(|d| Instant::now() + wait < d);
+                let in_time = self
+                    .deadline
+                    .is_none_or(|d| Instant::now().checked_add(wait).is_some_and(|t| t < d));
                 if throttled < MAX_RETRY_AFTER_RETRIES && in_time {
                     throttled += 1;
+                    if wait == MAX_SERVER_WAIT {
+                        let asked = resp
+                            .headers()
+                            .get("retry-after")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        log::warn!(
+                            "{what}: the API server answered {code} with Retry-After {asked:?}; waiting {} s, the most this client waits",
+                            MAX_SERVER_WAIT.as_secs()
+                        );
+                    }
                     log::debug!(
                         "{what}: the API server answered {code} with Retry-After, sending again in {wait:?} (retry {throttled})"
                     );
@@ -380,7 +407,11 @@ impl Client {
         if !(200..300).contains(&code) {
             return Err(api_error(&what, resp));
         }
-        let reader = resp.into_body().into_with_config().limit(MAX_BODY).reader();
+        let reader = resp
+            .into_body()
+            .into_with_config()
+            .limit(MAX_OBJECT as u64)
+            .reader();
         let mut buf = Vec::new();
         BufReader::new(reader)
             .read_to_end(&mut buf)
@@ -425,8 +456,12 @@ impl Client {
             return Err(api_error(&what, resp));
         }
         let reader = resp.into_body().into_with_config().limit(MAX_BODY).reader();
-        object::read_page(BufReader::with_capacity(READ_BUFFER, reader), each)
-            .map_err(|message| Error::Decode { what, message })
+        object::read_page(
+            BufReader::with_capacity(READ_BUFFER, reader),
+            MAX_OBJECT,
+            each,
+        )
+        .map_err(|message| Error::Decode { what, message })
     }
 
     /// Start a watch; `path_and_query` must include `watch=true` (or be a `/watch/` path).
@@ -477,11 +512,22 @@ fn server_wait(resp: &http::Response<ureq::Body>) -> Option<Duration> {
     if code != 429 && code < 500 {
         return None;
     }
+    retry_after_header(resp)
+}
+
+/// The `Retry-After` header as a whole number of seconds (the HTTP-date form is not used by
+/// kube-apiserver), bounded by [`MAX_SERVER_WAIT`].
+fn retry_after_header(resp: &http::Response<ureq::Body>) -> Option<Duration> {
     resp.headers()
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+        .map(server_wait_secs)
+}
+
+/// A server-supplied wait in seconds, cut to [`MAX_SERVER_WAIT`].
+fn server_wait_secs(secs: u64) -> Duration {
+    Duration::from_secs(secs).min(MAX_SERVER_WAIT)
 }
 
 fn read_error(what: &str, e: std::io::Error) -> Error {
@@ -529,12 +575,7 @@ fn tls_config(
 /// Turn a non-2xx response into `Error::Api`, from its `Status` body when it has one.
 fn api_error(what: &str, resp: http::Response<ureq::Body>) -> Error {
     let code = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+    let retry_after = retry_after_header(&resp);
     let canonical = resp.status().canonical_reason().unwrap_or("").to_string();
     let mut buf = Vec::new();
     let _ = resp
@@ -601,7 +642,7 @@ fn status_from_value(v: &Value, fallback_code: u16) -> Status {
         .pointer("/details/retryAfterSeconds")
         .and_then(Value::as_u64)
         .filter(|s| *s > 0)
-        .map(Duration::from_secs);
+        .map(server_wait_secs);
     Status {
         code,
         reason,
@@ -670,7 +711,20 @@ impl WatchStream {
                 return None;
             }
             line.clear();
-            match self.lines.read_until(b'\n', line) {
+            // One byte over the cap tells a line of exactly MAX_OBJECT from a longer one.
+            let cap = MAX_OBJECT as u64 + 1;
+            match (&mut self.lines).take(cap).read_until(b'\n', line) {
+                Ok(n) if n as u64 == cap && !line.ends_with(b"\n") => {
+                    self.done = true;
+                    *line = Vec::new();
+                    return Some(Err(Error::Decode {
+                        what: self.what.clone(),
+                        message: format!(
+                            "a watch event line longer than {} MiB, the most one object takes",
+                            MAX_OBJECT >> 20
+                        ),
+                    }));
+                }
                 Ok(0) => {
                     self.done = true;
                     return None;
@@ -1143,6 +1197,86 @@ pub(crate) mod tests {
         assert_eq!(lease.get("/x").unwrap_err().code(), Some(429));
         assert_eq!(srv.requests().len(), 1);
         assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn a_huge_server_wait_is_bounded_not_an_overflow() {
+        let huge = |header: &str| {
+            http(
+                429,
+                &format!("Retry-After: {header}\r\n"),
+                r#"{"kind":"Status","code":429}"#,
+            )
+        };
+        // With a deadline (the lease loop): `now + wait` used to overflow `Instant` and panic;
+        // the bounded wait still outlasts the deadline, so the 429 is the answer.
+        let srv = Canned::start(vec![huge("18446744073709551615"), http(200, "", "{}")]);
+        let mut c = client(&srv.addr);
+        c.set_deadline(Some(std::time::Instant::now() + Duration::from_secs(2)));
+        let e = c.get("/x").unwrap_err();
+        assert_eq!(e.retry_after(), Some(MAX_SERVER_WAIT));
+        assert_eq!(srv.requests().len(), 1);
+
+        // Without one: the wait (on the shutdown signal) used to overflow too; now it is a
+        // bounded wait that shutdown ends.
+        let srv = Canned::start(vec![huge("18446744073709551615")]);
+        let c = client(&srv.addr);
+        let shutdown = crate::shutdown::Shutdown::new();
+        c.set_shutdown(shutdown.clone());
+        let trigger = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            shutdown.trigger();
+        });
+        let e = c.get("/x").unwrap_err();
+        trigger.join().unwrap();
+        assert!(e.to_string().contains("shutting down"), "{e}");
+
+        // A Status body's retryAfterSeconds (the reflector's backoff floor) is bounded alike.
+        for secs in ["18446744073709551615", "100000"] {
+            let body = format!(
+                r#"{{"kind":"Status","code":429,"details":{{"retryAfterSeconds":{secs}}}}}"#
+            );
+            let st = status_from_body(429, body.as_bytes(), "Too Many Requests");
+            assert_eq!(st.retry_after, Some(MAX_SERVER_WAIT), "{secs}");
+        }
+        let st = status_from_body(
+            429,
+            br#"{"kind":"Status","code":429,"details":{"retryAfterSeconds":3}}"#,
+            "",
+        );
+        assert_eq!(st.retry_after, Some(Duration::from_secs(3)));
+    }
+
+    /// A watch line that never ends is a broken stream at MAX_OBJECT bytes, not a buffer that
+    /// grows with it; the stream ends after the error.
+    #[test]
+    fn a_watch_line_over_the_cap_ends_the_watch() {
+        let endless = std::io::repeat(b'x').take(100 << 20);
+        let mut w = WatchStream::from_reader("WATCH /api/v1/pods", Box::new(endless));
+        let e = w.next().unwrap().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "WATCH /api/v1/pods: malformed response: a watch event line longer than 16 MiB, the most one object takes"
+        );
+        assert!(w.next().is_none());
+        assert!(w.line.capacity() <= LINE_KEEP);
+        // A line just under the cap is an event as usual.
+        let pad = MAX_OBJECT - 64;
+        let line = format!(
+            r#"{{"type":"ADDED","object":{{"p":"{}"}}}}"#,
+            "x".repeat(pad)
+        ) + "\n";
+        let mut w = WatchStream::from_reader("w", Box::new(std::io::Cursor::new(line)));
+        assert!(matches!(w.next(), Some(Ok(WatchEvent::Added(_)))));
+    }
+
+    /// A single object's body (a Lease, an Event) over MAX_OBJECT is refused, not buffered.
+    #[test]
+    fn an_object_body_over_the_cap_is_refused() {
+        let big = format!(r#"{{"s":"{}"}}"#, "x".repeat(MAX_OBJECT));
+        let srv = Canned::start(vec![http(200, "", &big)]);
+        let e = client(&srv.addr).get("/x").unwrap_err();
+        assert!(matches!(e, Error::Decode { .. }), "{e}");
     }
 
     #[test]

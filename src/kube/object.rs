@@ -8,10 +8,13 @@
 
 use super::client::{encode_query, Client};
 use super::error::Error;
+use crate::paging::PageGuard;
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
+use std::cell::Cell;
 use std::fmt;
+use std::rc::Rc;
 
 /// The `metadata` fields the caches use. Missing or null fields are `None`; a field of the
 /// wrong type makes the whole object malformed.
@@ -129,17 +132,53 @@ struct ListMetaWire {
 
 /// Read one list page from `reader`, handing every element of `items` to `each` as soon as it
 /// has been read; only one element is in memory at a time. A page without `items` is
-/// malformed (`items: null` is an empty page).
+/// malformed (`items: null` is an empty page). More than `max_item` bytes read without an
+/// item ending (one huge item, or a page that never gets to one) fails the page: memory for
+/// one element is bounded by it.
 pub fn read_page<R: std::io::Read>(
     reader: R,
+    max_item: usize,
     each: &mut dyn FnMut(&RawValue),
 ) -> Result<ListMeta, String> {
-    let mut de = serde_json::Deserializer::from_reader(reader);
-    let meta = PageSeed { each }
+    let used = Rc::new(Cell::new(0));
+    let budget = ItemBudget {
+        inner: reader,
+        used: used.clone(),
+        max: max_item,
+    };
+    let mut de = serde_json::Deserializer::from_reader(budget);
+    let mut counted = |raw: &RawValue| {
+        used.set(0);
+        each(raw)
+    };
+    let meta = PageSeed { each: &mut counted }
         .deserialize(&mut de)
         .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
     Ok(meta)
+}
+
+/// Counts the bytes read since the last list item was handed over, and fails the read past
+/// `max`.
+struct ItemBudget<R> {
+    inner: R,
+    used: Rc<Cell<usize>>,
+    max: usize,
+}
+
+impl<R: std::io::Read> std::io::Read for ItemBudget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let used = self.used.get() + n;
+        self.used.set(used);
+        if used > self.max {
+            return Err(std::io::Error::other(format!(
+                "a list item longer than {} bytes, the most one object takes",
+                self.max
+            )));
+        }
+        Ok(n)
+    }
 }
 
 struct PageSeed<'a> {
@@ -238,14 +277,21 @@ impl<'de> de::Visitor<'de> for ItemsSeed<'_> {
 
 /// Walks a list page by page (`limit` objects each, following `continue`), each item handed to
 /// the caller as it is read. The reflector's initial list and the Event seeding use it;
-/// client-go's pager does the same job.
+/// client-go's pager does the same job. A server that repeats a `continue` token or never
+/// stops sending them ends the walk with an error (see [`MAX_LIST_PAGES`]).
 pub struct Pager<'a> {
     client: &'a Client,
     path: String,
     query: Vec<(String, String)>,
     limit: String,
     token: Option<String>,
+    guard: PageGuard,
 }
+
+/// The most pages one list walk follows. At the reflector's page size (500) that is five
+/// million objects, over thirty times the 150,000 Pods of Kubernetes' largest supported
+/// cluster; a server still sending `continue` tokens past it is looping.
+pub const MAX_LIST_PAGES: usize = 10_000;
 
 impl<'a> Pager<'a> {
     pub fn new(client: &'a Client, path: &str, query: &[(&str, &str)], limit: u32) -> Pager<'a> {
@@ -258,6 +304,7 @@ impl<'a> Pager<'a> {
                 .collect(),
             limit: limit.to_string(),
             token: None,
+            guard: PageGuard::new(MAX_LIST_PAGES),
         }
     }
 
@@ -283,12 +330,22 @@ impl<'a> Pager<'a> {
     /// Back to the first page.
     pub fn restart(&mut self) {
         self.token = None;
+        self.guard.restart();
     }
 
     /// Fetch the next page, every item to `each`. The returned metadata's `continue_token` is
     /// empty on the last page; the pager remembers it for the next call.
     pub fn next_page(&mut self, each: &mut dyn FnMut(&RawValue)) -> Result<ListMeta, Error> {
-        let meta = self.client.get_list_page(&self.next_path(), each)?;
+        let path = self.next_path();
+        let meta = self.client.get_list_page(&path, each)?;
+        if let Err(e) = self.guard.page(&meta.continue_token) {
+            // The caller's retry starts from the first page.
+            self.restart();
+            return Err(Error::Decode {
+                what: format!("GET {path}"),
+                message: format!("the API server {e}"),
+            });
+        }
         self.token = Some(meta.continue_token.clone()).filter(|t| !t.is_empty());
         Ok(meta)
     }
@@ -310,8 +367,35 @@ mod tests {
 
     fn page(text: &str) -> (Result<ListMeta, String>, Vec<String>) {
         let mut seen = Vec::new();
-        let r = read_page(text.as_bytes(), &mut |raw| seen.push(raw.get().to_string()));
+        let r = read_page(text.as_bytes(), 1 << 20, &mut |raw| {
+            seen.push(raw.get().to_string())
+        });
         (r, seen)
+    }
+
+    /// An item over the budget fails the page (the items before it were handed over); the
+    /// budget is per item, so many items of nearly the budget each are fine.
+    #[test]
+    fn an_item_over_the_budget_fails_the_page() {
+        let item = |n: usize| format!(r#"{{"s":"{}"}}"#, "x".repeat(n));
+        let text = format!(
+            r#"{{"metadata":{{}},"items":[{},{},{}]}}"#,
+            item(90),
+            item(90),
+            item(90)
+        );
+        let mut seen = 0;
+        assert!(read_page(text.as_bytes(), 200, &mut |_| seen += 1).is_ok());
+        assert_eq!(seen, 3);
+        let text = format!(
+            r#"{{"metadata":{{}},"items":[{},{}]}}"#,
+            item(10),
+            item(300)
+        );
+        let mut seen = 0;
+        let e = read_page(text.as_bytes(), 200, &mut |_| seen += 1).unwrap_err();
+        assert!(e.contains("a list item longer than 200 bytes"), "{e}");
+        assert_eq!(seen, 1);
     }
 
     #[test]
@@ -416,6 +500,35 @@ mod tests {
             .for_each(&mut |_| {})
             .unwrap_err();
         assert_eq!(e.code(), Some(403));
+    }
+
+    /// A server that hands back a `continue` token it already gave (here: the first page's
+    /// token again on the third page) ends the walk with an error naming it, instead of paging
+    /// forever.
+    #[test]
+    fn a_repeated_continue_token_ends_the_walk() {
+        use crate::kube::client::tests::{client, http, Canned};
+        let page = |token: &str| {
+            http(
+                200,
+                "",
+                &format!(
+                    r#"{{"metadata":{{"continue":"{token}","resourceVersion":"5"}},"items":[{{"n":1}}]}}"#
+                ),
+            )
+        };
+        let srv = Canned::start(vec![page("c1"), page("c2"), page("c1"), page("c2")]);
+        let c = client(&srv.addr);
+        let mut n = 0;
+        let e = Pager::new(&c, "/api/v1/persistentvolumes", &[], 1)
+            .for_each(&mut |_| n += 1)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "GET /api/v1/persistentvolumes?limit=1&continue=c2: malformed response: the API server repeated the continuation token \"c1\""
+        );
+        assert!(e.is_retryable(), "{e}");
+        assert_eq!((n, srv.requests().len()), (3, 3));
     }
 
     #[test]

@@ -56,7 +56,10 @@ impl Bucket {
         if self.tokens >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-self.tokens / self.qps)
+            // `--kube-api-qps` is validated to at least `flags::MIN_KUBE_API_QPS`; saturate
+            // anyway, since `from_secs_f64` panics on a wait past `Duration::MAX` (a qps of
+            // 1e-20 did that on the first caller after the burst).
+            Duration::try_from_secs_f64(-self.tokens / self.qps).unwrap_or(Duration::MAX)
         }
     }
 }
@@ -138,6 +141,15 @@ mod tests {
         for _ in 0..1000 {
             assert_eq!(u.reserve(0.0), Duration::ZERO);
         }
+    }
+
+    #[test]
+    fn a_tiny_qps_saturates_instead_of_panicking() {
+        let mut b = Bucket::new(1e-20, 10);
+        for _ in 0..10 {
+            assert_eq!(b.reserve(0.0), Duration::ZERO);
+        }
+        assert_eq!(b.reserve(0.0), Duration::MAX);
     }
 
     #[test]

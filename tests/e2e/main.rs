@@ -10,6 +10,7 @@ mod events;
 mod faults;
 mod getmode;
 mod health;
+mod hostile;
 mod kubeconfig;
 mod leader;
 mod listmode;

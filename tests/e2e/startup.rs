@@ -75,7 +75,8 @@ fn probe_not_ready_then_ready_continues() {
         sidecar.stderr.text()
     );
     assert!(sidecar.stderr.text().contains("CSI driver is not ready"));
-    assert!(env.driver.call_count(crate::kit::csidriver::PROBE) >= 3);
+    // Two not-ready answers, then the ready one; nothing probes after startup.
+    assert_eq!(env.driver.call_count(crate::kit::csidriver::PROBE), 3);
 }
 
 #[test]

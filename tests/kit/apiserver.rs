@@ -109,6 +109,15 @@ pub enum Fault {
     WatchError(u16),
     /// A watch answers 200 and ends at once without an event (applies to watches only).
     EmptyWatch,
+    /// Hostile (issue #16): a 429 whose `Retry-After` header and Status `retryAfterSeconds`
+    /// both say this many seconds.
+    Throttle(u64),
+    /// Hostile: a watch answers 200 and sends this many bytes of one event line, never a
+    /// newline, then closes (applies to watches only).
+    EndlessWatchLine(usize),
+    /// Hostile: a list answers 200, no items, and the same `continue` token every time
+    /// (applies to lists only).
+    RepeatContinue,
 }
 
 #[derive(Clone, Debug)]
@@ -2136,8 +2145,12 @@ impl Inner {
                     .is_none_or(|p| target.contains(p))
                 && (!matches!(
                     r.fault,
-                    Fault::TruncatedWatch | Fault::WatchError(_) | Fault::EmptyWatch
+                    Fault::TruncatedWatch
+                        | Fault::WatchError(_)
+                        | Fault::EmptyWatch
+                        | Fault::EndlessWatchLine(_)
                 ) || is_watch)
+                && (!matches!(r.fault, Fault::RepeatContinue) || !is_watch)
         })?;
         let fault = faults[idx].fault.clone();
         if faults[idx].times > 0 {
@@ -2588,6 +2601,56 @@ fn handle(inner: &Arc<Inner>, req: &Request, w: &mut Conn) -> io::Result<Next> {
                 .and_then(|_| write_chunk(w, b""));
             rec.status = 200;
             rec.response_bytes = head.len();
+            inner.record(rec);
+            return n.map(|_| Next::KeepAlive);
+        }
+        Some(Fault::Throttle(secs)) => {
+            let body = format!(
+                r#"{{"kind":"Status","apiVersion":"v1","metadata":{{}},"status":"Failure","message":"throttled","reason":"TooManyRequests","details":{{"retryAfterSeconds":{secs}}},"code":429}}"#
+            );
+            let head = format!(
+                "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: {secs}\r\n\r\n",
+                body.len()
+            );
+            let n = w
+                .write_all(head.as_bytes())
+                .and_then(|_| w.write_all(body.as_bytes()))
+                .and_then(|_| w.flush());
+            rec.status = 429;
+            rec.response_bytes = head.len() + body.len();
+            inner.record(rec);
+            return n.map(|_| Next::KeepAlive);
+        }
+        Some(Fault::EndlessWatchLine(len)) => {
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+            let start = br#"{"type":"ADDED","object":{"kind":"PersistentVolume","pad":""#;
+            let mut sent = head.len();
+            let mut n = w
+                .write_all(head.as_bytes())
+                .and_then(|_| write_chunk(w, start));
+            let block = vec![b'x'; 1 << 20];
+            let mut left = len.saturating_sub(start.len());
+            while n.is_ok() && left > 0 {
+                let k = left.min(block.len());
+                n = write_chunk(w, &block[..k]);
+                left -= k;
+                sent += k;
+            }
+            rec.status = 200;
+            rec.response_bytes = sent;
+            inner.record(rec);
+            return Ok(Next::Close);
+        }
+        Some(Fault::RepeatContinue) => {
+            let reply = Reply::json(
+                200,
+                &json!({"kind": "List", "apiVersion": "v1",
+                        "metadata": {"resourceVersion": "1", "continue": "same-token"},
+                        "items": []}),
+            );
+            let n = write_reply(w, &reply, close);
+            rec.status = 200;
+            rec.response_bytes = *n.as_ref().unwrap_or(&0);
             inner.record(rec);
             return n.map(|_| Next::KeepAlive);
         }
