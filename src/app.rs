@@ -62,6 +62,8 @@ struct Shared {
     client: Client,
     driver: String,
     mode: Mode,
+    /// The driver advertises `GET_VOLUME`: ListVolumes mode confirms missing volumes with it.
+    get_volume: bool,
     source: Arc<dyn HealthSource>,
     recorder: events::Recorder,
     metrics: Arc<Metrics>,
@@ -181,6 +183,7 @@ pub fn run(cfg: Config) -> Result<(), Fatal> {
         client: client.clone(),
         driver: driver.clone(),
         mode,
+        get_volume: caps.get_volume,
         source: Arc::new(csi::Rpcs {
             conn: conn.clone(),
             generation: mode.generation(),
@@ -418,6 +421,14 @@ fn run_controller(shared: &Shared, shutdown: &Shutdown) -> Result<(), String> {
             cfg.list_volumes_max_entries,
         )
         .confirm_with_get(shared.mode == Mode::HealthList { confirm: true })
+        .confirm_missing_with_get(
+            if shared.mode == Mode::ListVolumes && shared.get_volume && cfg.report_missing_volumes {
+                cfg.worker_threads
+            } else {
+                0
+            },
+        )
+        .missing_max_fraction(cfg.missing_volumes_max_fraction)
         .run(shutdown.clone()),
         Mode::GetVolume | Mode::HealthGet => GetLoop {
             monitor: mon,

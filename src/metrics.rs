@@ -159,6 +159,7 @@ pub struct Metrics {
     probe_total: CounterVec,
     probe_duration: HistogramVec,
     last_sweep: GaugeVec,
+    missing_suppressed: GaugeVec,
     rest_requests: CounterVec,
     status_writes: CounterVec,
     /// No labels; a vector so it only appears once the health modes start it.
@@ -307,6 +308,14 @@ impl Metrics {
             &["driver_name"],
         )
         .unwrap_or_else(unreachable_metric);
+        let missing_suppressed = GaugeVec::new(
+            Opts::new(
+                "csi_volume_health_missing_suppressed",
+                "Volumes that the last ListVolumes sweep would newly have reported missing but did not, because more than --missing-volumes-max-fraction of the driver's Bound PVs were absent at once (a partial ListVolumes view)",
+            ),
+            &["driver_name"],
+        )
+        .unwrap_or_else(unreachable_metric);
         let rest_requests = CounterVec::new(
             Opts::new("rest_client_requests_total", "Number of HTTP requests to the Kubernetes API server, partitioned by status code, method, and host"),
             &["code", "method", "host"],
@@ -326,6 +335,7 @@ impl Metrics {
             Box::new(probe_total.clone()),
             Box::new(probe_duration.clone()),
             Box::new(last_sweep.clone()),
+            Box::new(missing_suppressed.clone()),
             Box::new(rest_requests.clone()),
             Box::new(status_writes.clone()),
             Box::new(status_writes_dropped.clone()),
@@ -342,6 +352,7 @@ impl Metrics {
             probe_total,
             probe_duration,
             last_sweep,
+            missing_suppressed,
             rest_requests,
             status_writes,
             status_writes_dropped,
@@ -478,6 +489,15 @@ impl Metrics {
         self.last_sweep
             .with_label_values(&[&*driver])
             .set(unix_seconds);
+    }
+
+    /// `csi_volume_health_missing_suppressed`: how many volumes the mass-absence guard held
+    /// back in the last ListVolumes sweep (0 when it did not trip).
+    pub fn set_missing_suppressed(&self, count: usize) {
+        let driver = self.driver();
+        self.missing_suppressed
+            .with_label_values(&[&*driver])
+            .set(count as f64);
     }
 
     /// One Kubernetes API request: `code` is the HTTP status (or `<error>` when none came back),
@@ -811,6 +831,7 @@ mod tests {
         m.observe_probe("ControllerGetVolume", "abnormal", 0.3);
         m.observe_probe("ListVolumes", "error", 0.3);
         m.set_last_sweep(1700000000.5);
+        m.set_missing_suppressed(2000);
         m.observe_rest_request("200", "GET", "10.0.0.1:6443");
         m.observe_rest_request("200", "GET", "10.0.0.1:6443");
         m.observe_rest_request("409", "PUT", "10.0.0.1:6443");
@@ -841,6 +862,11 @@ mod tests {
         assert_eq!(dur.len(), 2);
         let sweep = series(&samples, "csi_volume_health_last_sweep_timestamp_seconds");
         assert_eq!(sweep[0].value, "1700000000.5");
+        let suppressed = series(&samples, "csi_volume_health_missing_suppressed");
+        assert_eq!(
+            (label(suppressed[0], "driver_name"), suppressed[0].value.as_str()),
+            (Some("d"), "2000")
+        );
         let rest = series(&samples, "rest_client_requests_total");
         let names: Vec<&str> = rest[0].labels.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, ["code", "host", "method"]);

@@ -20,4 +20,5 @@ mod observability;
 mod rbac;
 mod scheduling;
 mod startup;
+mod storms;
 mod support;
