@@ -1449,11 +1449,21 @@ mod tests {
         assert!(!run(&["--report-missing-volumes=false"]).report_missing_volumes);
         // The mass-absence guard's fraction is clamped to 0..=1; 1 turns it off.
         assert_eq!(run(&[]).missing_volumes_max_fraction, 0.5);
-        assert_eq!(run(&["--missing-volumes-max-fraction=3"]).missing_volumes_max_fraction, 1.0);
-        assert_eq!(run(&["--missing-volumes-max-fraction=-1"]).missing_volumes_max_fraction, 0.0);
         assert_eq!(
-            run(&["--missing-volumes-max-fraction=0.1", "--missing-volumes-max-fraction", "0.9"])
-                .missing_volumes_max_fraction,
+            run(&["--missing-volumes-max-fraction=3"]).missing_volumes_max_fraction,
+            1.0
+        );
+        assert_eq!(
+            run(&["--missing-volumes-max-fraction=-1"]).missing_volumes_max_fraction,
+            0.0
+        );
+        assert_eq!(
+            run(&[
+                "--missing-volumes-max-fraction=0.1",
+                "--missing-volumes-max-fraction",
+                "0.9"
+            ])
+            .missing_volumes_max_fraction,
             0.9
         );
         assert!(usage_error(&["--missing-volumes-max-fraction=NaN"]).contains("finite"));

@@ -864,7 +864,10 @@ mod tests {
         assert_eq!(sweep[0].value, "1700000000.5");
         let suppressed = series(&samples, "csi_volume_health_missing_suppressed");
         assert_eq!(
-            (label(suppressed[0], "driver_name"), suppressed[0].value.as_str()),
+            (
+                label(suppressed[0], "driver_name"),
+                suppressed[0].value.as_str()
+            ),
             (Some("d"), "2000")
         );
         let rest = series(&samples, "rest_client_requests_total");

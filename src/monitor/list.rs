@@ -163,11 +163,7 @@ impl ListLoop {
 
     pub fn run(mut self, shutdown: Shutdown) {
         let pool = if self.get_workers > 0 {
-            match ConfirmPool::start(
-                self.get_workers,
-                self.monitor.clone(),
-                self.source.clone(),
-            ) {
+            match ConfirmPool::start(self.get_workers, self.monitor.clone(), self.source.clone()) {
                 Ok(pool) => Some(pool),
                 Err(e) => {
                     log::error!(
@@ -249,7 +245,11 @@ impl ListLoop {
             self.sweeps.wrapping_mul(7919) % snapshot.len()
         };
         self.sweeps = self.sweeps.wrapping_add(1);
-        for pv in snapshot.values().skip(skip).chain(snapshot.values().take(skip)) {
+        for pv in snapshot
+            .values()
+            .skip(skip)
+            .chain(snapshot.values().take(skip))
+        {
             if checkable(pv).is_err() {
                 self.absences.remove(&pv.name);
                 self.quiet.remove(&pv.name);
@@ -342,7 +342,9 @@ impl ListLoop {
             }
             self.suppressed = 0;
         }
-        self.monitor.metrics().set_missing_suppressed(self.suppressed);
+        self.monitor
+            .metrics()
+            .set_missing_suppressed(self.suppressed);
         for pv in standing {
             self.observe(pv, Observation::Missing);
         }

@@ -66,7 +66,12 @@ fn missing_events(env: &Env) -> Vec<String> {
                     .as_str()
                     .is_some_and(|m| m.contains("was not found by CSI driver"))
         })
-        .map(|e| e["involvedObject"]["name"].as_str().unwrap_or("").to_string())
+        .map(|e| {
+            e["involvedObject"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
         .collect();
     names.sort();
     names
@@ -105,13 +110,17 @@ fn a_partial_list_view_is_confirmed_with_get_volume() {
         let e = env.events(&format!("pvc-{}", id(i)), ABNORMAL);
         assert_eq!(e[0]["message"], format!("disk {i} is failing").as_str());
     }
-    assert!(env.api.wait_until(WAIT, |_| missing_events(&env).len() >= 3));
+    assert!(env
+        .api
+        .wait_until(WAIT, |_| missing_events(&env).len() >= 3));
     // Two more complete rounds of confirmation: still exactly those three.
     let seen = gets(&env);
-    assert!(env
-        .driver
-        .wait_until(WAIT, |s| s.calls.iter().filter(|c| c.method == GET_VOLUME).count()
-            >= seen + 2 * N));
+    assert!(env.driver.wait_until(WAIT, |s| s
+        .calls
+        .iter()
+        .filter(|c| c.method == GET_VOLUME)
+        .count()
+        >= seen + 2 * N));
     assert_eq!(
         missing_events(&env),
         ["pvc-v0005", "pvc-v0500", "pvc-v1999"],
@@ -128,9 +137,17 @@ fn a_partial_list_view_is_confirmed_with_get_volume() {
         .filter(|l| l.contains(OMITS))
         .collect();
     assert_eq!(lines.len(), 1, "{lines:#?}");
-    assert!(lines[0].contains(&format!("count={}", N - 3)), "{}", lines[0]);
+    assert!(
+        lines[0].contains(&format!("count={}", N - 3)),
+        "{}",
+        lines[0]
+    );
     // Confirmation obeys the worker pool.
-    assert!(env.driver.max_in_flight() <= 4 + 1, "{}", env.driver.max_in_flight());
+    assert!(
+        env.driver.max_in_flight() <= 4 + 1,
+        "{}",
+        env.driver.max_in_flight()
+    );
     assert!(env.driver.call_count(LIST_VOLUMES) >= 3);
 }
 
@@ -140,7 +157,10 @@ fn a_mass_absence_without_get_volume_is_held_back_then_a_few_are_reported() {
     let env = Env::new();
     env.driver.with(|s| s.get_volume = false);
     many(&env, N, true);
-    let sidecar = env.spawn(&["--list-volumes-interval=300ms", "--http-endpoint=127.0.0.1:0"]);
+    let sidecar = env.spawn(&[
+        "--list-volumes-interval=300ms",
+        "--http-endpoint=127.0.0.1:0",
+    ]);
     let addr = http_addr(&sidecar.stderr);
     let gauge = || {
         let (_, body) = http_get(&addr, "/metrics");
@@ -180,11 +200,15 @@ fn a_mass_absence_without_get_volume_is_held_back_then_a_few_are_reported() {
         }
     });
     assert!(
-        env.api.wait_until(WAIT, |_| missing_events(&env).len() >= 3),
+        env.api
+            .wait_until(WAIT, |_| missing_events(&env).len() >= 3),
         "{}",
         sidecar.stderr.text()
     );
-    assert_eq!(poll(WAIT, || gauge().filter(|v| v == "0")).as_deref(), Some("0"));
+    assert_eq!(
+        poll(WAIT, || gauge().filter(|v| v == "0")).as_deref(),
+        Some("0")
+    );
     let seen = env.driver.call_count(LIST_VOLUMES);
     assert!(env.wait_calls(LIST_VOLUMES, seen + 3, WAIT));
     assert_eq!(
