@@ -175,7 +175,7 @@ pub fn run(cfg: Config) -> Result<(), Fatal> {
     .map_err(|e| fatal("Failed to start the event recorder", e))?;
     {
         let r = recorder.clone();
-        metrics.set_events_dropped(Box::new(move || r.dropped()));
+        metrics.set_events_dropped(Box::new(move || r.dropped_by_reason()));
     }
 
     let shared = Arc::new(Shared {

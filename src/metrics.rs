@@ -169,11 +169,11 @@ pub struct Metrics {
     events_dropped: Arc<OnceLock<DroppedEvents>>,
 }
 
-/// Reads how many Events the recorder dropped so far (its queue was full).
-pub type DroppedEvents = Box<dyn Fn() -> u64 + Send + Sync>;
+/// Reads how many Events the recorder dropped so far, per reason.
+pub type DroppedEvents = Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
 
 const EVENTS_DROPPED_NAME: &str = "csi_volume_health_events_dropped_total";
-const EVENTS_DROPPED_HELP: &str = "Events the sidecar could not queue for the API server, by reason (queue_full: 1000 Events were already waiting)";
+const EVENTS_DROPPED_HELP: &str = "Events the sidecar could not queue for the API server, by reason (queue_full: 1000 Events were already waiting; repeat_displaced: a queued repeat of an existing Event gave its place to a first report or a recovery)";
 
 /// `csi_volume_health_events_dropped_total`, read from the recorder's own count at scrape time
 /// (the recorder knows nothing of metrics; its counter is the one truth).
@@ -191,19 +191,25 @@ impl Collector for EventsDroppedCollector {
         let Some(read) = self.source.get() else {
             return Vec::new();
         };
-        let mut c = prometheus::proto::Counter::default();
-        c.set_value(read() as f64);
-        let mut m = prometheus::proto::Metric::default();
-        m.set_counter(c);
-        let mut reason = LabelPair::default();
-        reason.set_name("reason".to_string());
-        reason.set_value("queue_full".to_string());
-        m.set_label(vec![reason]);
+        let metrics = read()
+            .into_iter()
+            .map(|(why, n)| {
+                let mut c = prometheus::proto::Counter::default();
+                c.set_value(n as f64);
+                let mut m = prometheus::proto::Metric::default();
+                m.set_counter(c);
+                let mut reason = LabelPair::default();
+                reason.set_name("reason".to_string());
+                reason.set_value(why.to_string());
+                m.set_label(vec![reason]);
+                m
+            })
+            .collect();
         let mut family = MetricFamily::default();
         family.set_name(EVENTS_DROPPED_NAME.to_string());
         family.set_help(EVENTS_DROPPED_HELP.to_string());
         family.set_field_type(MetricType::COUNTER);
-        family.set_metric(vec![m]);
+        family.set_metric(metrics);
         vec![family]
     }
 }
@@ -690,7 +696,13 @@ mod tests {
         let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let seen = n.clone();
         m.set_events_dropped(Box::new(move || {
-            seen.load(std::sync::atomic::Ordering::Relaxed)
+            vec![
+                (
+                    "queue_full",
+                    seen.load(std::sync::atomic::Ordering::Relaxed),
+                ),
+                ("repeat_displaced", 1),
+            ]
         }));
         let text = m.encode();
         assert!(
@@ -702,9 +714,14 @@ mod tests {
             "{text}"
         );
         n.store(3, std::sync::atomic::Ordering::Relaxed);
-        assert!(m
-            .encode()
-            .contains("csi_volume_health_events_dropped_total{reason=\"queue_full\"} 3\n"));
+        let text = m.encode();
+        assert!(text.contains("csi_volume_health_events_dropped_total{reason=\"queue_full\"} 3\n"));
+        assert!(
+            text.contains(
+                "csi_volume_health_events_dropped_total{reason=\"repeat_displaced\"} 1\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -37,8 +37,30 @@ pub const QUEUE_CAPACITY: usize = 1000;
 pub const MAX_TRIES: usize = 12;
 /// Sleep between write attempts (client-go `defaultSleepDuration`).
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(10);
-/// Logged when the queue is full and an event is dropped.
+/// Logged when the queue is full and an event is dropped (at most once per
+/// [`crate::logging::THROTTLE_PERIOD`], with the number dropped since the last line).
 pub const DROPPED_MESSAGE: &str = "Unable to record event: too many queued events, dropped event";
+
+/// Why an Event never reached the API server (`csi_volume_health_events_dropped_total{reason}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The queue held 1000 Events and none of them was a repeat this one could replace.
+    QueueFull,
+    /// A queued repeat (a count bump of an existing Event) gave its place to a first report or
+    /// a recovery.
+    Displaced,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 2] = [DropReason::QueueFull, DropReason::Displaced];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::Displaced => "repeat_displaced",
+        }
+    }
+}
 
 /// Where events are written: the API server in production, a recording fake in tests.
 pub trait EventSink: Send + 'static {
@@ -133,7 +155,10 @@ impl RecorderOptions {
 struct Pending {
     state: Mutex<PendingState>,
     cond: Condvar,
-    dropped: AtomicU64,
+    /// Per [`DropReason`], in the order of `DropReason::ALL`.
+    dropped: [AtomicU64; 2],
+    /// The drop line is written at most once per 10 s.
+    drop_log: crate::logging::Throttle,
 }
 
 #[derive(Default)]
@@ -150,7 +175,8 @@ impl Pending {
         Pending {
             state: Mutex::new(PendingState::default()),
             cond: Condvar::new(),
-            dropped: AtomicU64::new(0),
+            dropped: [AtomicU64::new(0), AtomicU64::new(0)],
+            drop_log: crate::logging::Throttle::default(),
         }
     }
 
@@ -227,9 +253,31 @@ impl Recorder {
         self.enqueue(event);
     }
 
-    /// Events dropped so far because the queue was full.
+    /// Events dropped so far because the queue was full, for any reason.
     pub fn dropped(&self) -> u64 {
-        self.pending.dropped.load(Ordering::Relaxed)
+        self.dropped_by_reason().iter().map(|(_, n)| n).sum()
+    }
+
+    /// Events dropped so far, per reason.
+    pub fn dropped_by_reason(&self) -> Vec<(&'static str, u64)> {
+        DropReason::ALL
+            .iter()
+            .zip(&self.pending.dropped)
+            .map(|(r, n)| (r.as_str(), n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Count a dropped event; log it unless a drop was logged in the last 10 s (the line then
+    /// says how many were dropped since the previous one).
+    fn note_dropped(&self, reason: DropReason, event: &Event) {
+        self.pending.dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = self.pending.drop_log.hit(Instant::now()) {
+            log::error!(
+                "{DROPPED_MESSAGE} dropped_since_last_line={n} reason={} last {}",
+                reason.as_str(),
+                describe(event)
+            );
+        }
     }
 
     fn enqueue(&self, event: Event) -> bool {
@@ -244,8 +292,7 @@ impl Recorder {
             Ok(()) => true,
             Err(TrySendError::Full(event)) => {
                 self.pending.done(1);
-                self.pending.dropped.fetch_add(1, Ordering::Relaxed);
-                log::error!("{DROPPED_MESSAGE} {}", describe(&event));
+                self.note_dropped(DropReason::QueueFull, &event);
                 false
             }
             Err(TrySendError::Disconnected(event)) => {
@@ -360,6 +407,9 @@ struct Writer<S> {
     retry_interval: Duration,
     max_tries: usize,
     shutdown: Shutdown,
+    /// Write failures that can repeat for every Event of a sweep are logged at most once per
+    /// 10 s with a count.
+    failed_log: crate::logging::Throttle,
 }
 
 impl<S: EventSink> Writer<S> {
@@ -372,6 +422,7 @@ impl<S: EventSink> Writer<S> {
             retry_interval: opts.retry_interval,
             max_tries: opts.max_tries.max(1),
             shutdown,
+            failed_log: crate::logging::Throttle::default(),
         }
     }
 
@@ -389,10 +440,12 @@ impl<S: EventSink> Writer<S> {
             }
             tries += 1;
             if tries >= self.max_tries {
-                log::error!(
-                    "Unable to write event (retry limit exceeded!) {}",
-                    describe(&event)
-                );
+                if let Some(n) = self.failed_log.hit(Instant::now()) {
+                    log::error!(
+                        "Unable to write event (retry limit exceeded!) failures_since_last_line={n} {}",
+                        describe(&event)
+                    );
+                }
                 return Outcome::GaveUp;
             }
             // The first sleep is randomised so that clients do not retry in lockstep after an
@@ -445,9 +498,9 @@ impl<S: EventSink> Writer<S> {
                         "Server rejected event (will not retry!) {} err=\"{err}\"",
                         describe(event)
                     );
-                } else {
+                } else if let Some(n) = self.failed_log.hit(Instant::now()) {
                     log::error!(
-                        "Server rejected event (will not retry!) {} err=\"{err}\"",
+                        "Server rejected event (will not retry!) failures_since_last_line={n} {} err=\"{err}\"",
                         describe(event)
                     );
                 }

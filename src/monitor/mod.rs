@@ -16,12 +16,13 @@ pub mod status;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use crate::csi::Generation;
 use crate::events::{EventType, ObjectRef, Recorder};
 use crate::health::{self, Mended};
 use crate::kube::{self, Client};
+use crate::logging::Throttle;
 use crate::metrics::Metrics;
 use crate::timeutil::{parse_rfc3339, rfc3339};
 use crate::watch::{PvRecord, PvStore, PvcRecord, PvcStore};
@@ -57,6 +58,10 @@ pub struct Monitor {
     mended: Mutex<HashMap<String, Mended>>,
     /// The PV store's generation at the last `forget_gone` (`u64::MAX`: never).
     forgotten_at: AtomicU64,
+    /// Per-volume errors that can repeat for every volume of a sweep are logged at most once
+    /// per 10 s with a count (DESIGN §2.9): PVC lookups, driver calls.
+    pvc_errors: Throttle,
+    pub(crate) rpc_errors: Throttle,
 }
 
 impl Monitor {
@@ -81,6 +86,8 @@ impl Monitor {
             reported: Mutex::new(seed),
             mended: Mutex::new(HashMap::new()),
             forgotten_at: AtomicU64::new(u64::MAX),
+            pvc_errors: Throttle::default(),
+            rpc_errors: Throttle::default(),
         }
     }
 
@@ -117,21 +124,25 @@ impl Monitor {
         {
             Ok(Some(pvc)) => Some(pvc),
             Ok(None) => {
-                log::error!(
-                    "Get PVC error pv=\"{}\" pvc=\"{}/{}\" err=\"persistentvolumeclaim not found\"",
-                    pv.name,
-                    claim.namespace,
-                    claim.name
-                );
+                if let Some(n) = self.pvc_errors.hit(Instant::now()) {
+                    log::error!(
+                        "Get PVC error errors_since_last_line={n} pv=\"{}\" pvc=\"{}/{}\" err=\"persistentvolumeclaim not found\"",
+                        pv.name,
+                        claim.namespace,
+                        claim.name
+                    );
+                }
                 None
             }
             Err(e) => {
-                log::error!(
-                    "Get PVC error pv=\"{}\" pvc=\"{}/{}\" err=\"{e}\"",
-                    pv.name,
-                    claim.namespace,
-                    claim.name
-                );
+                if let Some(n) = self.pvc_errors.hit(Instant::now()) {
+                    log::error!(
+                        "Get PVC error errors_since_last_line={n} pv=\"{}\" pvc=\"{}/{}\" err=\"{e}\"",
+                        pv.name,
+                        claim.namespace,
+                        claim.name
+                    );
+                }
                 None
             }
         }
