@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use crate::csi::Generation;
-use crate::events::{EventType, ObjectRef, Recorder};
+use crate::events::{EventType, ObjectRef, Priority, Recorder};
 use crate::health::{self, Mended};
 use crate::kube::{self, Client};
 use crate::logging::Throttle;
@@ -165,7 +165,7 @@ impl Monitor {
     /// the volume's state afterwards (`None`: nothing could be done, e.g. no PVC).
     pub fn observe(&self, pv: &PvRecord, observation: &Observation) -> Option<Reported> {
         let pvc = self.claim_of(pv)?;
-        let decision = {
+        let (decision, previous) = {
             let mut reported = lock(&self.reported);
             let previous = reported.get(&pvc.uid).copied().unwrap_or(Reported::Healthy);
             let d = decide(
@@ -184,7 +184,7 @@ impl Monitor {
                 Reported::Healthy => reported.remove(&pvc.uid),
                 Reported::Abnormal => reported.insert(pvc.uid.clone(), d.next),
             };
-            d
+            (d, previous)
         };
         self.metrics
             .set_volume_status(&pvc.namespace, &pvc.name, &pv.name, decision.status);
@@ -198,17 +198,33 @@ impl Monitor {
             );
         }
         self.note_mended(pv, &decision.mended);
+        let mut next = decision.next;
         if let Some(emit) = decision.emit {
             let object = ObjectRef::pvc(&pvc);
-            match emit {
-                Emit::Warning { reason, message } => {
-                    self.recorder
-                        .event(&object, EventType::Warning, reason, &message)
-                }
-                Emit::Normal { reason, message } => {
-                    self.recorder
-                        .event(&object, EventType::Normal, reason, &message)
-                }
+            // A Warning while already abnormal repeats an Event that exists (a count bump); a
+            // first report or a recovery is news and wins a full queue (DESIGN §2.9).
+            let (kind, reason, message) = match emit {
+                Emit::Warning { reason, message } => (EventType::Warning, reason, message),
+                Emit::Normal { reason, message } => (EventType::Normal, reason, message),
+            };
+            let repeat = kind == EventType::Warning && previous == Reported::Abnormal;
+            let priority = if repeat {
+                Priority::Repeat
+            } else {
+                Priority::Transition
+            };
+            let queued = self
+                .recorder
+                .event_with(&object, kind, reason, &message, priority);
+            if !queued && !repeat {
+                // Not told: keep the previous state, so the next check tries this news again
+                // instead of taking it for a repeat (or for nothing) and starving this PVC.
+                let mut reported = lock(&self.reported);
+                match previous {
+                    Reported::Healthy => reported.remove(&pvc.uid),
+                    Reported::Abnormal => reported.insert(pvc.uid.clone(), previous),
+                };
+                next = previous;
             }
         }
         if let (Some(out), Some(desired)) = (&self.health, &decision.desired) {
@@ -223,7 +239,7 @@ impl Monitor {
                 }
             }
         }
-        Some(decision.next)
+        Some(next)
     }
 
     /// Say once what had to be mended in a driver's answer about `pv` (and again when it

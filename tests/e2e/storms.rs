@@ -216,3 +216,117 @@ fn a_mass_absence_without_get_volume_is_held_back_then_a_few_are_reported() {
         ["pvc-v0007", "pvc-v0700", "pvc-v1700"]
     );
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn told(env: &Env, reason: &str) -> std::collections::HashSet<String> {
+    env.api
+        .events()
+        .iter()
+        .filter(|e| e["reason"] == reason)
+        .filter_map(|e| e["involvedObject"]["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn a_full_queue_tells_every_pvc_and_never_drops_a_recovery_for_a_repeat() {
+    const N: usize = 3000;
+    let env = Env::new();
+    many(&env, N, false);
+    env.driver.with(|s| {
+        for v in s.volumes.values_mut() {
+            v.abnormal = true;
+            v.message = "disk is failing".into();
+        }
+    });
+    let started = std::time::Instant::now();
+    // Every sweep queues 3000 Events against a queue of 1000 and about 200 writes a second.
+    let sidecar = env.spawn(&[
+        "--list-volumes-interval=500ms",
+        "--kube-api-qps=200",
+        "--kube-api-burst=200",
+        "--http-endpoint=127.0.0.1:0",
+    ]);
+    let addr = http_addr(&sidecar.stderr);
+    // No PVC starved: over several sweeps every one gets its first Event.
+    assert!(
+        env.api
+            .wait_until(Duration::from_secs(120), |_| told(&env, ABNORMAL).len()
+                >= N),
+        "{} of {N} PVCs told; {}",
+        told(&env, ABNORMAL).len(),
+        sidecar.stderr.text()
+    );
+    // Recoveries while every sweep still queues thousands of repeats: none is dropped.
+    env.driver.with(|s| {
+        for i in 0..100 {
+            let v = s.volumes.get_mut(&id(i * 30)).unwrap();
+            v.abnormal = false;
+            v.message.clear();
+        }
+    });
+    assert!(
+        env.api
+            .wait_until(WAIT, |_| told(&env, "VolumeConditionNormal").len() >= 100),
+        "{} of 100 recoveries; {}",
+        told(&env, "VolumeConditionNormal").len(),
+        sidecar.stderr.text()
+    );
+    let elapsed = started.elapsed();
+    let dropped: Vec<(String, u64)> = {
+        let (_, body) = http_get(&addr, "/metrics");
+        body.lines()
+            .filter(|l| l.starts_with("csi_volume_health_events_dropped_total{"))
+            .filter_map(|l| {
+                let reason = l.split('"').nth(1)?.to_string();
+                Some((reason, l.rsplit(' ').next()?.parse().ok()?))
+            })
+            .collect()
+    };
+    let total: u64 = dropped.iter().map(|(_, n)| n).sum();
+    assert!(
+        dropped
+            .iter()
+            .any(|(r, n)| r == "repeat_displaced" && *n > 0),
+        "{dropped:?}"
+    );
+    // At most one drop line per 10 s (plus the first), each saying how many it stands for.
+    let lines: Vec<String> = sidecar
+        .stderr
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("too many queued events"))
+        .collect();
+    assert!(!lines.is_empty());
+    assert!(
+        lines.len() as u64 <= elapsed.as_secs() / 10 + 1,
+        "{} drop lines in {elapsed:?}",
+        lines.len()
+    );
+    let logged: u64 = lines
+        .iter()
+        .filter_map(|l| {
+            l.split("dropped_since_last_line=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        logged <= total && logged > 0,
+        "lines say {logged}, counter says {total}"
+    );
+    // The queue bound holds memory: 3000 volumes and a full queue stay well under 100 MiB.
+    let rss = rss_kib(sidecar.pid);
+    assert!(rss > 0 && rss < 100 * 1024, "RSS {rss} KiB");
+}
