@@ -429,6 +429,7 @@ fn run_controller(shared: &Shared, shutdown: &Shutdown) -> Result<(), String> {
             },
         )
         .missing_max_fraction(cfg.missing_volumes_max_fraction)
+        .write_budget(cfg.kube_api_qps, cfg.kube_api_burst)
         .run(shutdown.clone()),
         Mode::GetVolume | Mode::HealthGet => GetLoop {
             monitor: mon,

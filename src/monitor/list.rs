@@ -113,6 +113,11 @@ pub struct ListLoop {
     omits_logged: bool,
     /// Sweeps done; rotates where each sweep starts in the PV list.
     sweeps: usize,
+    /// `--kube-api-qps` and `--kube-api-burst`, until the first complete sweep has been held
+    /// against them (the write budget, logged once).
+    write_budget: Option<(f64, u32)>,
+    /// Abnormal or missing observations in the current sweep.
+    abnormal_seen: usize,
 }
 
 impl ListLoop {
@@ -137,7 +142,16 @@ impl ListLoop {
             suppressed: 0,
             omits_logged: false,
             sweeps: 0,
+            write_budget: None,
+            abnormal_seen: 0,
         }
+    }
+
+    /// `--kube-api-qps` / `--kube-api-burst`: after the first complete sweep, say once (-v=2)
+    /// when its abnormal volumes cannot all be written as Events within one interval.
+    pub fn write_budget(mut self, qps: f64, burst: u32) -> Self {
+        self.write_budget = Some((qps, burst));
+        self
     }
 
     /// v1.12 ListVolumes, driver with `GET_VOLUME`: confirm each volume absent from two
@@ -201,6 +215,9 @@ impl ListLoop {
     /// Report, and remember whether the volume is now quiet.
     fn observe(&mut self, pv: &PvRecord, observation: Observation) {
         let healthy = matches!(&observation, Observation::Conditions(c) if c.is_empty());
+        if !healthy {
+            self.abnormal_seen += 1;
+        }
         let after = self.monitor.observe(pv, &observation);
         match (healthy, after, &pv.claim) {
             (true, Some(Reported::Healthy), Some(c)) => {
@@ -236,6 +253,7 @@ impl ListLoop {
         };
         let generation = self.monitor.generation();
         let mut checked = 0usize;
+        self.abnormal_seen = 0;
         let mut missing = Vec::new();
         // Start each sweep at a different PV: with a full event queue, a fixed order would let
         // the same PVCs take the free places sweep after sweep.
@@ -293,6 +311,26 @@ impl ListLoop {
             self.pruned_at = Some(pv_generation);
         }
         self.monitor.forget_gone();
+        if let Some((qps, burst)) = self.write_budget.take() {
+            let secs = self.interval.as_secs_f64();
+            if !over_budget(self.abnormal_seen, secs, qps, burst) {
+                crate::vlog!(
+                    4,
+                    "Event write budget suffices: at --kube-api-qps={qps} and --kube-api-burst={burst}, {} Events per sweep can be written within --list-volumes-interval={:?} abnormal={} bound={checked}",
+                    writable(secs, qps, burst),
+                    self.interval,
+                    self.abnormal_seen
+                );
+            } else {
+                crate::vlog!(
+                    2,
+                    "Event write budget exceeded: the first sweep found more abnormal volumes than --kube-api-qps={qps} and --kube-api-burst={burst} can write as Events within --list-volumes-interval={:?}; repeats are dropped first, first reports and recoveries still go out abnormal={} bound={checked} writable_per_sweep={}",
+                    self.interval,
+                    self.abnormal_seen,
+                    writable(secs, qps, burst)
+                );
+            }
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -411,6 +449,20 @@ impl ListLoop {
     }
 }
 
+/// Events the API client can write in `secs` at `qps` after a full burst (README "Write
+/// budget"): one write per Event, every other request of the sweep ignored.
+fn writable(secs: f64, qps: f64, burst: u32) -> u64 {
+    if !qps.is_finite() {
+        return u64::MAX;
+    }
+    (qps * secs + f64::from(burst)).floor() as u64
+}
+
+/// True when `abnormal` Events per sweep exceed what one interval can write.
+fn over_budget(abnormal: usize, secs: f64, qps: f64, burst: u32) -> bool {
+    abnormal as u64 > writable(secs, qps, burst)
+}
+
 /// The workers that ask `ControllerGetVolume` about volumes absent from ListVolumes: at most
 /// one call per worker in flight, each bounded by `--timeout` like every RPC.
 struct ConfirmPool {
@@ -525,6 +577,16 @@ mod tests {
             skipped: 0,
             next_token: next.to_string(),
         })
+    }
+
+    #[test]
+    fn write_budget() {
+        // Defaults: 5 QPS, burst 10, 5 min: 1510 Events per sweep.
+        assert_eq!(writable(300.0, 5.0, 10), 1510);
+        assert!(!over_budget(1510, 300.0, 5.0, 10));
+        assert!(over_budget(1511, 300.0, 5.0, 10));
+        assert!(over_budget(5000, 10.0, 5.0, 10));
+        assert!(!over_budget(5000, 10.0, f64::INFINITY, 10));
     }
 
     #[test]

@@ -330,3 +330,58 @@ fn a_full_queue_tells_every_pvc_and_never_drops_a_recovery_for_a_repeat() {
     let rss = rss_kib(sidecar.pid);
     assert!(rss > 0 && rss < 100 * 1024, "RSS {rss} KiB");
 }
+
+#[test]
+fn a_write_budget_that_cannot_be_met_is_logged_once_at_v2() {
+    let env = Env::new();
+    many(&env, 50, false);
+    env.driver.with(|s| {
+        for v in s.volumes.values_mut() {
+            v.abnormal = true;
+            v.message = "disk is failing".into();
+        }
+    });
+    // 1 write a second after a burst of 2: 12 Events per 10 s interval, 50 abnormal.
+    let sidecar = env.spawn(&[
+        "--list-volumes-interval=10s",
+        "--kube-api-qps=1",
+        "--kube-api-burst=2",
+        "--v=2",
+    ]);
+    assert!(
+        sidecar.stderr.wait_for("Event write budget exceeded", WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
+    let text = sidecar.stderr.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("Event write budget exceeded"))
+        .unwrap();
+    for want in ["abnormal=50", "bound=50", "writable_per_sweep=12"] {
+        assert!(line.contains(want), "{want} not in {line}");
+    }
+    // Once, not per sweep: the second sweep comes 10 s later; the line came with the first.
+    assert_eq!(text.matches("Event write budget").count(), 1);
+}
+
+#[test]
+fn a_write_budget_that_is_met_says_nothing_at_v2() {
+    let env = Env::new();
+    many(&env, 5, false);
+    env.driver.with(|s| {
+        for v in s.volumes.values_mut() {
+            v.abnormal = true;
+            v.message = "disk is failing".into();
+        }
+    });
+    let sidecar = env.spawn(&["--list-volumes-interval=10s", "--v=2"]);
+    assert!(env
+        .api
+        .wait_until(WAIT, |_| told(&env, ABNORMAL).len() >= 5));
+    assert!(
+        !sidecar.stderr.text().contains("Event write budget"),
+        "{}",
+        sidecar.stderr.text()
+    );
+}
