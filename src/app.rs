@@ -428,7 +428,12 @@ fn run_controller(shared: &Shared, shutdown: &Shutdown) -> Result<(), String> {
                 0
             },
         )
-        .missing_max_fraction(cfg.missing_volumes_max_fraction)
+        // Nothing is reported missing without --report-missing-volumes: no guard to warn about.
+        .missing_max_fraction(if cfg.report_missing_volumes {
+            cfg.missing_volumes_max_fraction
+        } else {
+            1.0
+        })
         .write_budget(cfg.kube_api_qps, cfg.kube_api_burst)
         .run(shutdown.clone()),
         Mode::GetVolume | Mode::HealthGet => GetLoop {
