@@ -62,6 +62,8 @@ struct Shared {
     client: Client,
     driver: String,
     mode: Mode,
+    /// The driver advertises `GET_VOLUME`: ListVolumes mode confirms missing volumes with it.
+    get_volume: bool,
     source: Arc<dyn HealthSource>,
     recorder: events::Recorder,
     metrics: Arc<Metrics>,
@@ -173,7 +175,7 @@ pub fn run(cfg: Config) -> Result<(), Fatal> {
     .map_err(|e| fatal("Failed to start the event recorder", e))?;
     {
         let r = recorder.clone();
-        metrics.set_events_dropped(Box::new(move || r.dropped()));
+        metrics.set_events_dropped(Box::new(move || r.dropped_by_reason()));
     }
 
     let shared = Arc::new(Shared {
@@ -181,6 +183,7 @@ pub fn run(cfg: Config) -> Result<(), Fatal> {
         client: client.clone(),
         driver: driver.clone(),
         mode,
+        get_volume: caps.get_volume,
         source: Arc::new(csi::Rpcs {
             conn: conn.clone(),
             generation: mode.generation(),
@@ -418,6 +421,20 @@ fn run_controller(shared: &Shared, shutdown: &Shutdown) -> Result<(), String> {
             cfg.list_volumes_max_entries,
         )
         .confirm_with_get(shared.mode == Mode::HealthList { confirm: true })
+        .confirm_missing_with_get(
+            if shared.mode == Mode::ListVolumes && shared.get_volume && cfg.report_missing_volumes {
+                cfg.worker_threads
+            } else {
+                0
+            },
+        )
+        // Nothing is reported missing without --report-missing-volumes: no guard to warn about.
+        .missing_max_fraction(if cfg.report_missing_volumes {
+            cfg.missing_volumes_max_fraction
+        } else {
+            1.0
+        })
+        .write_budget(cfg.kube_api_qps, cfg.kube_api_burst)
         .run(shutdown.clone()),
         Mode::GetVolume | Mode::HealthGet => GetLoop {
             monitor: mon,

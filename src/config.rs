@@ -73,6 +73,8 @@ pub struct Config {
     pub worker_threads: usize,
     pub enable_node_watcher: bool,
     pub report_missing_volumes: bool,
+    /// `--missing-volumes-max-fraction`, in 0..=1 (1: the mass-absence guard is off).
+    pub missing_volumes_max_fraction: f64,
     pub volume_health_api: HealthApi,
     /// Events beside `status.healthStatus` in the v1.13 health modes.
     pub volume_health_events: bool,

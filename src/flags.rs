@@ -230,6 +230,8 @@ const FLAGS: &[Spec] = &[
         "Maximum number of entries per ListVolumes page (max_entries). 0 leaves it unset and lets the driver decide."),
     spec("report-missing-volumes", Kind::Bool, "true", Check::None,
         "Report a VolumeConditionAbnormal event for a Bound PV whose volume the CSI driver does not know (NOT_FOUND, or missing from two consecutive ListVolumes sweeps)."),
+    spec("missing-volumes-max-fraction", Kind::Float, "0.5", Check::Finite,
+        "When more than this fraction of the driver's Bound PVs (and at least 10) would newly be reported missing in one ListVolumes sweep, report none of them for that sweep (a partial ListVolumes view). 1 turns the guard off; values are clamped to 0..1."),
     spec("node-not-ready-timeout", Kind::Duration, "5m", Check::NonNegative,
         "How long a node must stay NotReady before the PVCs of its pods get a NodeFailed event."),
     spec("termination-log-path", Kind::String, "/dev/termination-log", Check::NonEmpty,
@@ -604,6 +606,9 @@ struct RawFlags {
     report_missing_volumes: bool,
     /// see usage
     #[argh(option)]
+    missing_volumes_max_fraction: GoFloat,
+    /// see usage
+    #[argh(option)]
     node_not_ready_timeout: GoDuration,
     /// see usage
     #[argh(option)]
@@ -844,6 +849,8 @@ fn build_config(raw: RawFlags) -> Result<Parsed, Error> {
         worker_threads,
         enable_node_watcher: raw.enable_node_watcher,
         report_missing_volumes: raw.report_missing_volumes,
+        // check_value accepted a finite number; outside 0..1 means the nearest end.
+        missing_volumes_max_fraction: raw.missing_volumes_max_fraction.0.clamp(0.0, 1.0),
         // check_value accepted it already; the fallback is never taken.
         volume_health_api: parse_health_api(&raw.volume_health_api).unwrap_or(HealthApi::Auto),
         volume_health_events: raw.volume_health_events,
@@ -1313,6 +1320,7 @@ mod tests {
             worker_threads: 10,
             enable_node_watcher: false,
             report_missing_volumes: true,
+            missing_volumes_max_fraction: 0.5,
             volume_health_api: HealthApi::Auto,
             volume_health_events: true,
             leader_election: None,
@@ -1391,6 +1399,9 @@ mod tests {
                 c.csi_address = "/csi/csi.sock".into()
             }),
             ("kube-api-qps", "20.5", |c| c.kube_api_qps = 20.5),
+            ("missing-volumes-max-fraction", "0.25", |c| {
+                c.missing_volumes_max_fraction = 0.25
+            }),
             ("kube-api-burst", "0x20", |c| c.kube_api_burst = 32),
             ("v", "5", |c| c.log.verbosity = 5),
             ("logging-format", "json", |c| c.log.format = LogFormat::Json),
@@ -1457,6 +1468,26 @@ mod tests {
             }
         }
         assert!(!run(&["--report-missing-volumes=false"]).report_missing_volumes);
+        // The mass-absence guard's fraction is clamped to 0..=1; 1 turns it off.
+        assert_eq!(run(&[]).missing_volumes_max_fraction, 0.5);
+        assert_eq!(
+            run(&["--missing-volumes-max-fraction=3"]).missing_volumes_max_fraction,
+            1.0
+        );
+        assert_eq!(
+            run(&["--missing-volumes-max-fraction=-1"]).missing_volumes_max_fraction,
+            0.0
+        );
+        assert_eq!(
+            run(&[
+                "--missing-volumes-max-fraction=0.1",
+                "--missing-volumes-max-fraction",
+                "0.9"
+            ])
+            .missing_volumes_max_fraction,
+            0.9
+        );
+        assert!(usage_error(&["--missing-volumes-max-fraction=NaN"]).contains("finite"));
         let e = usage_error(&["--leader-election=maybe"]);
         assert_eq!(
             e,

@@ -344,6 +344,54 @@ pub fn format_json(p: &LineParts<'_>) -> String {
     out
 }
 
+/// How often a log line that can repeat for every volume of a sweep is written at most
+/// (DESIGN §2.9: upstream writes one line per dropped Event).
+pub const THROTTLE_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Rate limit for one kind of log line that can repeat thousands of times per sweep (a dropped
+/// Event, a failed PVC lookup, a rejected write): the first occurrence is logged, then at most
+/// one line per period, carrying how many occurrences it stands for.
+#[derive(Debug)]
+pub struct Throttle {
+    period: std::time::Duration,
+    state: std::sync::Mutex<ThrottleState>,
+}
+
+#[derive(Debug, Default)]
+struct ThrottleState {
+    last_line: Option<std::time::Instant>,
+    since: u64,
+}
+
+impl Throttle {
+    pub fn new(period: std::time::Duration) -> Throttle {
+        Throttle {
+            period,
+            state: std::sync::Mutex::new(ThrottleState::default()),
+        }
+    }
+
+    /// Count one occurrence at `now`. `Some(n)`: write the line now, for `n` occurrences (this
+    /// one and those held back since the last line); `None`: counted, not logged.
+    pub fn hit(&self, now: std::time::Instant) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.since += 1;
+        if s.last_line
+            .is_some_and(|t| now.saturating_duration_since(t) < self.period)
+        {
+            return None;
+        }
+        s.last_line = Some(now);
+        Some(std::mem::take(&mut s.since))
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Throttle {
+        Throttle::new(THROTTLE_PERIOD)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -602,5 +650,21 @@ mod tests {
         assert_eq!(short_caller("src/kube/client.rs"), "kube/client.rs");
         assert_eq!(short_caller("src/main.rs"), "src/main.rs");
         assert_eq!(short_caller("main.rs"), "main.rs");
+    }
+
+    #[test]
+    fn throttle_logs_once_per_period_with_the_count() {
+        use std::time::{Duration, Instant};
+        let t = Throttle::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(t.hit(t0), Some(1), "the first occurrence is logged at once");
+        for i in 1..=999 {
+            assert_eq!(t.hit(t0 + Duration::from_millis(i)), None);
+        }
+        assert_eq!(t.hit(t0 + Duration::from_secs(9)), None);
+        // The next line stands for everything since the last one.
+        assert_eq!(t.hit(t0 + Duration::from_secs(10)), Some(1001));
+        assert_eq!(t.hit(t0 + Duration::from_secs(11)), None);
+        assert_eq!(t.hit(t0 + Duration::from_secs(25)), Some(2));
     }
 }

@@ -159,6 +159,7 @@ pub struct Metrics {
     probe_total: CounterVec,
     probe_duration: HistogramVec,
     last_sweep: GaugeVec,
+    missing_suppressed: GaugeVec,
     rest_requests: CounterVec,
     status_writes: CounterVec,
     /// No labels; a vector so it only appears once the health modes start it.
@@ -168,11 +169,11 @@ pub struct Metrics {
     events_dropped: Arc<OnceLock<DroppedEvents>>,
 }
 
-/// Reads how many Events the recorder dropped so far (its queue was full).
-pub type DroppedEvents = Box<dyn Fn() -> u64 + Send + Sync>;
+/// Reads how many Events the recorder dropped so far, per reason.
+pub type DroppedEvents = Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
 
 const EVENTS_DROPPED_NAME: &str = "csi_volume_health_events_dropped_total";
-const EVENTS_DROPPED_HELP: &str = "Events the sidecar could not queue for the API server, by reason (queue_full: 1000 Events were already waiting)";
+const EVENTS_DROPPED_HELP: &str = "Events the sidecar could not queue for the API server, by reason (queue_full: 1000 Events were already waiting; repeat_displaced: a queued repeat of an existing Event gave its place to a first report or a recovery)";
 
 /// `csi_volume_health_events_dropped_total`, read from the recorder's own count at scrape time
 /// (the recorder knows nothing of metrics; its counter is the one truth).
@@ -190,19 +191,25 @@ impl Collector for EventsDroppedCollector {
         let Some(read) = self.source.get() else {
             return Vec::new();
         };
-        let mut c = prometheus::proto::Counter::default();
-        c.set_value(read() as f64);
-        let mut m = prometheus::proto::Metric::default();
-        m.set_counter(c);
-        let mut reason = LabelPair::default();
-        reason.set_name("reason".to_string());
-        reason.set_value("queue_full".to_string());
-        m.set_label(vec![reason]);
+        let metrics = read()
+            .into_iter()
+            .map(|(why, n)| {
+                let mut c = prometheus::proto::Counter::default();
+                c.set_value(n as f64);
+                let mut m = prometheus::proto::Metric::default();
+                m.set_counter(c);
+                let mut reason = LabelPair::default();
+                reason.set_name("reason".to_string());
+                reason.set_value(why.to_string());
+                m.set_label(vec![reason]);
+                m
+            })
+            .collect();
         let mut family = MetricFamily::default();
         family.set_name(EVENTS_DROPPED_NAME.to_string());
         family.set_help(EVENTS_DROPPED_HELP.to_string());
         family.set_field_type(MetricType::COUNTER);
-        family.set_metric(vec![m]);
+        family.set_metric(metrics);
         vec![family]
     }
 }
@@ -307,6 +314,14 @@ impl Metrics {
             &["driver_name"],
         )
         .unwrap_or_else(unreachable_metric);
+        let missing_suppressed = GaugeVec::new(
+            Opts::new(
+                "csi_volume_health_missing_suppressed",
+                "Volumes that the last ListVolumes sweep would newly have reported missing but did not, because more than --missing-volumes-max-fraction of the driver's Bound PVs were absent at once (a partial ListVolumes view)",
+            ),
+            &["driver_name"],
+        )
+        .unwrap_or_else(unreachable_metric);
         let rest_requests = CounterVec::new(
             Opts::new("rest_client_requests_total", "Number of HTTP requests to the Kubernetes API server, partitioned by status code, method, and host"),
             &["code", "method", "host"],
@@ -326,6 +341,7 @@ impl Metrics {
             Box::new(probe_total.clone()),
             Box::new(probe_duration.clone()),
             Box::new(last_sweep.clone()),
+            Box::new(missing_suppressed.clone()),
             Box::new(rest_requests.clone()),
             Box::new(status_writes.clone()),
             Box::new(status_writes_dropped.clone()),
@@ -342,6 +358,7 @@ impl Metrics {
             probe_total,
             probe_duration,
             last_sweep,
+            missing_suppressed,
             rest_requests,
             status_writes,
             status_writes_dropped,
@@ -478,6 +495,15 @@ impl Metrics {
         self.last_sweep
             .with_label_values(&[&*driver])
             .set(unix_seconds);
+    }
+
+    /// `csi_volume_health_missing_suppressed`: how many volumes the mass-absence guard held
+    /// back in the last ListVolumes sweep (0 when it did not trip).
+    pub fn set_missing_suppressed(&self, count: usize) {
+        let driver = self.driver();
+        self.missing_suppressed
+            .with_label_values(&[&*driver])
+            .set(count as f64);
     }
 
     /// One Kubernetes API request: `code` is the HTTP status (or `<error>` when none came back),
@@ -670,7 +696,13 @@ mod tests {
         let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let seen = n.clone();
         m.set_events_dropped(Box::new(move || {
-            seen.load(std::sync::atomic::Ordering::Relaxed)
+            vec![
+                (
+                    "queue_full",
+                    seen.load(std::sync::atomic::Ordering::Relaxed),
+                ),
+                ("repeat_displaced", 1),
+            ]
         }));
         let text = m.encode();
         assert!(
@@ -682,9 +714,14 @@ mod tests {
             "{text}"
         );
         n.store(3, std::sync::atomic::Ordering::Relaxed);
-        assert!(m
-            .encode()
-            .contains("csi_volume_health_events_dropped_total{reason=\"queue_full\"} 3\n"));
+        let text = m.encode();
+        assert!(text.contains("csi_volume_health_events_dropped_total{reason=\"queue_full\"} 3\n"));
+        assert!(
+            text.contains(
+                "csi_volume_health_events_dropped_total{reason=\"repeat_displaced\"} 1\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
@@ -811,6 +848,7 @@ mod tests {
         m.observe_probe("ControllerGetVolume", "abnormal", 0.3);
         m.observe_probe("ListVolumes", "error", 0.3);
         m.set_last_sweep(1700000000.5);
+        m.set_missing_suppressed(2000);
         m.observe_rest_request("200", "GET", "10.0.0.1:6443");
         m.observe_rest_request("200", "GET", "10.0.0.1:6443");
         m.observe_rest_request("409", "PUT", "10.0.0.1:6443");
@@ -841,6 +879,14 @@ mod tests {
         assert_eq!(dur.len(), 2);
         let sweep = series(&samples, "csi_volume_health_last_sweep_timestamp_seconds");
         assert_eq!(sweep[0].value, "1700000000.5");
+        let suppressed = series(&samples, "csi_volume_health_missing_suppressed");
+        assert_eq!(
+            (
+                label(suppressed[0], "driver_name"),
+                suppressed[0].value.as_str()
+            ),
+            (Some("d"), "2000")
+        );
         let rest = series(&samples, "rest_client_requests_total");
         let names: Vec<&str> = rest[0].labels.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, ["code", "host", "method"]);

@@ -37,8 +37,40 @@ pub const QUEUE_CAPACITY: usize = 1000;
 pub const MAX_TRIES: usize = 12;
 /// Sleep between write attempts (client-go `defaultSleepDuration`).
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(10);
-/// Logged when the queue is full and an event is dropped.
+/// Logged when the queue is full and an event is dropped (at most once per
+/// [`crate::logging::THROTTLE_PERIOD`], with the number dropped since the last line).
 pub const DROPPED_MESSAGE: &str = "Unable to record event: too many queued events, dropped event";
+
+/// Which Events win when the queue is full (DESIGN §2.9): a first report or a recovery takes
+/// the place of a queued repeat, so a full queue never decides by accident which PVCs are told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    /// A first report of an episode, a recovery, anything that is news.
+    Transition,
+    /// A repeat of an Event that already exists (its count is bumped).
+    Repeat,
+}
+
+/// Why an Event never reached the API server (`csi_volume_health_events_dropped_total{reason}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The queue held 1000 Events and none of them was a repeat this one could replace.
+    QueueFull,
+    /// A queued repeat (a count bump of an existing Event) gave its place to a first report or
+    /// a recovery.
+    Displaced,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 2] = [DropReason::QueueFull, DropReason::Displaced];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::Displaced => "repeat_displaced",
+        }
+    }
+}
 
 /// Where events are written: the API server in production, a recording fake in tests.
 pub trait EventSink: Send + 'static {
@@ -133,7 +165,10 @@ impl RecorderOptions {
 struct Pending {
     state: Mutex<PendingState>,
     cond: Condvar,
-    dropped: AtomicU64,
+    /// Per [`DropReason`], in the order of `DropReason::ALL`.
+    dropped: [AtomicU64; 2],
+    /// The drop line is written at most once per 10 s.
+    drop_log: crate::logging::Throttle,
 }
 
 #[derive(Default)]
@@ -150,7 +185,8 @@ impl Pending {
         Pending {
             state: Mutex::new(PendingState::default()),
             cond: Condvar::new(),
-            dropped: AtomicU64::new(0),
+            dropped: [AtomicU64::new(0), AtomicU64::new(0)],
+            drop_log: crate::logging::Throttle::default(),
         }
     }
 
@@ -159,6 +195,7 @@ impl Pending {
     }
 
     /// Reserve a slot; false once the thread has stopped.
+    #[cfg(test)]
     fn begin(&self) -> bool {
         let mut s = self.lock();
         if s.closed {
@@ -206,16 +243,36 @@ impl Pending {
 /// Cheap handle for emitting events; clone it into every thread that reports.
 #[derive(Clone)]
 pub struct Recorder {
+    /// Transitions; written before any repeat.
     tx: Sender<Event>,
+    repeat_tx: Sender<Event>,
+    /// To take a queued repeat out when a transition needs its place.
+    repeat_rx: Receiver<Event>,
+    /// Events queued or being written, at most (client-go `maxQueuedEvents`).
+    capacity: usize,
     pending: Arc<Pending>,
     component: Arc<str>,
     clock: Arc<dyn Clock>,
 }
 
 impl Recorder {
-    /// Queue an event about `object`. Never blocks; when 1000 events are already waiting the
-    /// event is dropped and logged.
-    pub fn event(&self, object: &ObjectRef, kind: EventType, reason: &str, message: &str) {
+    /// Queue an event about `object` as news ([`Priority::Transition`]). Never blocks; when
+    /// 1000 events are already waiting and none is a repeat, the event is dropped and counted.
+    /// True when queued.
+    pub fn event(&self, object: &ObjectRef, kind: EventType, reason: &str, message: &str) -> bool {
+        self.event_with(object, kind, reason, message, Priority::Transition)
+    }
+
+    /// [`Recorder::event`] with its priority: a repeat is dropped when the queue is full, a
+    /// transition then takes the place of a queued repeat.
+    pub fn event_with(
+        &self,
+        object: &ObjectRef,
+        kind: EventType,
+        reason: &str,
+        message: &str,
+        priority: Priority,
+    ) -> bool {
         let event = Event::new(
             &self.component,
             object,
@@ -224,28 +281,84 @@ impl Recorder {
             message,
             self.clock.now(),
         );
-        self.enqueue(event);
+        self.enqueue_with(event, priority)
     }
 
-    /// Events dropped so far because the queue was full.
+    /// Events dropped so far because the queue was full, for any reason.
     pub fn dropped(&self) -> u64 {
-        self.pending.dropped.load(Ordering::Relaxed)
+        self.dropped_by_reason().iter().map(|(_, n)| n).sum()
     }
 
-    fn enqueue(&self, event: Event) -> bool {
-        if !self.pending.begin() {
-            log::debug!(
-                "Event recorder has stopped, dropped event {}",
-                describe(&event)
+    /// Events dropped so far, per reason.
+    pub fn dropped_by_reason(&self) -> Vec<(&'static str, u64)> {
+        DropReason::ALL
+            .iter()
+            .zip(&self.pending.dropped)
+            .map(|(r, n)| (r.as_str(), n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Count a dropped event; log it unless a drop was logged in the last 10 s (the line then
+    /// says how many were dropped since the previous one).
+    fn note_dropped(&self, reason: DropReason, event: &Event) {
+        self.pending.dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = self.pending.drop_log.hit(Instant::now()) {
+            log::error!(
+                "{DROPPED_MESSAGE} dropped_since_last_line={n} reason={} last {}",
+                reason.as_str(),
+                describe(event)
             );
-            return false;
         }
-        match self.tx.try_send(event) {
+    }
+
+    #[cfg(test)]
+    fn enqueue(&self, event: Event) -> bool {
+        self.enqueue_with(event, Priority::Transition)
+    }
+
+    fn enqueue_with(&self, event: Event, priority: Priority) -> bool {
+        let displaced = {
+            let mut s = self.pending.lock();
+            if s.closed {
+                drop(s);
+                log::debug!(
+                    "Event recorder has stopped, dropped event {}",
+                    describe(&event)
+                );
+                return false;
+            }
+            if s.count < self.capacity {
+                s.count += 1;
+                None
+            } else if priority == Priority::Transition {
+                // Full: a transition takes the place of the oldest queued repeat, if any.
+                match self.repeat_rx.try_recv() {
+                    Ok(old) => Some(old),
+                    Err(_) => {
+                        drop(s);
+                        self.note_dropped(DropReason::QueueFull, &event);
+                        return false;
+                    }
+                }
+            } else {
+                drop(s);
+                self.note_dropped(DropReason::QueueFull, &event);
+                return false;
+            }
+        };
+        if let Some(old) = displaced {
+            self.note_dropped(DropReason::Displaced, &old);
+        }
+        let tx = match priority {
+            Priority::Transition => &self.tx,
+            Priority::Repeat => &self.repeat_tx,
+        };
+        match tx.try_send(event) {
             Ok(()) => true,
+            // Both channels hold the capacity; the count above keeps them from filling.
             Err(TrySendError::Full(event)) => {
                 self.pending.done(1);
-                self.pending.dropped.fetch_add(1, Ordering::Relaxed);
-                log::error!("{DROPPED_MESSAGE} {}", describe(&event));
+                self.note_dropped(DropReason::QueueFull, &event);
                 false
             }
             Err(TrySendError::Disconnected(event)) => {
@@ -288,37 +401,74 @@ pub fn spawn(
     opts: RecorderOptions,
     shutdown: Shutdown,
 ) -> std::io::Result<(Recorder, RecorderThread)> {
-    let (recorder, rx) = queue(&opts, QUEUE_CAPACITY);
+    let (recorder, queued) = queue(&opts, QUEUE_CAPACITY);
     let pending = recorder.pending.clone();
     let writer = Writer::new(sink, &opts, shutdown.clone());
     let thread_pending = pending.clone();
     let handle = std::thread::Builder::new()
         .name("event-recorder".into())
-        .spawn(move || run(rx, writer, &thread_pending, &shutdown))?;
+        .spawn(move || run(queued, writer, &thread_pending, &shutdown))?;
     Ok((recorder, RecorderThread { handle, pending }))
 }
 
-fn queue(opts: &RecorderOptions, capacity: usize) -> (Recorder, Receiver<Event>) {
+/// The recorder thread's end of the queue: transitions first, then repeats.
+struct Queued {
+    first: Receiver<Event>,
+    repeats: Receiver<Event>,
+}
+
+impl Queued {
+    /// The next event to write: any transition before any repeat.
+    fn try_recv(&self) -> Option<Event> {
+        self.first
+            .try_recv()
+            .or_else(|_| self.repeats.try_recv())
+            .ok()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.first.len() + self.repeats.len()
+    }
+}
+
+fn queue(opts: &RecorderOptions, capacity: usize) -> (Recorder, Queued) {
     let (tx, rx) = crossbeam_channel::bounded(capacity);
+    let (repeat_tx, repeat_rx) = crossbeam_channel::bounded(capacity);
     let recorder = Recorder {
         tx,
+        repeat_tx,
+        repeat_rx: repeat_rx.clone(),
+        capacity,
         pending: Arc::new(Pending::new()),
         component: Arc::from(opts.component.as_str()),
         clock: opts.clock.clone(),
     };
-    (recorder, rx)
+    (
+        recorder,
+        Queued {
+            first: rx,
+            repeats: repeat_rx,
+        },
+    )
 }
 
 fn run<S: EventSink>(
-    rx: Receiver<Event>,
+    queued: Queued,
     mut writer: Writer<S>,
     pending: &Pending,
     shutdown: &Shutdown,
 ) {
     let stop = shutdown.receiver();
     while !shutdown.is_triggered() {
+        if let Some(event) = queued.try_recv() {
+            writer.record(event);
+            pending.done(1);
+            continue;
+        }
+        // Nothing queued: wait for either kind.
         crossbeam_channel::select! {
-            recv(rx) -> msg => match msg {
+            recv(queued.first) -> msg => match msg {
                 Ok(event) => {
                     writer.record(event);
                     pending.done(1);
@@ -326,10 +476,17 @@ fn run<S: EventSink>(
                 // Every Recorder handle is gone: nothing more can arrive.
                 Err(_) => break,
             },
+            recv(queued.repeats) -> msg => match msg {
+                Ok(event) => {
+                    writer.record(event);
+                    pending.done(1);
+                }
+                Err(_) => break,
+            },
             recv(stop) -> _ => break,
         }
     }
-    let left = rx.try_iter().count();
+    let left = queued.first.try_iter().count() + queued.repeats.try_iter().count();
     if left > 0 {
         log::warn!("Event recorder shutting down, discarded {left} queued events");
     }
@@ -360,6 +517,9 @@ struct Writer<S> {
     retry_interval: Duration,
     max_tries: usize,
     shutdown: Shutdown,
+    /// Write failures that can repeat for every Event of a sweep are logged at most once per
+    /// 10 s with a count.
+    failed_log: crate::logging::Throttle,
 }
 
 impl<S: EventSink> Writer<S> {
@@ -372,6 +532,7 @@ impl<S: EventSink> Writer<S> {
             retry_interval: opts.retry_interval,
             max_tries: opts.max_tries.max(1),
             shutdown,
+            failed_log: crate::logging::Throttle::default(),
         }
     }
 
@@ -389,10 +550,12 @@ impl<S: EventSink> Writer<S> {
             }
             tries += 1;
             if tries >= self.max_tries {
-                log::error!(
-                    "Unable to write event (retry limit exceeded!) {}",
-                    describe(&event)
-                );
+                if let Some(n) = self.failed_log.hit(Instant::now()) {
+                    log::error!(
+                        "Unable to write event (retry limit exceeded!) failures_since_last_line={n} {}",
+                        describe(&event)
+                    );
+                }
                 return Outcome::GaveUp;
             }
             // The first sleep is randomised so that clients do not retry in lockstep after an
@@ -445,9 +608,9 @@ impl<S: EventSink> Writer<S> {
                         "Server rejected event (will not retry!) {} err=\"{err}\"",
                         describe(event)
                     );
-                } else {
+                } else if let Some(n) = self.failed_log.hit(Instant::now()) {
                     log::error!(
-                        "Server rejected event (will not retry!) {} err=\"{err}\"",
+                        "Server rejected event (will not retry!) failures_since_last_line={n} {} err=\"{err}\"",
                         describe(event)
                     );
                 }

@@ -404,7 +404,7 @@ fn full_queue_drops_and_counts() {
     assert_eq!(rx.len(), QUEUE_CAPACITY);
     assert_eq!(recorder.pending.lock().count, QUEUE_CAPACITY);
     // Taking one frees one slot.
-    assert!(rx.try_recv().is_ok());
+    assert!(rx.try_recv().is_some());
     recorder.pending.done(1);
     assert!(recorder.enqueue(abnormal(&clock, "fits again")));
     assert_eq!(
@@ -490,4 +490,53 @@ fn flush_reports_discarded_events() {
     assert!(clean.begin());
     clean.done(1);
     assert!(clean.wait_empty(Duration::ZERO));
+}
+
+#[test]
+fn a_full_queue_drops_repeats_before_transitions() {
+    let clock = ManualClock::at(0);
+    let (opts, _) = options(clock.clone(), false);
+    let (recorder, rx) = queue(&opts, 4);
+    let send = |msg: &str, p: Priority| recorder.enqueue_with(abnormal(&clock, msg), p);
+    assert!(send("r1", Priority::Repeat));
+    assert!(send("r2", Priority::Repeat));
+    assert!(send("t1", Priority::Transition));
+    assert!(send("r3", Priority::Repeat));
+    // Full: a repeat is dropped; a transition takes the place of the oldest repeat.
+    assert!(!send("r4", Priority::Repeat));
+    assert!(send("t2", Priority::Transition));
+    assert!(send("t3", Priority::Transition));
+    assert!(send("t4", Priority::Transition));
+    // No repeat left to displace: now a transition is dropped too.
+    assert!(!send("t5", Priority::Transition));
+    assert_eq!(
+        recorder.dropped_by_reason(),
+        [("queue_full", 2), ("repeat_displaced", 3)]
+    );
+    assert_eq!(recorder.dropped(), 5);
+    assert_eq!(recorder.pending.lock().count, 4);
+    // Transitions are written first, in order.
+    let order: Vec<String> = std::iter::from_fn(|| rx.try_recv())
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(order, ["t1", "t2", "t3", "t4"]);
+}
+
+#[test]
+fn transitions_are_written_before_queued_repeats() {
+    let clock = ManualClock::at(0);
+    let (opts, _) = options(clock.clone(), false);
+    let (recorder, rx) = queue(&opts, 10);
+    for (msg, p) in [
+        ("r1", Priority::Repeat),
+        ("t1", Priority::Transition),
+        ("r2", Priority::Repeat),
+        ("t2", Priority::Transition),
+    ] {
+        assert!(recorder.enqueue_with(abnormal(&clock, msg), p));
+    }
+    let order: Vec<String> = std::iter::from_fn(|| rx.try_recv())
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(order, ["t1", "t2", "r1", "r2"]);
 }

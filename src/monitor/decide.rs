@@ -179,6 +179,19 @@ pub fn absent_after(previous_absences: u32, present: bool) -> (u32, bool) {
     }
 }
 
+/// Fewest newly missing volumes in one sweep that can trip the mass-absence guard: a handful of
+/// absent volumes is what the report is for, whatever the fraction.
+pub const MASS_ABSENCE_MIN: usize = 10;
+
+/// The mass-absence guard (DESIGN §3.6): true when `newly` missing volumes out of `total` Bound
+/// PVs of this driver are more than `max_fraction` of them (and at least
+/// [`MASS_ABSENCE_MIN`]); then none of the `newly` is reported in that sweep. A partial
+/// ListVolumes view (a zone, an array mid-failover, a paging bug) must not become thousands
+/// of false reports. `max_fraction` 1 turns the guard off.
+pub fn mass_absence(newly: usize, total: usize, max_fraction: f64) -> bool {
+    max_fraction < 1.0 && newly >= MASS_ABSENCE_MIN && newly as f64 > max_fraction * total as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,5 +438,28 @@ mod tests {
         assert_eq!(absent_after(1, false), (2, true));
         assert_eq!(absent_after(2, false), (3, true));
         assert_eq!(absent_after(1, true), (0, false));
+    }
+
+    #[test]
+    fn mass_absence_guard() {
+        for (newly, total, fraction, trips) in [
+            (2000, 2000, 0.5, true),
+            (1001, 2000, 0.5, true),
+            (1000, 2000, 0.5, false),
+            (3, 2000, 0.5, false),
+            // Fewer than ten never trips, even when it is all of them.
+            (9, 9, 0.5, false),
+            (10, 10, 0.5, true),
+            (0, 0, 0.5, false),
+            (2000, 2000, 1.0, false),
+            (10, 2000, 0.0, true),
+            (9, 2000, 0.0, false),
+        ] {
+            assert_eq!(
+                mass_absence(newly, total, fraction),
+                trips,
+                "{newly} of {total} at {fraction}"
+            );
+        }
     }
 }

@@ -217,10 +217,12 @@ pub fn ask(monitor: &Monitor, source: &dyn HealthSource, pv: &PvRecord) -> Optio
         }
         Err(e) => {
             monitor.metrics().observe_probe(method, "error", secs);
-            log::error!(
-                "Check controller volume status error pv=\"{}\" err=\"{e}\"",
-                pv.name
-            );
+            if let Some(n) = monitor.rpc_errors.hit(Instant::now()) {
+                log::error!(
+                    "Check controller volume status error errors_since_last_line={n} pv=\"{}\" err=\"{e}\"",
+                    pv.name
+                );
+            }
             None
         }
     }

@@ -12,7 +12,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::decide::{absent_after, checkable, Observation, Reported};
+use crossbeam_channel::{Receiver, Sender};
+
+use super::decide::{absent_after, checkable, mass_absence, Observation, Reported};
 use super::Monitor;
 use crate::csi::{Condition, Error as CsiError, Generation, HealthSource};
 use crate::shutdown::Shutdown;
@@ -98,6 +100,24 @@ pub struct ListLoop {
     quiet: HashMap<String, String>,
     /// The PV store's generation when `absences` and `quiet` were last pruned.
     pruned_at: Option<u64>,
+    /// v1.12 ListVolumes with `GET_VOLUME`: a volume absent from two sweeps is asked about with
+    /// `ControllerGetVolume` on a pool of this many workers before it is called missing.
+    get_workers: usize,
+    /// PVs absent long enough to be missing, to be asked about during the wait after the sweep.
+    to_confirm: Vec<String>,
+    /// `--missing-volumes-max-fraction`.
+    max_fraction: f64,
+    /// Newly missing volumes the guard held back last time (the warning is logged on change).
+    suppressed: usize,
+    /// The driver's ListVolumes was seen to omit volumes it knows (logged once).
+    omits_logged: bool,
+    /// Sweeps done; rotates where each sweep starts in the PV list.
+    sweeps: usize,
+    /// `--kube-api-qps` and `--kube-api-burst`, until the first complete sweep has been held
+    /// against them (the write budget, logged once).
+    write_budget: Option<(f64, u32)>,
+    /// Abnormal or missing observations in the current sweep.
+    abnormal_seen: usize,
 }
 
 impl ListLoop {
@@ -116,7 +136,36 @@ impl ListLoop {
             absences: HashMap::new(),
             quiet: HashMap::new(),
             pruned_at: None,
+            get_workers: 0,
+            to_confirm: Vec::new(),
+            max_fraction: 1.0,
+            suppressed: 0,
+            omits_logged: false,
+            sweeps: 0,
+            write_budget: None,
+            abnormal_seen: 0,
         }
+    }
+
+    /// `--kube-api-qps` / `--kube-api-burst`: after the first complete sweep, say once (-v=2)
+    /// when its abnormal volumes cannot all be written as Events within one interval.
+    pub fn write_budget(mut self, qps: f64, burst: u32) -> Self {
+        self.write_budget = Some((qps, burst));
+        self
+    }
+
+    /// v1.12 ListVolumes, driver with `GET_VOLUME`: confirm each volume absent from two
+    /// complete sweeps with `ControllerGetVolume` (NOT_FOUND: missing; an answer: its
+    /// condition) on `workers` threads, spread over the interval (DESIGN §3.6). 0: off.
+    pub fn confirm_missing_with_get(mut self, workers: usize) -> Self {
+        self.get_workers = workers;
+        self
+    }
+
+    /// `--missing-volumes-max-fraction` (1: the mass-absence guard is off).
+    pub fn missing_max_fraction(mut self, fraction: f64) -> Self {
+        self.max_fraction = fraction;
+        self
     }
 
     /// v1.13 health listing: confirm an absent abnormal volume with one
@@ -127,9 +176,30 @@ impl ListLoop {
     }
 
     pub fn run(mut self, shutdown: Shutdown) {
+        let pool = if self.get_workers > 0 {
+            match ConfirmPool::start(self.get_workers, self.monitor.clone(), self.source.clone()) {
+                Ok(pool) => Some(pool),
+                Err(e) => {
+                    log::error!(
+                        "Cannot start the ControllerGetVolume workers, volumes absent from ListVolumes are not confirmed err=\"{e}\""
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         loop {
             self.sweep();
-            if shutdown.wait_timeout(self.interval) {
+            let next = Instant::now() + self.interval;
+            let batch = std::mem::take(&mut self.to_confirm);
+            if let (Some(pool), false) = (&pool, batch.is_empty()) {
+                match pool.confirm(&batch, self.interval, &shutdown) {
+                    Some(answers) => self.confirmed(answers),
+                    None => return,
+                }
+            }
+            if shutdown.wait_timeout(next.saturating_duration_since(Instant::now())) {
                 return;
             }
         }
@@ -145,6 +215,9 @@ impl ListLoop {
     /// Report, and remember whether the volume is now quiet.
     fn observe(&mut self, pv: &PvRecord, observation: Observation) {
         let healthy = matches!(&observation, Observation::Conditions(c) if c.is_empty());
+        if !healthy {
+            self.abnormal_seen += 1;
+        }
         let after = self.monitor.observe(pv, &observation);
         match (healthy, after, &pv.claim) {
             (true, Some(Reported::Healthy), Some(c)) => {
@@ -180,7 +253,21 @@ impl ListLoop {
         };
         let generation = self.monitor.generation();
         let mut checked = 0usize;
-        for pv in snapshot.values() {
+        self.abnormal_seen = 0;
+        let mut missing = Vec::new();
+        // Start each sweep at a different PV: with a full event queue, a fixed order would let
+        // the same PVCs take the free places sweep after sweep.
+        let skip = if snapshot.is_empty() {
+            0
+        } else {
+            self.sweeps.wrapping_mul(7919) % snapshot.len()
+        };
+        self.sweeps = self.sweeps.wrapping_add(1);
+        for pv in snapshot
+            .values()
+            .skip(skip)
+            .chain(snapshot.values().take(skip))
+        {
             if checkable(pv).is_err() {
                 self.absences.remove(&pv.name);
                 self.quiet.remove(&pv.name);
@@ -204,10 +291,19 @@ impl ListLoop {
                     self.observe(pv, Observation::Conditions(conds.clone()));
                 }
                 None => match generation {
-                    Generation::Condition => self.absent_from_list_volumes(pv),
+                    Generation::Condition => {
+                        if self.absent_from_list_volumes(pv) {
+                            missing.push(pv);
+                        }
+                    }
                     Generation::Health => self.absent_from_health_list(pv),
                 },
             }
+        }
+        if self.get_workers > 0 {
+            self.to_confirm = missing.iter().map(|pv| pv.name.clone()).collect();
+        } else {
+            self.report_missing(missing, checked);
         }
         if self.pruned_at != Some(pv_generation) {
             self.absences.retain(|name, _| snapshot.contains_key(name));
@@ -215,6 +311,26 @@ impl ListLoop {
             self.pruned_at = Some(pv_generation);
         }
         self.monitor.forget_gone();
+        if let Some((qps, burst)) = self.write_budget.take() {
+            let secs = self.interval.as_secs_f64();
+            if !over_budget(self.abnormal_seen, secs, qps, burst) {
+                crate::vlog!(
+                    4,
+                    "Event write budget suffices: at --kube-api-qps={qps} and --kube-api-burst={burst}, {} Events per sweep can be written within --list-volumes-interval={:?} abnormal={} bound={checked}",
+                    writable(secs, qps, burst),
+                    self.interval,
+                    self.abnormal_seen
+                );
+            } else {
+                crate::vlog!(
+                    2,
+                    "Event write budget exceeded: the first sweep found more abnormal volumes than --kube-api-qps={qps} and --kube-api-burst={burst} can write as Events within --list-volumes-interval={:?}; repeats are dropped first, first reports and recoveries still go out abnormal={} bound={checked} writable_per_sweep={}",
+                    self.interval,
+                    self.abnormal_seen,
+                    writable(secs, qps, burst)
+                );
+            }
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -228,14 +344,83 @@ impl ListLoop {
         );
     }
 
-    /// ListVolumes lists every volume: absent from two complete sweeps is missing.
-    fn absent_from_list_volumes(&mut self, pv: &PvRecord) {
+    /// ListVolumes lists every volume: absent from two complete sweeps is missing (true), to be
+    /// confirmed or reported once the sweep is done.
+    fn absent_from_list_volumes(&mut self, pv: &PvRecord) -> bool {
         let prev = self.absences.get(&pv.name).copied().unwrap_or(0);
         let (n, missing) = absent_after(prev, false);
         self.absences.insert(pv.name.clone(), n);
-        if missing {
+        missing
+    }
+
+    /// Report the volumes found missing in one sweep, unless the mass-absence guard holds back
+    /// the newly missing ones (those already standing reported are reported again).
+    fn report_missing(&mut self, missing: Vec<&PvRecord>, total: usize) {
+        let (standing, newly): (Vec<&PvRecord>, Vec<&PvRecord>) = missing
+            .into_iter()
+            .partition(|pv| self.monitor.stands_abnormal(pv));
+        let held = mass_absence(newly.len(), total, self.max_fraction);
+        if held {
+            if newly.len() != self.suppressed {
+                log::warn!(
+                    "{} omits more than {}% of this driver's Bound PVs at once; not reporting them as missing, it looks like a partial view (--missing-volumes-max-fraction) absent={} bound={total}",
+                    self.source.list_method(),
+                    self.max_fraction * 100.0,
+                    newly.len(),
+                );
+            }
+            self.suppressed = newly.len();
+        } else {
+            if self.suppressed > 0 {
+                log::info!(
+                    "{} no longer omits most volumes; missing volumes are reported again absent={} bound={total}",
+                    self.source.list_method(),
+                    newly.len(),
+                );
+            }
+            self.suppressed = 0;
+        }
+        self.monitor
+            .metrics()
+            .set_missing_suppressed(self.suppressed);
+        for pv in standing {
             self.observe(pv, Observation::Missing);
         }
+        if !held {
+            for pv in newly {
+                self.observe(pv, Observation::Missing);
+            }
+        }
+    }
+
+    /// Act on the `ControllerGetVolume` answers about volumes absent from ListVolumes.
+    fn confirmed(&mut self, answers: Vec<(String, Observation)>) {
+        let snapshot = self.monitor.pvs.snapshot();
+        let total = snapshot.values().filter(|pv| checkable(pv).is_ok()).count();
+        let mut missing = Vec::new();
+        let mut known = 0usize;
+        for (name, observation) in answers {
+            let Some(pv) = snapshot.get(&name).filter(|pv| checkable(pv).is_ok()) else {
+                continue;
+            };
+            match observation {
+                Observation::Missing => missing.push(pv),
+                conditions => {
+                    known += 1;
+                    self.observe(pv, conditions);
+                }
+            }
+        }
+        if known > 0 && !self.omits_logged {
+            self.omits_logged = true;
+            log::warn!(
+                "{} omits volumes that {} still knows; they are not reported missing and their condition is checked with {} on every sweep count={known}",
+                self.source.list_method(),
+                self.source.get_method(),
+                self.source.get_method(),
+            );
+        }
+        self.report_missing(missing, total);
     }
 
     /// The health listing leaves healthy volumes out: absence is healthy, but a volume that
@@ -261,6 +446,101 @@ impl ListLoop {
         if let Some(observation) = super::get::ask(&self.monitor, self.source.as_ref(), pv) {
             self.observe(pv, observation);
         }
+    }
+}
+
+/// Events the API client can write in `secs` at `qps` after a full burst (README "Write
+/// budget"): one write per Event, every other request of the sweep ignored.
+fn writable(secs: f64, qps: f64, burst: u32) -> u64 {
+    if !qps.is_finite() {
+        return u64::MAX;
+    }
+    (qps * secs + f64::from(burst)).floor() as u64
+}
+
+/// True when `abnormal` Events per sweep exceed what one interval can write.
+fn over_budget(abnormal: usize, secs: f64, qps: f64, burst: u32) -> bool {
+    abnormal as u64 > writable(secs, qps, burst)
+}
+
+/// The workers that ask `ControllerGetVolume` about volumes absent from ListVolumes: at most
+/// one call per worker in flight, each bounded by `--timeout` like every RPC.
+struct ConfirmPool {
+    jobs: Sender<String>,
+    answers: Receiver<(String, Option<Observation>)>,
+}
+
+impl ConfirmPool {
+    fn start(
+        workers: usize,
+        monitor: Arc<Monitor>,
+        source: Arc<dyn HealthSource>,
+    ) -> std::io::Result<ConfirmPool> {
+        // Zero capacity: a job is handed over only when a worker is free to take it.
+        let (jobs, job_rx) = crossbeam_channel::bounded::<String>(0);
+        let (answer_tx, answers) = crossbeam_channel::unbounded();
+        for i in 0..workers.max(1) {
+            let job_rx = job_rx.clone();
+            let answer_tx = answer_tx.clone();
+            let monitor = monitor.clone();
+            let source = source.clone();
+            // Detached: a worker ends when the job channel closes with the list loop.
+            std::thread::Builder::new()
+                .name(format!("csi-confirm-{i}"))
+                .spawn(move || {
+                    for name in job_rx {
+                        let answer = monitor
+                            .pvs
+                            .get(&name)
+                            .filter(|pv| checkable(pv).is_ok())
+                            .and_then(|pv| super::get::ask(&monitor, source.as_ref(), &pv));
+                        if answer_tx.send((name, answer)).is_err() {
+                            return;
+                        }
+                    }
+                })?;
+        }
+        Ok(ConfirmPool { jobs, answers })
+    }
+
+    /// Ask about every name in `batch`, the calls spread evenly over `interval`. `None`:
+    /// shutdown came first.
+    fn confirm(
+        &self,
+        batch: &[String],
+        interval: Duration,
+        shutdown: &Shutdown,
+    ) -> Option<Vec<(String, Observation)>> {
+        let start = Instant::now();
+        let step = interval.checked_div(batch.len() as u32).unwrap_or_default();
+        let mut out = Vec::with_capacity(batch.len());
+        let mut pending = 0usize;
+        for (i, name) in batch.iter().enumerate() {
+            let at = start + step * i as u32;
+            let wait = at.saturating_duration_since(Instant::now());
+            if !wait.is_zero() && shutdown.wait_timeout(wait) {
+                return None;
+            }
+            if shutdown.is_triggered() || self.jobs.send(name.clone()).is_err() {
+                return None;
+            }
+            pending += 1;
+            while let Ok((name, answer)) = self.answers.try_recv() {
+                pending -= 1;
+                out.extend(answer.map(|a| (name, a)));
+            }
+        }
+        // The last calls: each is bounded by --timeout.
+        while pending > 0 {
+            match self.answers.recv_timeout(Duration::from_secs(60)) {
+                Ok((name, answer)) => {
+                    pending -= 1;
+                    out.extend(answer.map(|a| (name, a)));
+                }
+                Err(_) => break,
+            }
+        }
+        Some(out)
     }
 }
 
@@ -297,6 +577,16 @@ mod tests {
             skipped: 0,
             next_token: next.to_string(),
         })
+    }
+
+    #[test]
+    fn write_budget() {
+        // Defaults: 5 QPS, burst 10, 5 min: 1510 Events per sweep.
+        assert_eq!(writable(300.0, 5.0, 10), 1510);
+        assert!(!over_budget(1510, 300.0, 5.0, 10));
+        assert!(over_budget(1511, 300.0, 5.0, 10));
+        assert!(over_budget(5000, 10.0, 5.0, 10));
+        assert!(!over_budget(5000, 10.0, f64::INFINITY, 10));
     }
 
     #[test]

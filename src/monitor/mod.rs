@@ -16,12 +16,13 @@ pub mod status;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use crate::csi::Generation;
-use crate::events::{EventType, ObjectRef, Recorder};
+use crate::events::{EventType, ObjectRef, Priority, Recorder};
 use crate::health::{self, Mended};
 use crate::kube::{self, Client};
+use crate::logging::Throttle;
 use crate::metrics::Metrics;
 use crate::timeutil::{parse_rfc3339, rfc3339};
 use crate::watch::{PvRecord, PvStore, PvcRecord, PvcStore};
@@ -57,6 +58,10 @@ pub struct Monitor {
     mended: Mutex<HashMap<String, Mended>>,
     /// The PV store's generation at the last `forget_gone` (`u64::MAX`: never).
     forgotten_at: AtomicU64,
+    /// Per-volume errors that can repeat for every volume of a sweep are logged at most once
+    /// per 10 s with a count (DESIGN §2.9): PVC lookups, driver calls.
+    pvc_errors: Throttle,
+    pub(crate) rpc_errors: Throttle,
 }
 
 impl Monitor {
@@ -81,6 +86,8 @@ impl Monitor {
             reported: Mutex::new(seed),
             mended: Mutex::new(HashMap::new()),
             forgotten_at: AtomicU64::new(u64::MAX),
+            pvc_errors: Throttle::default(),
+            rpc_errors: Throttle::default(),
         }
     }
 
@@ -117,21 +124,25 @@ impl Monitor {
         {
             Ok(Some(pvc)) => Some(pvc),
             Ok(None) => {
-                log::error!(
-                    "Get PVC error pv=\"{}\" pvc=\"{}/{}\" err=\"persistentvolumeclaim not found\"",
-                    pv.name,
-                    claim.namespace,
-                    claim.name
-                );
+                if let Some(n) = self.pvc_errors.hit(Instant::now()) {
+                    log::error!(
+                        "Get PVC error errors_since_last_line={n} pv=\"{}\" pvc=\"{}/{}\" err=\"persistentvolumeclaim not found\"",
+                        pv.name,
+                        claim.namespace,
+                        claim.name
+                    );
+                }
                 None
             }
             Err(e) => {
-                log::error!(
-                    "Get PVC error pv=\"{}\" pvc=\"{}/{}\" err=\"{e}\"",
-                    pv.name,
-                    claim.namespace,
-                    claim.name
-                );
+                if let Some(n) = self.pvc_errors.hit(Instant::now()) {
+                    log::error!(
+                        "Get PVC error errors_since_last_line={n} pv=\"{}\" pvc=\"{}/{}\" err=\"{e}\"",
+                        pv.name,
+                        claim.namespace,
+                        claim.name
+                    );
+                }
                 None
             }
         }
@@ -154,7 +165,7 @@ impl Monitor {
     /// the volume's state afterwards (`None`: nothing could be done, e.g. no PVC).
     pub fn observe(&self, pv: &PvRecord, observation: &Observation) -> Option<Reported> {
         let pvc = self.claim_of(pv)?;
-        let decision = {
+        let (decision, previous) = {
             let mut reported = lock(&self.reported);
             let previous = reported.get(&pvc.uid).copied().unwrap_or(Reported::Healthy);
             let d = decide(
@@ -173,7 +184,7 @@ impl Monitor {
                 Reported::Healthy => reported.remove(&pvc.uid),
                 Reported::Abnormal => reported.insert(pvc.uid.clone(), d.next),
             };
-            d
+            (d, previous)
         };
         self.metrics
             .set_volume_status(&pvc.namespace, &pvc.name, &pv.name, decision.status);
@@ -187,17 +198,33 @@ impl Monitor {
             );
         }
         self.note_mended(pv, &decision.mended);
+        let mut next = decision.next;
         if let Some(emit) = decision.emit {
             let object = ObjectRef::pvc(&pvc);
-            match emit {
-                Emit::Warning { reason, message } => {
-                    self.recorder
-                        .event(&object, EventType::Warning, reason, &message)
-                }
-                Emit::Normal { reason, message } => {
-                    self.recorder
-                        .event(&object, EventType::Normal, reason, &message)
-                }
+            // A Warning while already abnormal repeats an Event that exists (a count bump); a
+            // first report or a recovery is news and wins a full queue (DESIGN §2.9).
+            let (kind, reason, message) = match emit {
+                Emit::Warning { reason, message } => (EventType::Warning, reason, message),
+                Emit::Normal { reason, message } => (EventType::Normal, reason, message),
+            };
+            let repeat = kind == EventType::Warning && previous == Reported::Abnormal;
+            let priority = if repeat {
+                Priority::Repeat
+            } else {
+                Priority::Transition
+            };
+            let queued = self
+                .recorder
+                .event_with(&object, kind, reason, &message, priority);
+            if !queued && !repeat {
+                // Not told: keep the previous state, so the next check tries this news again
+                // instead of taking it for a repeat (or for nothing) and starving this PVC.
+                let mut reported = lock(&self.reported);
+                match previous {
+                    Reported::Healthy => reported.remove(&pvc.uid),
+                    Reported::Abnormal => reported.insert(pvc.uid.clone(), previous),
+                };
+                next = previous;
             }
         }
         if let (Some(out), Some(desired)) = (&self.health, &decision.desired) {
@@ -212,7 +239,7 @@ impl Monitor {
                 }
             }
         }
-        Some(decision.next)
+        Some(next)
     }
 
     /// Say once what had to be mended in a driver's answer about `pv` (and again when it

@@ -655,7 +655,7 @@ impl NodeWatcher {
         );
         let lookup = |ns: &str, name: &str| caches.pvcs.get_or_fetch(client, ns, name);
         let mut emit = |o: &ObjectRef, kind: EventType, reason: &str, message: &str| {
-            recorder.event(o, kind, reason, message)
+            recorder.event(o, kind, reason, message);
         };
         // Subscribed before the first evaluation, so no change can fall between the two.
         let changes = caches.nodes.subscribe();

@@ -47,6 +47,8 @@ pub struct StatusWriter {
     deferred: Mutex<HashMap<String, Instant>>,
     warned_dropped: AtomicBool,
     warned_forbidden: AtomicBool,
+    /// Failed writes are logged at most once per 10 s, with a count.
+    failed_log: crate::logging::Throttle,
 }
 
 /// The merge patch: a JSON merge patch replaces the condition list whole, which is what we want
@@ -84,6 +86,7 @@ impl StatusWriter {
             deferred: Mutex::new(HashMap::new()),
             warned_dropped: AtomicBool::new(false),
             warned_forbidden: AtomicBool::new(false),
+            failed_log: crate::logging::Throttle::default(),
         }
     }
 
@@ -140,11 +143,13 @@ impl StatusWriter {
                 Written::Gone
             }
             Err(e) => {
-                log::error!(
-                    "Failed to write status.healthStatus pvc=\"{}/{}\" err=\"{e}\"",
-                    pvc.namespace,
-                    pvc.name
-                );
+                if let Some(n) = self.failed_log.hit(std::time::Instant::now()) {
+                    log::error!(
+                        "Failed to write status.healthStatus failures_since_last_line={n} pvc=\"{}/{}\" err=\"{e}\"",
+                        pvc.namespace,
+                        pvc.name
+                    );
+                }
                 Written::Failed
             }
         };

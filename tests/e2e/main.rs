@@ -21,4 +21,5 @@ mod observability;
 mod rbac;
 mod scheduling;
 mod startup;
+mod storms;
 mod support;

@@ -97,6 +97,8 @@ struct Opts {
     arena_max: Option<String>,
     /// Run the footprint scenario of issue #18 instead of the volume-count table.
     footprint: bool,
+    /// Run the event-storm scenarios of issue #17 (partial ListVolumes view, mass abnormal).
+    storms: bool,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -114,6 +116,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         concurrency: true,
         arena_max: Some("1".into()),
         footprint: false,
+        storms: false,
     };
     let mut idle_given = false;
     let mut volumes_given = false;
@@ -189,6 +192,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             }
             "--quick" => o.quick = true,
             "--footprint" => o.footprint = true,
+            "--storms" => o.storms = true,
             other => return Err(format!("bench: unknown flag {other:?}")),
         }
         i += 1;
@@ -224,7 +228,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
 }
 
 pub fn usage() -> &'static str {
-    "bench [--volumes 1000,10000,100000] [--modes list,get,health-list,health-get] [--noise off|on|both] [--noise-objects 50000] [--idle-secs 60] [--qps 1000 --burst 2000] [--page-size 1000] [--get-rate 1000] [--malloc-arena-max 1|unset] [--no-concurrency] [--quick] | bench --footprint [--idle-secs 60]"
+    "bench [--volumes 1000,10000,100000] [--modes list,get,health-list,health-get] [--noise off|on|both] [--noise-objects 50000] [--idle-secs 60] [--qps 1000 --burst 2000] [--page-size 1000] [--get-rate 1000] [--malloc-arena-max 1|unset] [--no-concurrency] [--quick] | bench --footprint [--idle-secs 60] | bench --storms [--volumes 10000] [--qps 5 --burst 10]"
 }
 
 pub fn run(args: &[String]) -> Result<(), String> {
@@ -241,6 +245,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
     println!("load average at start: {}", loadavg());
     if o.footprint {
         return footprint(&o, &bin);
+    }
+    if o.storms {
+        return storms(&o);
     }
     let started = Instant::now();
     let mut rows = Vec::new();
@@ -741,6 +748,210 @@ fn populate(api: &FakeApiServer, driver: &MockDriver, n: usize, noise: usize, pa
             );
         }
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Event storms (issue #17)
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Storm {
+    /// ListVolumes lists none of the volumes; ControllerGetVolume knows them all (1% abnormal).
+    PartialView,
+    /// Every volume abnormal: far more Events per sweep than the write budget.
+    MassAbnormal,
+}
+
+#[derive(Debug)]
+struct StormRow {
+    storm: Storm,
+    volumes: usize,
+    window: Duration,
+    sweeps: usize,
+    events_written: usize,
+    missing_events: usize,
+    dropped: u64,
+    log_lines: usize,
+    drop_lines: usize,
+    cpu_per_sweep: Duration,
+    rss_kib: u64,
+    hwm_kib: u64,
+}
+
+const STORM_INTERVAL: Duration = Duration::from_secs(10);
+const STORM_SWEEPS: usize = 3;
+
+fn storms(o: &Opts) -> Result<(), String> {
+    // --volumes defaults to the table's list; the storms are run at its largest value up to
+    // 10,000 unless one value is given.
+    let n = if o.volumes.len() == 1 {
+        o.volumes[0]
+    } else {
+        10_000
+    };
+    let mut rows = Vec::new();
+    for storm in [Storm::PartialView, Storm::MassAbnormal] {
+        eprintln!("== storm {storm:?}, {n} volumes");
+        let row = storm_run(o, n, storm)?;
+        eprintln!("   {row:?}");
+        rows.push(row);
+    }
+    println!("load average at end: {}", loadavg());
+    println!(
+        "\nStorms: ListVolumes mode, --list-volumes-interval={}s, --kube-api-qps={} --kube-api-burst={}, {} sweeps measured\n",
+        STORM_INTERVAL.as_secs(),
+        o.qps,
+        o.burst,
+        STORM_SWEEPS
+    );
+    println!("| scenario | volumes | sweeps | Events written | missing Events | dropped | log lines | drop lines | CPU per sweep | RSS | VmHWM |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {:?} | {} | {} in {:.0} s | {} | {} | {} | {} | {} | {:.0} ms | {:.1} MiB | {:.1} MiB |",
+            r.storm,
+            r.volumes,
+            r.sweeps,
+            r.window.as_secs_f64(),
+            r.events_written,
+            r.missing_events,
+            r.dropped,
+            r.log_lines,
+            r.drop_lines,
+            r.cpu_per_sweep.as_secs_f64() * 1000.0,
+            r.rss_kib as f64 / 1024.0,
+            r.hwm_kib as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
+
+fn storm_run(o: &Opts, n: usize, storm: Storm) -> Result<StormRow, String> {
+    let api = FakeApiServer::start();
+    let driver = MockDriver::start(DRIVER);
+    populate(&api, &driver, n, 0, o.page_size);
+    driver.with(|s| {
+        let ids: Vec<String> = s.volumes.keys().cloned().collect();
+        for id in ids {
+            match storm {
+                Storm::PartialView => {
+                    s.list_volumes_hidden.insert(id);
+                }
+                Storm::MassAbnormal => {
+                    let v = s.volumes.get_mut(&id).expect("listed");
+                    v.abnormal = true;
+                    v.message = format!("Volume {id}: 3 unreadable blocks on the backend");
+                }
+            }
+        }
+    });
+    let dir = csidriver::temp_dir("bench-storm");
+    let kubeconfig = dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig)
+        .map_err(|e| format!("write kubeconfig: {e}"))?;
+    let log_path = dir.join("sidecar.log");
+    let log = File::create(&log_path).map_err(|e| format!("create {}: {e}", log_path.display()))?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("pick a port: {e}"))?
+        .port();
+    let flags = [
+        format!("--list-volumes-interval={}s", STORM_INTERVAL.as_secs()),
+        format!("--kube-api-qps={}", o.qps),
+        format!("--kube-api-burst={}", o.burst),
+        format!("--http-endpoint=127.0.0.1:{port}"),
+    ];
+    let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let child = spawn(
+        o,
+        &kubeconfig,
+        driver.socket(),
+        &flag_refs,
+        Stdio::from(log),
+    )?;
+    let guard = ChildGuard(Some(child));
+    let pid = guard.pid();
+    // The partial view lists nothing: one empty page per sweep.
+    let pages = if o.page_size == 0 || storm == Storm::PartialView {
+        1
+    } else {
+        n.div_ceil(o.page_size)
+    };
+    // From the end of the first sweep to the end of STORM_SWEEPS more.
+    let first = wait_driver(&driver, Duration::from_secs(120), "the first sweep", |s| {
+        finished(s, csidriver::LIST_VOLUMES) >= pages
+    });
+    if first.is_err() {
+        print_failure("no first sweep", &log_path);
+        return Err("no first sweep within 120 s".into());
+    }
+    let t0 = Instant::now();
+    let cpu0 = cpu_ticks(pid).unwrap_or(0);
+    wait_driver(
+        &driver,
+        Duration::from_secs(300),
+        "the measured sweeps",
+        |s| finished(s, csidriver::LIST_VOLUMES) >= pages * (STORM_SWEEPS + 1),
+    )
+    .inspect_err(|e| print_failure(e, &log_path))?;
+    let window = t0.elapsed();
+    let cpu1 = cpu_ticks(pid).unwrap_or(0);
+    let (rss_kib, hwm_kib) = memory(pid)?;
+    let metrics = http_get_text(port, "/metrics");
+    let dropped: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("csi_volume_health_events_dropped_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum();
+    guard.terminate();
+    let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let events = api.events();
+    let row = StormRow {
+        storm,
+        volumes: n,
+        window,
+        sweeps: STORM_SWEEPS,
+        events_written: api.requests().iter().filter(|r| is_event_write(r)).count(),
+        missing_events: events
+            .iter()
+            .filter(|e| {
+                e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("was not found by CSI driver"))
+            })
+            .count(),
+        dropped,
+        log_lines: text.lines().count(),
+        drop_lines: text
+            .lines()
+            .filter(|l| l.contains("too many queued events"))
+            .count(),
+        cpu_per_sweep: Duration::from_secs_f64(
+            (cpu1.saturating_sub(cpu0)) as f64 / clock_ticks() / STORM_SWEEPS as f64,
+        ),
+        rss_kib,
+        hwm_kib,
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(row)
+}
+
+/// The body of a plain HTTP/1.1 GET to the sidecar (empty on any error).
+fn http_get_text(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    );
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    raw.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -141,6 +141,9 @@ pub struct State {
     /// Ids ControllerListVolumeHealth leaves out although they have conditions (a driver
     /// without a consistent view). ControllerGetVolumeHealth still answers for them.
     pub list_drop: BTreeSet<String>,
+    /// Ids ListVolumes leaves out although the driver knows them (a partial view: another
+    /// zone or array). ControllerGetVolume still answers for them.
+    pub list_volumes_hidden: BTreeSet<String>,
     /// Ids ControllerListVolumeHealth sends a second time, after every other entry (so on a
     /// later page when the id's own place is on an earlier one): with these conditions, or
     /// `None` for the same ones again.
@@ -237,6 +240,7 @@ impl MockDriver {
                 health: BTreeMap::new(),
                 list_healthy: false,
                 list_drop: BTreeSet::new(),
+                list_volumes_hidden: BTreeSet::new(),
                 list_repeat: BTreeMap::new(),
                 page_size: 0,
                 latency: Duration::ZERO,
@@ -700,8 +704,13 @@ impl csi_grpc::Controller for Service {
             let start = page_start(LIST_VOLUMES, &token)?;
             let size = page_len(max, s.page_size);
             let mut r = csi::ListVolumesResponse::new();
-            let total = s.volumes.len();
-            for (id, v) in s.volumes.iter().skip(start).take(size) {
+            let listed = || {
+                s.volumes
+                    .iter()
+                    .filter(|(id, _)| !s.list_volumes_hidden.contains(*id))
+            };
+            let total = listed().count();
+            for (id, v) in listed().skip(start).take(size) {
                 let mut e = csi::list_volumes_response::Entry::new();
                 if !v.omit_volume {
                     let mut vol = csi::Volume::new();
