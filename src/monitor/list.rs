@@ -8,7 +8,7 @@
 //! A sweep in which nothing changed costs a hash lookup per PV: volumes last seen healthy are
 //! remembered ("quiet") and not reported again while they stay so.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::decide::{absent_after, checkable, mass_absence, Observation, Reported};
 use super::Monitor;
 use crate::csi::{Condition, Error as CsiError, Generation, HealthSource};
+use crate::paging::{PageGuard, PageLoop};
 use crate::shutdown::Shutdown;
 use crate::watch::PvRecord;
 
@@ -27,22 +28,15 @@ const MAX_PAGES: usize = 1_000_000;
 #[derive(Debug)]
 pub enum SweepError {
     Rpc(CsiError),
-    /// The driver handed back a token it had already given in this sweep.
-    TokenLoop(String),
-    TooManyPages,
+    /// The driver repeated a token of this sweep, or never stopped handing them out.
+    Paging(PageLoop),
 }
 
 impl std::fmt::Display for SweepError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SweepError::Rpc(e) => write!(f, "failed to list volumes: {e}"),
-            SweepError::TokenLoop(t) => write!(
-                f,
-                "failed to list volumes: the driver repeated next_token {t:?}"
-            ),
-            SweepError::TooManyPages => {
-                write!(f, "failed to list volumes: more than {MAX_PAGES} pages")
-            }
+            SweepError::Paging(e) => write!(f, "failed to list volumes: the driver {e}"),
         }
     }
 }
@@ -54,7 +48,7 @@ pub fn collect(
     max_entries: i32,
 ) -> Result<(HashMap<String, Vec<Condition>>, usize), SweepError> {
     let mut out = HashMap::new();
-    let mut seen_tokens = HashSet::new();
+    let mut guard = PageGuard::new(MAX_PAGES);
     let mut token = String::new();
     let mut pages = 0;
     loop {
@@ -73,14 +67,9 @@ pub fn collect(
         for (id, conds) in page.entries {
             out.insert(id, conds);
         }
+        guard.page(&page.next_token).map_err(SweepError::Paging)?;
         if page.next_token.is_empty() {
             return Ok((out, pages));
-        }
-        if !seen_tokens.insert(page.next_token.clone()) {
-            return Err(SweepError::TokenLoop(page.next_token));
-        }
-        if pages >= MAX_PAGES {
-            return Err(SweepError::TooManyPages);
         }
         token = page.next_token;
     }
@@ -625,7 +614,9 @@ mod tests {
             Mutex::new(vec![page(&["a"], "t1"), page(&["b"], "t1")]),
             Mutex::new(vec![]),
         );
-        assert!(matches!(collect(&src, 0), Err(SweepError::TokenLoop(t)) if t == "t1"));
+        assert!(
+            matches!(collect(&src, 0), Err(SweepError::Paging(PageLoop::Repeated(t))) if t == "t1")
+        );
     }
 
     #[test]
