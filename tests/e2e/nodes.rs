@@ -116,7 +116,6 @@ fn failed_node_is_reported_once_on_this_drivers_pvcs_and_recovery_is_normal() {
         "events written while the node stayed down: {writes:?}"
     );
 
-    env.api.clear_requests();
     env.api.update(node("node1", "True"));
     assert!(
         env.wait_event("pvc-a", "NodeRecovered", WAIT),

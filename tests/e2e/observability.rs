@@ -303,17 +303,56 @@ fn per_volume_series_appear_for_a_pv_and_vanish_with_it() {
             &[("code", "200"), ("method", "GET")]
         )
         .is_empty());
-    // In ListVolumes mode a probe is a sweep.
-    assert!(!s
+    // In ListVolumes mode a probe is a sweep: at least one, never more than the sweeps the
+    // driver saw begin, and the histogram counted each (the scrape may fall between the two).
+    let ok = s.find(
+        "csi_volume_health_probe_total",
+        &[
+            ("driver_name", DRIVER),
+            ("method", "ListVolumes"),
+            ("result", "ok"),
+        ],
+    );
+    let sweeps = env
+        .driver
+        .calls(LIST_VOLUMES)
+        .iter()
+        .filter(|c| c.arg.is_empty())
+        .count() as f64;
+    assert!(
+        ok.len() == 1 && ok[0].value >= 1.0 && ok[0].value <= sweeps,
+        "{ok:?} after {sweeps} sweeps"
+    );
+    let probes: f64 = s
         .find(
             "csi_volume_health_probe_total",
-            &[
-                ("driver_name", DRIVER),
-                ("method", "ListVolumes"),
-                ("result", "ok")
-            ]
+            &[("method", "ListVolumes")],
         )
-        .is_empty());
+        .iter()
+        .map(|x| x.value)
+        .sum();
+    let timed: f64 = s
+        .find(
+            "csi_volume_health_probe_duration_seconds_count",
+            &[("method", "ListVolumes")],
+        )
+        .iter()
+        .map(|x| x.value)
+        .sum();
+    assert!(
+        (probes - timed).abs() <= 1.0,
+        "{probes} probes, {timed} timed"
+    );
+    // At least the PV and PVC lists were GETs answered 200.
+    let gets: f64 = s
+        .find(
+            "rest_client_requests_total",
+            &[("code", "200"), ("method", "GET")],
+        )
+        .iter()
+        .map(|x| x.value)
+        .sum();
+    assert!(gets >= 2.0, "{gets} GETs answered 200");
     let sweep = s.series("csi_volume_health_last_sweep_timestamp_seconds");
     assert!((sweep[0].value - unix_now()).abs() < 60.0, "{sweep:?}");
 
