@@ -660,7 +660,15 @@ fn api_server_down_at_startup_then_back() {
         "{}",
         sidecar.stderr.text()
     );
-    assert!(env.api.events().is_empty());
+    // It keeps trying (after its backoff) instead of giving up while the API is down.
+    assert!(
+        sidecar
+            .stderr
+            .wait_for_n("reflector-pv: list failed", 2, WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
+    assert!(sidecar.still_running_after(Duration::from_millis(10)));
     env.api.set_unavailable(false);
     assert_event(&env, &sidecar, "a");
     assert_alive(&mut sidecar);
