@@ -447,7 +447,7 @@ fn sigterm_of_the_leader_releases_the_lease_and_a_peer_leads_at_once() {
 }
 
 #[test]
-fn api_server_unavailable_beyond_the_renew_deadline_exits_1_and_writes_nothing_after() {
+fn api_server_unavailable_beyond_the_renew_deadline_exits_1() {
     let env = Env::new();
     abnormal_volume(&env, "v1");
     let mut replicas = spawn_all(&env, &["rep-a"], &flags(&[]));
@@ -471,15 +471,8 @@ fn api_server_unavailable_beyond_the_renew_deadline_exits_1_and_writes_nothing_a
     let text = replicas[0].sidecar.stderr.text();
     assert!(text.contains("Failed to renew lease"), "{text}");
     assert!(text.contains("Stopped leading"), "{text}");
-    env.api.set_unavailable(false);
-    let before = env.api.requests().len();
-    let events_before = env.api.events();
-    // Proving an absence: what a still-running monitor would write within a few sweeps.
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(env.api.requests().len(), before);
-    assert_eq!(env.api.events(), events_before);
-    let reqs = env.api.requests();
-    assert!(!reqs.iter().any(|q| q.at >= down_at && is_event_write(q)));
+    // That it writes nothing once leadership is lost cannot be seen here (the API is down, and
+    // then the process is gone); the next test shows it with only the Lease unreachable.
 }
 
 #[test]
