@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::kit::apiserver::{Fault, FaultRule};
+use crate::kit::csidriver::HealthEntry;
 use crate::support::Env;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -22,6 +23,22 @@ fn reports_an_abnormal_volume(env: &Env, sidecar: &crate::support::Sidecar, id: 
         sidecar.stderr.text()
     );
 }
+
+/// The sidecar's peak resident memory (VmHWM) in MiB: a hostile 100 MB answer must not have
+/// been buffered (a few tens of MiB is the process with its caches).
+fn peak_mib(sidecar: &crate::support::Sidecar) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", sidecar.pid))
+        .unwrap_or_else(|e| panic!("read /proc/{}/status: {e}", sidecar.pid));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| kib / 1024)
+        .unwrap_or_else(|| panic!("no VmHWM in {status}"))
+}
+
+/// Bound for [`peak_mib`]: well under the 100 MB a hostile answer carries.
+const PEAK_LIMIT_MIB: u64 = 64;
 
 fn no_panic(sidecar: &crate::support::Sidecar) {
     let text = sidecar.stderr.text();
@@ -98,6 +115,8 @@ fn an_endless_watch_line_ends_the_watch_and_the_sidecar_rewatches() {
         sidecar.stderr.text()
     );
     reports_an_abnormal_volume(&env, &sidecar, "after-long-line");
+    let peak = peak_mib(&sidecar);
+    assert!(peak < PEAK_LIMIT_MIB, "peak {peak} MiB");
     no_panic(&sidecar);
 }
 
@@ -129,6 +148,120 @@ fn a_huge_driver_reply_is_refused_and_the_sidecar_keeps_working() {
         sidecar.stderr.text()
     );
     assert!(sidecar.still_running_after(Duration::from_millis(200)));
-    let text = sidecar.stderr.text();
-    assert!(!text.contains("panicked"), "{text}");
+    // Not asserted: the peak (VmHWM) here is about 117 MiB. gRPC's core reads the oversized
+    // reply before refusing it, so the cap bounds what we decode, not what gRPC buffers
+    // (issue #16 stays open for that).
+    no_panic(&sidecar);
+}
+
+/// A list page whose object holds invalid UTF-8, then one with an object nested 100,000 levels
+/// deep: the first page is refused as malformed (backoff, relist), the deep object is skipped
+/// and named (no stack overflow), and the sidecar works once the pages are sane.
+#[test]
+fn invalid_utf8_and_deep_nesting_in_a_list_are_refused_and_the_sidecar_relists() {
+    let env = Env::new();
+    let head = br#"{"kind":"PersistentVolumeList","apiVersion":"v1","metadata":{"resourceVersion":"5"},"items":[{"metadata":{"name":"#;
+    let mut utf8 = head.to_vec();
+    utf8.extend_from_slice(b"\"bad-\xff\xfe\"}}]}");
+    let mut deep = head.to_vec();
+    deep.extend_from_slice(br#""deep"},"spec":"#);
+    deep.extend(std::iter::repeat_n(b'[', 100_000));
+    deep.extend(std::iter::repeat_n(b']', 100_000));
+    deep.extend_from_slice(b"}]}");
+    for body in [utf8, deep] {
+        env.api.inject(
+            FaultRule::new(Fault::Body(200, body))
+                .method("GET")
+                .path(PV_REQUESTS)
+                .times(1),
+        );
+    }
+    let mut sidecar = env.spawn(FAST);
+    for line in [
+        "reflector-pv: list failed: API server",
+        "skipping a malformed PersistentVolume deep",
+    ] {
+        assert!(
+            sidecar.stderr.wait_for(line, WAIT),
+            "{line}:\n{}",
+            sidecar.stderr.text()
+        );
+    }
+    reports_an_abnormal_volume(&env, &sidecar, "v1");
+    assert!(sidecar.still_running_after(Duration::from_millis(10)));
+    no_panic(&sidecar);
+}
+
+/// A 429 whose Status asks for `retryAfterSeconds` of u64::MAX: the reflector's wait is bounded
+/// (it used to overflow `Instant`), the sidecar stays up, and SIGTERM still ends it at once.
+#[test]
+fn an_absurd_retry_after_seconds_in_a_status_is_bounded() {
+    let env = Env::new();
+    let body = br#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"slow down","reason":"TooManyRequests","details":{"retryAfterSeconds":18446744073709551615},"code":429}"#;
+    env.api.inject(
+        FaultRule::new(Fault::Body(429, body.to_vec()))
+            .method("GET")
+            .path(PV_REQUESTS)
+            .times(1),
+    );
+    let mut sidecar = env.spawn(FAST);
+    assert!(
+        sidecar
+            .stderr
+            .wait_for("reflector-pv: list failed: API server", WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
+    assert!(sidecar.still_running_after(Duration::from_millis(500)));
+    let asked = std::time::Instant::now();
+    sidecar.terminate();
+    let status = sidecar.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "{}", sidecar.stderr.text());
+    assert!(asked.elapsed() < Duration::from_secs(12));
+    no_panic(&sidecar);
+}
+
+/// Driver entries with every field empty: a v1.13 listing entry without a volume id and a v1.12
+/// ListVolumes entry without volume or status. Each is skipped with a line naming the RPC; the
+/// real volumes beside them are still reported.
+#[test]
+fn driver_entries_with_every_field_empty_are_skipped() {
+    // v1.13: an entry with an empty volume_id (and a condition that names nothing).
+    let env = Env::health(true);
+    env.volume("v1");
+    env.driver
+        .set_health("v1", vec![HealthEntry::degraded("Slow", "slow")]);
+    env.driver.set_health("", vec![HealthEntry::new(0, "", "")]);
+    let mut sidecar = env.spawn(FAST);
+    assert!(
+        sidecar.stderr.wait_for(
+            "ControllerListVolumeHealth returned 1 entries without a volume",
+            WAIT
+        ),
+        "{}",
+        sidecar.stderr.text()
+    );
+    assert!(env.wait_event("pvc-v1", "VolumeConditionAbnormal", WAIT));
+    assert!(sidecar.still_running_after(Duration::from_millis(10)));
+    no_panic(&sidecar);
+
+    // v1.12: an entry without volume and without status.
+    let env = Env::new();
+    env.driver.set_volume("empty", true, "x");
+    env.driver.with(|s| {
+        let v = s.volumes.get_mut("empty").unwrap();
+        v.omit_volume = true;
+        v.omit_condition = true;
+    });
+    let mut sidecar = env.spawn(FAST);
+    assert!(
+        sidecar
+            .stderr
+            .wait_for("ListVolumes returned 1 entries without a volume", WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
+    reports_an_abnormal_volume(&env, &sidecar, "v2");
+    assert!(sidecar.still_running_after(Duration::from_millis(10)));
+    no_panic(&sidecar);
 }

@@ -672,3 +672,40 @@ fn a_lease_held_by_another_implementation_is_respected_until_it_expires() {
     assert_eq!(take.transitions, 8);
     assert_eq!(take.duration, json!(LEASE_SECS));
 }
+
+/// A Lease whose holder claims an absurd duration (issue #16): the deadline it implies used to
+/// overflow `Instant` and panic the lease loop. Now the replica keeps reading the Lease as held,
+/// never writes it, and stays up.
+#[test]
+fn a_lease_with_an_absurd_duration_is_held_and_nothing_panics() {
+    let env = Env::new();
+    let t0 = healthmon::timeutil::rfc3339_micros(std::time::SystemTime::now());
+    env.api.create(json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": LEASE, "namespace": NS},
+        "spec": {"holderIdentity": "go-replica", "leaseDurationSeconds": i64::MAX,
+                 "acquireTime": t0, "renewTime": t0, "leaseTransitions": 1}
+    }));
+    let mut replicas = spawn_all(&env, &["rep-a"], &flags(&[]));
+    let lease_reads = |api: &FakeApiServer| {
+        api.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with(&format!("/leases/{LEASE}")))
+            .count()
+    };
+    // Several tries, one per retry period, each finding the Lease held.
+    assert!(
+        env.api.wait_until(WAIT, |a| lease_reads(a) >= 4),
+        "{}",
+        all_logs(&replicas)
+    );
+    assert!(
+        lease_writes(&env.api).is_empty(),
+        "wrote a lease held by someone else"
+    );
+    assert!(replicas[0]
+        .sidecar
+        .still_running_after(Duration::from_millis(10)));
+    let text = replicas[0].sidecar.stderr.text();
+    assert!(!text.contains("panicked"), "{text}");
+}

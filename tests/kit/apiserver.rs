@@ -102,6 +102,9 @@ pub enum Fault {
     DropConnection,
     /// 200 with a body that is not valid JSON.
     MalformedBody,
+    /// This code with exactly these bytes as the body (hostile content: invalid UTF-8, deep
+    /// nesting, a Status with absurd fields).
+    Body(u16, Vec<u8>),
     /// A watch answers 200, sends half an event line and closes (applies to watches only).
     TruncatedWatch,
     /// A watch answers 200, sends an ERROR event carrying a Status with this code, and ends
@@ -2554,10 +2557,14 @@ fn handle(inner: &Arc<Inner>, req: &Request, w: &mut Conn) -> io::Result<Next> {
             inner.record(rec);
             return n.map(|_| Next::KeepAlive);
         }
-        Some(Fault::MalformedBody) => {
+        Some(fault @ (Fault::MalformedBody | Fault::Body(..))) => {
+            let (code, body) = match fault {
+                Fault::Body(code, b) => (code, b),
+                _ => (200, b"{\"kind\": \"Status\", \"apiVersion\": ".to_vec()),
+            };
             let reply = Reply {
-                code: 200,
-                body: b"{\"kind\": \"Status\", \"apiVersion\": ".to_vec(),
+                code,
+                body,
                 content_type: "application/json",
                 retry_after: None,
             };
