@@ -1046,6 +1046,21 @@ pub(crate) mod tests {
         .unwrap()
     }
 
+    /// A GET against `addr` with a client whose shutdown is triggered 200 ms in: the error it
+    /// ends with (a wait the server asked for must not outlast shutdown).
+    fn get_cut_short_by_shutdown(addr: &str) -> Error {
+        let c = client(addr);
+        let shutdown = crate::shutdown::Shutdown::new();
+        c.set_shutdown(shutdown.clone());
+        let trigger = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            shutdown.trigger();
+        });
+        let e = c.get("/x").unwrap_err();
+        trigger.join().unwrap();
+        e
+    }
+
     #[test]
     fn get_sends_headers_and_decodes_json() {
         let srv = Canned::start(vec![http(200, "", r#"{"kind":"PersistentVolume"}"#)]);
@@ -1220,15 +1235,7 @@ pub(crate) mod tests {
         // Without one: the wait (on the shutdown signal) used to overflow too; now it is a
         // bounded wait that shutdown ends.
         let srv = Canned::start(vec![huge("18446744073709551615")]);
-        let c = client(&srv.addr);
-        let shutdown = crate::shutdown::Shutdown::new();
-        c.set_shutdown(shutdown.clone());
-        let trigger = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(200));
-            shutdown.trigger();
-        });
-        let e = c.get("/x").unwrap_err();
-        trigger.join().unwrap();
+        let e = get_cut_short_by_shutdown(&srv.addr);
         assert!(e.to_string().contains("shutting down"), "{e}");
 
         // A Status body's retryAfterSeconds (the reflector's backoff floor) is bounded alike.
@@ -1287,16 +1294,8 @@ pub(crate) mod tests {
             r#"{"kind":"Status","code":429}"#,
         );
         let srv = Canned::start(vec![busy]);
-        let c = client(&srv.addr);
-        let shutdown = crate::shutdown::Shutdown::new();
-        c.set_shutdown(shutdown.clone());
         let t0 = std::time::Instant::now();
-        let trigger = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(200));
-            shutdown.trigger();
-        });
-        let e = c.get("/x").unwrap_err();
-        trigger.join().unwrap();
+        let e = get_cut_short_by_shutdown(&srv.addr);
         assert!(e.to_string().contains("shutting down"), "{e}");
         assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
     }

@@ -81,22 +81,29 @@ fn kubeconfig_with_user(api: &FakeApiServer, user: &str) -> String {
     )
 }
 
+/// The fake API server on HTTPS with the PKI's server certificate (chain to its CA), wanting
+/// `token` when given.
+fn https_fake(pki: &Path, token: Option<&str>) -> FakeApiServer {
+    let read = |n: &str| std::fs::read(pki.join(n)).unwrap();
+    let mut chain = read("server.crt");
+    chain.extend(read("ca.crt"));
+    FakeApiServer::start_with(Options {
+        tls: Some(TlsFiles {
+            cert_pem: chain,
+            key_pem: read("server.key"),
+        }),
+        token: token.map(str::to_string),
+        ..Options::default()
+    })
+    .expect("start https fake")
+}
+
 #[test]
 fn https_with_a_test_ca_and_bearer_token() {
     let pki = temp_dir("pki");
     make_pki(&pki);
     let read = |n: &str| std::fs::read(pki.join(n)).unwrap();
-    let mut chain = read("server.crt");
-    chain.extend(read("ca.crt"));
-    let api = FakeApiServer::start_with(Options {
-        tls: Some(TlsFiles {
-            cert_pem: chain,
-            key_pem: read("server.key"),
-        }),
-        token: Some("tls-token".into()),
-        ..Options::default()
-    })
-    .expect("start https fake");
+    let api = https_fake(&pki, Some("tls-token"));
     assert!(api.url().starts_with("https://"));
     // Trusting the wrong CA: the handshake fails, is reported, and nothing gets through.
     let wrong = api.kubeconfig_yaml().replace(
@@ -318,17 +325,7 @@ fn wrapped_base64(data: &[u8], sep: &str) -> String {
 /// https fake API server that wants `token` (when given), and wait for an accepted request.
 fn corpus_file_reaches_the_server(pki: &Path, file: &str, token: Option<&str>) {
     let read = |n: &str| std::fs::read(pki.join(n)).unwrap();
-    let mut chain = read("server.crt");
-    chain.extend(read("ca.crt"));
-    let api = FakeApiServer::start_with(Options {
-        tls: Some(TlsFiles {
-            cert_pem: chain,
-            key_pem: read("server.key"),
-        }),
-        token: token.map(str::to_string),
-        ..Options::default()
-    })
-    .expect("start https fake");
+    let api = https_fake(pki, token);
     let env = Env::with_api(api, None);
     let profile = env.dir.join(".minikube/profiles/minikube");
     std::fs::create_dir_all(&profile).unwrap();
