@@ -6,7 +6,7 @@
 //! real scrape).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -54,23 +54,6 @@ fn tool(name: &str, env_var: &str) -> PathBuf {
                  (`apt-get install prometheus`; .ci/setup does it)"
             )
         })
-}
-
-/// A plain HTTP/1.0 GET, so that Go's server sends the body unchunked: status and body.
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)
-        .unwrap_or_else(|e| panic!("read {addr}{path}: {e}"));
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad response from {addr}{path}: {raw:?}"));
-    (status, body.to_string())
 }
 
 /// Percent-encoding of a query parameter value (everything but RFC 3986's unreserved bytes).
@@ -143,7 +126,7 @@ impl Prometheus {
             }
             TcpStream::connect(&prom.addr)
                 .ok()
-                .and_then(|_| (get(&prom.addr, "/-/ready").0 == 200).then_some(()))
+                .and_then(|_| (http_get(&prom.addr, "/-/ready").0 == 200).then_some(()))
         });
         assert!(
             ready.is_some(),
@@ -155,7 +138,7 @@ impl Prometheus {
 
     /// `data` of an API answer, which must be a success.
     fn api(&mut self, path: &str) -> Value {
-        let (code, body) = get(&self.addr, path);
+        let (code, body) = http_get(&self.addr, path);
         let v: Value =
             serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {code} {body}"));
         assert_eq!(v["status"], "success", "{path}: {body}");

@@ -310,17 +310,14 @@ pub fn poll<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
-/// A plain HTTP/1.1 GET (the sidecar's server closes every connection): status and body.
+/// A plain HTTP/1.0 GET: status and body. 1.0, so that a Go server (Prometheus) answers
+/// unchunked, and every server closes the connection after the answer.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s =
         std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw)
         .unwrap_or_else(|e| panic!("read {addr}{path}: {e}"));
