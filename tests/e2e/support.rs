@@ -18,7 +18,14 @@ pub const NS: &str = "test";
 /// Collected output of a child process.
 #[derive(Clone, Default)]
 pub struct Output {
-    inner: Arc<(Mutex<Vec<String>>, Condvar)>,
+    inner: Arc<(Mutex<Collected>, Condvar)>,
+}
+
+#[derive(Default)]
+struct Collected {
+    lines: Vec<String>,
+    /// The stream reached its end: every line the process wrote is in `lines`.
+    closed: bool,
 }
 
 impl Output {
@@ -31,19 +38,36 @@ impl Output {
                 if std::env::var_os("E2E_ECHO").is_some() {
                     eprintln!("sidecar| {line}");
                 }
-                o.inner.0.lock().unwrap().push(line);
+                o.inner.0.lock().unwrap().lines.push(line);
                 o.inner.1.notify_all();
             }
+            o.inner.0.lock().unwrap().closed = true;
+            o.inner.1.notify_all();
         });
         out
     }
 
     pub fn lines(&self) -> Vec<String> {
-        self.inner.0.lock().unwrap().clone()
+        self.inner.0.lock().unwrap().lines.clone()
     }
 
     pub fn text(&self) -> String {
         self.lines().join("\n")
+    }
+
+    /// Wait until the stream has ended (the process exited and its last lines are read): a
+    /// process's exit is seen before the reader has drained the pipe.
+    pub fn wait_closed(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.inner.0.lock().unwrap();
+        while !guard.closed {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            guard = self.inner.1.wait_timeout(guard, deadline - now).unwrap().0;
+        }
+        true
     }
 
     /// Wait until a line contains `needle`.
@@ -56,7 +80,7 @@ impl Output {
         let deadline = Instant::now() + timeout;
         let mut guard = self.inner.0.lock().unwrap();
         loop {
-            if guard.iter().filter(|l| l.contains(needle)).count() >= n {
+            if guard.lines.iter().filter(|l| l.contains(needle)).count() >= n {
                 return true;
             }
             let now = Instant::now();
@@ -113,6 +137,10 @@ impl Sidecar {
         match self.exit.recv_timeout(timeout) {
             Ok(status) => {
                 self.exited = Some(status);
+                assert!(
+                    self.stderr.wait_closed(Duration::from_secs(10)),
+                    "the sidecar exited but its stderr stayed open"
+                );
                 status
             }
             Err(_) => {
@@ -138,6 +166,8 @@ impl Sidecar {
         match self.exit.recv_timeout(d) {
             Ok(status) => {
                 self.exited = Some(status);
+                // So the caller's failure message shows the last lines.
+                self.stderr.wait_closed(Duration::from_secs(10));
                 false
             }
             Err(_) => true,
