@@ -4,7 +4,9 @@
 
 pub mod proto;
 
-use grpcio::{CallOption, ChannelBuilder, ConnectivityState, EnvBuilder, RpcStatusCode};
+use grpcio::{
+    CallOption, ChannelBuilder, ConnectivityState, EnvBuilder, ResourceQuota, RpcStatusCode,
+};
 use proto::csi;
 use proto::csi_grpc::{ControllerClient, IdentityClient};
 use std::ffi::CString;
@@ -23,13 +25,19 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const CONNECT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The largest reply accepted from the driver; a larger one fails its call with
-/// RESOURCE_EXHAUSTED before it is read into memory (the grpc-core check on the message's
-/// length prefix). gRPC-Go's default is 4 MiB; ours must hold a whole ListVolumes page, and the
-/// CSI spec's size limits (strings 128 bytes, node IDs 256, each map 4 KiB) put a full entry
+/// RESOURCE_EXHAUSTED. gRPC-Go's default is 4 MiB; ours must hold a whole ListVolumes page, and
+/// the CSI spec's size limits (strings 128 bytes, node IDs 256, each map 4 KiB) put a full entry
 /// (volume context and topology maps, a condition message, some published node IDs) at about
-/// 16 KiB; 1,000 of them are 16 MiB. 64 MiB leaves four times that, where the former
-/// `i32::MAX` let a driver hand us 2 GiB.
-pub const MAX_REPLY: usize = 64 << 20;
+/// 16 KiB; 1,000 of them are 16 MiB. 32 MiB leaves twice that, where the former `i32::MAX` let
+/// a driver hand us 2 GiB.
+pub const MAX_REPLY: usize = 32 << 20;
+/// The memory gRPC core may hold for the driver connection (its resource quota). gRPC checks
+/// [`MAX_REPLY`] only once a whole message is in, and opens its flow-control window to the
+/// length the message announces, so the cap alone let a 100 MB reply be read in full first.
+/// Past this quota gRPC cancels the stream ("Buffers full") instead of reading on. The 8 MiB
+/// over one full reply is for its read buffers and call arenas, and for the small replies of
+/// other calls in flight (per-volume checks, a few KiB each).
+pub const REPLY_MEMORY: usize = MAX_REPLY + (8 << 20);
 pub const METHOD_PROBE: &str = "/csi.v1.Identity/Probe";
 pub const METHOD_PLUGIN_INFO: &str = "/csi.v1.Identity/GetPluginInfo";
 pub const METHOD_PLUGIN_CAPABILITIES: &str = "/csi.v1.Identity/GetPluginCapabilities";
@@ -118,6 +126,20 @@ pub fn code_name(code: RpcStatusCode) -> &'static str {
         RpcStatusCode::DATA_LOSS => "DataLoss",
         RpcStatusCode::UNAUTHENTICATED => "Unauthenticated",
         _ => "Unknown",
+    }
+}
+
+/// gRPC core's words for a call cancelled at [`REPLY_MEMORY`] name no cause; the operator
+/// reading the log needs the limit and what crossed it.
+fn explain_status(code: &str, message: &str) -> String {
+    if code == "ResourceExhausted" && message == "Buffers full" {
+        format!(
+            "{message} (the driver's reply passed the {} MiB gRPC may hold for it; replies are capped at {} MiB)",
+            REPLY_MEMORY >> 20,
+            MAX_REPLY >> 20
+        )
+    } else {
+        message.to_string()
     }
 }
 
@@ -328,7 +350,8 @@ impl Connection {
             // csi-lib-utils: retry about once a second, never drop the connection for idleness.
             .initial_reconnect_backoff(Duration::from_millis(200))
             .max_reconnect_backoff(Duration::from_secs(1))
-            .max_receive_message_len(MAX_REPLY as i32);
+            .max_receive_message_len(MAX_REPLY as i32)
+            .set_resource_quota(ResourceQuota::new(Some("csi")).resize_memory(REPLY_MEMORY));
         if let Ok(key) = CString::new("grpc.client_idle_timeout_ms") {
             builder = builder.raw_cfg_int(key, i32::MAX);
         }
@@ -390,7 +413,7 @@ impl Connection {
                 Err(Error::Rpc {
                     method,
                     code: code.to_string(),
-                    message: status.message().to_string(),
+                    message: explain_status(code, status.message()),
                 })
             }
             Err(e) => {
@@ -659,6 +682,23 @@ mod tests {
         );
         assert_eq!(socket_path("tcp://127.0.0.1:10000"), None);
         assert_eq!(socket_path("relative/socket"), None);
+    }
+
+    #[test]
+    fn a_cancel_at_the_memory_quota_names_the_limits() {
+        assert_eq!(
+            explain_status("ResourceExhausted", "Buffers full"),
+            "Buffers full (the driver's reply passed the 40 MiB gRPC may hold for it; replies are capped at 32 MiB)"
+        );
+        // A driver's own words, or the size check's, stay as sent.
+        assert_eq!(
+            explain_status("Unavailable", "Buffers full"),
+            "Buffers full"
+        );
+        assert_eq!(
+            explain_status("ResourceExhausted", "quota of the backend exceeded"),
+            "quota of the backend exceeded"
+        );
     }
 
     #[test]
