@@ -885,6 +885,14 @@ fn check_leader_durations(lease: i64, renew: i64, retry: i64) -> Result<(), Erro
             )));
         }
     }
+    let most = crate::leader::MAX_LEASE_DURATION.as_nanos() as i64;
+    if lease > most {
+        return Err(Error::Invalid(format!(
+            "{name_lease} ({}) must be at most {}, the longest lease any replica honours",
+            go_duration_string(lease),
+            go_duration_string(most)
+        )));
+    }
     if lease <= renew {
         return Err(Error::Invalid(format!(
             "{name_lease} ({}) must be greater than {name_renew} ({})",
@@ -937,7 +945,9 @@ struct GoDuration(i64);
 
 impl GoDuration {
     /// Negative durations only reach here for flags whose check allows them and whose value is
-    /// then unused (leader election off); they become zero.
+    /// then unused (leader election off); they become zero. The bound is Go's: i64 nanoseconds,
+    /// about 292 years, which every `Instant` sum made of them survives (and those sums
+    /// saturate); a duration that long only means "never", which is what the operator asked.
     fn to_std(self) -> Duration {
         Duration::from_nanos(u64::try_from(self.0).unwrap_or(0))
     }
@@ -1716,6 +1726,7 @@ mod tests {
             (&["--leader-election-renew-deadline=6s"][..], "--leader-election-renew-deadline (6s) must be greater than 1.2 times --leader-election-retry-period (5s)"),
             (&["--leader-election-retry-period=0"][..], "--leader-election-retry-period (0s) must be greater than zero"),
             (&["--leader-election-lease-duration=-15s"][..], "--leader-election-lease-duration (-15s) must be greater than zero"),
+            (&["--leader-election-lease-duration=1h0m0.001s"][..], "--leader-election-lease-duration (1h0m0.001s) must be at most 1h0m0s, the longest lease any replica honours"),
         ];
         for (argv, want) in cases {
             let mut with = vec![le];
@@ -1724,6 +1735,11 @@ mod tests {
             // Without leader election the values are unused, as upstream.
             assert_eq!(run(argv).leader_election, None);
         }
+        let c = run(&[le, "--leader-election-lease-duration=1h"]);
+        assert_eq!(
+            c.leader_election.map(|l| l.lease_duration),
+            Some(Duration::from_secs(3600))
+        );
         let c = run(&[le, "--leader-election-renew-deadline=6001ms"]);
         assert_eq!(
             c.leader_election.map(|l| l.renew_deadline),

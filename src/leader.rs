@@ -388,10 +388,23 @@ impl LeaseRecord {
         spec.lease_transitions = Some(self.lease_transitions);
     }
 
+    /// The holder's duration, at most [`MAX_LEASE_DURATION`].
     fn lease_duration(&self) -> Duration {
-        Duration::from_secs(self.lease_duration_seconds.max(0) as u64)
+        Duration::from_secs(self.lease_duration_seconds.max(0) as u64).min(MAX_LEASE_DURATION)
+    }
+
+    fn claims_more_than_honoured(&self) -> bool {
+        self.lease_duration_seconds > MAX_LEASE_DURATION.as_secs() as i64
     }
 }
+
+/// The longest lease a holder's record is honoured for. `leaseDurationSeconds` is whatever the
+/// holder wrote: `i64::MAX` would keep every other replica waiting for ever (client-go's
+/// `Duration * time.Second` wraps it to a negative, "expired", which is no saner). One hour is
+/// 240 times the default 15 s and above any lease duration seen in use; our own
+/// `--leader-election-lease-duration` is held to the same bound, so no replica of ours takes a
+/// lease over early.
+pub const MAX_LEASE_DURATION: Duration = Duration::from_secs(3600);
 
 /// The record we last saw and when (our monotonic clock) we first saw it in that form.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -412,10 +425,9 @@ pub fn observe(prev: Option<&Observation>, fresh: LeaseRecord, now: Instant) -> 
     }
 }
 
-/// client-go's `isLeaseValid`: the holder's own duration, counted from our observation.
-/// Written as "time since observed < duration" so a `leaseDurationSeconds` near `i64::MAX`
-/// (the holder's value, not ours) cannot overflow `Instant`: such a lease is simply held, as
-/// its holder said.
+/// client-go's `isLeaseValid`: the holder's own duration (at most [`MAX_LEASE_DURATION`]),
+/// counted from our observation. Written as "time since observed < duration" so no holder's
+/// value can overflow `Instant`.
 pub fn lease_valid(obs: &Observation, now: Instant) -> bool {
     now.saturating_duration_since(obs.at) < obs.record.lease_duration()
 }
@@ -818,6 +830,19 @@ impl<A: LeaseApi> Elector<A> {
             };
         };
         let fresh = LeaseRecord::from_lease(&current);
+        let was_over = self
+            .observed
+            .as_ref()
+            .is_some_and(|o| o.record.claims_more_than_honoured());
+        if fresh.claims_more_than_honoured() && !was_over {
+            log::warn!(
+                "Lease holder claims a longer lease than is honoured, counting {}s lease=\"{}\" holder=\"{}\" leaseDurationSeconds={}",
+                MAX_LEASE_DURATION.as_secs(),
+                self.describe(),
+                fresh.holder,
+                fresh.lease_duration_seconds
+            );
+        }
         self.observed = Some(observe(self.observed.as_ref(), fresh, now));
         self.lease = Some(current);
         let observed = self.observed.as_ref().map(|o| &o.record);
@@ -1089,15 +1114,24 @@ mod tests {
     }
 
     #[test]
-    fn an_absurd_lease_duration_is_held_not_an_overflow() {
-        // A holder's leaseDurationSeconds near i64::MAX used to overflow `Instant` here.
+    fn an_absurd_lease_duration_is_held_for_an_hour_not_an_overflow() {
+        // A holder's leaseDurationSeconds near i64::MAX used to overflow `Instant` here, and
+        // then counted as held for ever.
         let t0 = Instant::now();
         let o = observe(None, rec("other", i64::MAX, "a", 0), t0);
-        assert!(lease_valid(&o, t0 + Duration::from_secs(86_400 * 365)));
+        assert!(o.record.claims_more_than_honoured());
+        let hour = Duration::from_secs(3600);
+        assert!(lease_valid(&o, t0 + hour - Duration::from_millis(1)));
+        assert!(!lease_valid(&o, t0 + hour));
         assert_eq!(
             decide(Some(&o), t0 + Duration::from_secs(1000), "me"),
             Decision::Wait
         );
+        assert_eq!(decide(Some(&o), t0 + hour, "me"), Decision::TakeOver);
+        // At the bound it is the holder's own value.
+        let o = observe(None, rec("other", 3600, "a", 0), t0);
+        assert!(!o.record.claims_more_than_honoured());
+        assert!(lease_valid(&o, t0 + hour - Duration::from_millis(1)));
         let o = observe(None, rec("other", i64::MIN, "a", 0), t0);
         assert!(!lease_valid(&o, t0));
     }

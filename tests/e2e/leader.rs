@@ -674,8 +674,9 @@ fn a_lease_held_by_another_implementation_is_respected_until_it_expires() {
 }
 
 /// A Lease whose holder claims an absurd duration (issue #16): the deadline it implies used to
-/// overflow `Instant` and panic the lease loop. Now the replica keeps reading the Lease as held,
-/// never writes it, and stays up.
+/// overflow `Instant` and panic the lease loop. Now the replica says once that it counts an hour
+/// (`leader::MAX_LEASE_DURATION`; the hour itself is the unit test's), keeps reading the Lease
+/// as held, never writes it, and stays up.
 #[test]
 fn a_lease_with_an_absurd_duration_is_held_and_nothing_panics() {
     let env = Env::new();
@@ -707,5 +708,10 @@ fn a_lease_with_an_absurd_duration_is_held_and_nothing_panics() {
         .sidecar
         .still_running_after(Duration::from_millis(10)));
     let text = replicas[0].sidecar.stderr.text();
+    let warning = format!(
+        "Lease holder claims a longer lease than is honoured, counting 3600s lease=\"{NS}/{LEASE}\" holder=\"go-replica\" leaseDurationSeconds={}",
+        i64::MAX
+    );
+    assert_eq!(text.matches(&warning).count(), 1, "{text}");
     assert!(!text.contains("panicked"), "{text}");
 }
