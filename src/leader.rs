@@ -401,7 +401,8 @@ impl LeaseRecord {
 /// The longest lease a holder's record is honoured for. `leaseDurationSeconds` is whatever the
 /// holder wrote: `i64::MAX` would keep every other replica waiting for ever (client-go's
 /// `Duration * time.Second` wraps it to a negative, "expired", which is no saner). One hour is
-/// 240 times the default 15 s and above any lease duration seen in use; our own
+/// 240 times the default 15 s, far above the durations in common use (seconds to a few
+/// minutes); our own
 /// `--leader-election-lease-duration` is held to the same bound, so no replica of ours takes a
 /// lease over early.
 pub const MAX_LEASE_DURATION: Duration = Duration::from_secs(3600);
