@@ -419,16 +419,8 @@ fn run_one(o: &Opts, n: usize, mode: ModeArg, noise: bool) -> Result<Row, String
     } else {
         flags.push(format!("--monitor-interval={interval_flag}"));
     }
-    let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
     let spawned = Instant::now();
-    let child = spawn(
-        o,
-        &kubeconfig,
-        driver.socket(),
-        &flag_refs,
-        Stdio::from(log),
-    )?;
-    let guard = ChildGuard(Some(child));
+    let guard = spawn(o, &kubeconfig, driver.socket(), &flags, Stdio::from(log))?;
     let pid = guard.pid();
     let sampler = Sampler::start(pid);
 
@@ -860,15 +852,7 @@ fn storm_run(o: &Opts, n: usize, storm: Storm) -> Result<StormRow, String> {
         format!("--kube-api-burst={}", o.burst),
         format!("--http-endpoint=127.0.0.1:{port}"),
     ];
-    let flag_refs: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let child = spawn(
-        o,
-        &kubeconfig,
-        driver.socket(),
-        &flag_refs,
-        Stdio::from(log),
-    )?;
-    let guard = ChildGuard(Some(child));
+    let guard = spawn(o, &kubeconfig, driver.socket(), &flags, Stdio::from(log))?;
     let pid = guard.pid();
     // The partial view lists nothing: one empty page per sweep.
     let pages = if o.page_size == 0 || storm == Storm::PartialView {
@@ -990,9 +974,7 @@ fn concurrency(o: &Opts) -> Result<Concurrency, String> {
         format!("--kube-api-qps={}", o.qps),
         format!("--kube-api-burst={}", o.burst),
     ];
-    let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let child = spawn(o, &kubeconfig, driver.socket(), &refs, Stdio::null())?;
-    let guard = ChildGuard(Some(child));
+    let guard = spawn(o, &kubeconfig, driver.socket(), &flags, Stdio::null())?;
     let ok = driver.wait_until(Duration::from_secs(60), |s| {
         finished(s, csidriver::GET_VOLUME) >= 100
     });
@@ -1039,20 +1021,21 @@ fn spawn(
     o: &Opts,
     kubeconfig: &Path,
     socket: &Path,
-    extra: &[&str],
+    extra: &[String],
     stderr: Stdio,
-) -> Result<Child, String> {
+) -> Result<ChildGuard, String> {
     spawn_env(o.arena_max.as_deref(), kubeconfig, socket, extra, stderr)
 }
 
-/// The sidecar with MALLOC_ARENA_MAX set to `arena`, or removed from the environment.
+/// The sidecar with MALLOC_ARENA_MAX set to `arena`, or removed from the environment, killed
+/// when the guard goes.
 fn spawn_env(
     arena: Option<&str>,
     kubeconfig: &Path,
     socket: &Path,
-    extra: &[&str],
+    extra: &[String],
     stderr: Stdio,
-) -> Result<Child, String> {
+) -> Result<ChildGuard, String> {
     let bin = fixtures::sibling_binary("csi-external-health-monitor-controller");
     let mut cmd = Command::new(&bin);
     cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
@@ -1065,6 +1048,7 @@ fn spawn_env(
         None => cmd.env_remove("MALLOC_ARENA_MAX"),
     };
     cmd.spawn()
+        .map(|child| ChildGuard(Some(child)))
         .map_err(|e| format!("spawn {}: {e}", bin.display()))
 }
 
@@ -1405,10 +1389,14 @@ fn footprint_run(
             if idle { "1h" } else { "10s" }
         ),
     ];
-    let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
     let spawned = Instant::now();
-    let child = spawn_env(arena, &kubeconfig, driver.socket(), &refs, Stdio::from(log))?;
-    let guard = ChildGuard(Some(child));
+    let guard = spawn_env(
+        arena,
+        &kubeconfig,
+        driver.socket(),
+        &flags,
+        Stdio::from(log),
+    )?;
     let pid = guard.pid();
     let sampler = Sampler::start(pid);
     let measured = (|| -> Result<FootprintRow, String> {
