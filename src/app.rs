@@ -19,7 +19,7 @@ use crate::leader::{self, LeaderEvent, LeaderSettings, LeaderStatus};
 use crate::metrics::Metrics;
 use crate::monitor::{self, get::GetLoop, list::ListLoop, status::StatusWriter, Monitor};
 use crate::shutdown::Shutdown;
-use crate::{flags, http, watch};
+use crate::{flags, http, logging, watch};
 
 /// How long queued events may take to reach the API server on a graceful shutdown.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,6 +68,55 @@ struct Shared {
     recorder: events::Recorder,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+}
+
+/// The whole command line: `args` as the process got them (argv0 first) → the exit code.
+pub fn main(args: &[String]) -> i32 {
+    let argv0 = args
+        .first()
+        .map(String::as_str)
+        .unwrap_or("csi-external-health-monitor-controller");
+    match flags::parse_with_warnings(args.get(1..).unwrap_or(&[])) {
+        Ok((flags::Parsed::Help(_), _)) => {
+            // Go's flag package prints -h usage to stderr and exits 0.
+            eprint!("{}", flags::usage(argv0));
+            0
+        }
+        Ok((flags::Parsed::Version, _)) => {
+            println!("{argv0} {}", flags::VERSION);
+            0
+        }
+        Ok((flags::Parsed::Run(config), warnings)) => match logging::init(&config.log) {
+            Err(e) => {
+                eprintln!("LoggingConfiguration is invalid: {e}");
+                1
+            }
+            Ok(()) => {
+                // From here on a panic on any thread ends the process (DESIGN §2 fix 10).
+                crate::crash::install(config.termination_log_path.clone());
+                for w in warnings {
+                    log::warn!("{w}");
+                }
+                match run(config) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        log::error!("{e}");
+                        log::logger().flush();
+                        1
+                    }
+                }
+            }
+        },
+        Err(flags::Error::Usage(message)) => {
+            eprintln!("{message}");
+            eprint!("{}", flags::usage(argv0));
+            2
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            e.exit_code()
+        }
+    }
 }
 
 pub fn run(cfg: Config) -> Result<(), Fatal> {
@@ -408,7 +457,12 @@ fn run_controller(shared: &Shared, shutdown: &Shutdown) -> Result<(), String> {
         };
         shared.metrics.start_status_writes();
         mon = mon.health_output(monitor::HealthOutput {
-            writer: StatusWriter::new(shared.client.clone(), shared.metrics.clone(), interval),
+            writer: StatusWriter::new(
+                shared.client.clone(),
+                shared.metrics.clone(),
+                interval,
+                shutdown.clone(),
+            ),
             events: cfg.volume_health_events,
         });
     }
@@ -435,6 +489,7 @@ fn run_controller(shared: &Shared, shutdown: &Shutdown) -> Result<(), String> {
             1.0
         })
         .write_budget(cfg.kube_api_qps, cfg.kube_api_burst)
+        .call_timeout(cfg.timeout)
         .run(shutdown.clone()),
         Mode::GetVolume | Mode::HealthGet => GetLoop {
             monitor: mon,

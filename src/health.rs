@@ -52,8 +52,8 @@ pub const MAX_REASON_BYTES: usize = 256;
 pub const MAX_MESSAGE_BYTES: usize = 1024;
 pub const MAX_CONDITIONS: usize = 16;
 
-/// One entry of `status.healthStatus.healthConditions`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// One entry of `status.healthStatus.healthConditions` (also its wire form in a status write).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct PvcCondition {
     pub status: String,
     pub reason: String,

@@ -727,6 +727,7 @@ impl<A: LeaseApi> Elector<A> {
             if shutdown.wait_timeout(self.s.retry_period) {
                 return true;
             }
+            crate::crash::fault_point("leader");
             let deadline = Instant::now() + self.s.renew_deadline;
             self.api.set_deadline(Some(deadline));
             let renewed = loop {

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod config;
+pub mod crash;
 pub mod csi;
 pub mod events;
 pub mod flags;

@@ -1,53 +1,9 @@
-//! `csi-external-health-monitor-controller`: flags → validated config → run, and the one
-//! place the process exits (0 done, 1 fatal, 2 bad flags).
+//! `csi-external-health-monitor-controller`: the one place the process exits (0 done, 1 fatal,
+//! 2 bad flags); `app::main` does the rest (flags → validated config → run). A panic on any
+//! thread exits from `crash` instead.
 #![forbid(unsafe_code)]
-
-use healthmon::{app, flags, logging};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let argv0 = args
-        .first()
-        .map(String::as_str)
-        .unwrap_or("csi-external-health-monitor-controller");
-    let code = match flags::parse_with_warnings(args.get(1..).unwrap_or(&[])) {
-        Ok((flags::Parsed::Help(_), _)) => {
-            // Go's flag package prints -h usage to stderr and exits 0.
-            eprint!("{}", flags::usage(argv0));
-            0
-        }
-        Ok((flags::Parsed::Version, _)) => {
-            println!("{argv0} {}", flags::VERSION);
-            0
-        }
-        Ok((flags::Parsed::Run(config), warnings)) => match logging::init(&config.log) {
-            Err(e) => {
-                eprintln!("LoggingConfiguration is invalid: {e}");
-                1
-            }
-            Ok(()) => {
-                for w in warnings {
-                    log::warn!("{w}");
-                }
-                match app::run(config) {
-                    Ok(()) => 0,
-                    Err(e) => {
-                        log::error!("{e}");
-                        log::logger().flush();
-                        1
-                    }
-                }
-            }
-        },
-        Err(flags::Error::Usage(message)) => {
-            eprintln!("{message}");
-            eprint!("{}", flags::usage(argv0));
-            2
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            e.exit_code()
-        }
-    };
-    std::process::exit(code);
+    std::process::exit(healthmon::app::main(&args));
 }

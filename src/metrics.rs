@@ -220,6 +220,18 @@ impl Default for Metrics {
     }
 }
 
+/// The `status` label of `csi_volume_health_unknown_condition_total`: the numbers of the
+/// v1.13 enum as themselves, anything else as `other`.
+pub fn unknown_condition_label(status: i32) -> &'static str {
+    match status {
+        0 => "0",
+        1 => "1",
+        2 => "2",
+        3 => "3",
+        _ => "other",
+    }
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         Self::with_start_time(process_start_time())
@@ -461,10 +473,12 @@ impl Metrics {
         }
     }
 
-    /// A condition whose status number is outside the known enum.
+    /// A condition whose status number this sidecar does not know: `0` (the enum's
+    /// UNKNOWN_VOLUME_HEALTH_TYPE) by its number, and every number outside the enum under
+    /// one label value, `other`, so a driver cannot grow the series without bound.
     pub fn observe_unknown_condition(&self, status: i32) {
         self.unknown_conditions
-            .with_label_values(&[&status.to_string()])
+            .with_label_values(&[unknown_condition_label(status)])
             .inc();
     }
 
@@ -757,8 +771,21 @@ mod tests {
         let unknown = series(&samples, "csi_volume_health_unknown_condition_total");
         assert_eq!(
             (label(unknown[0], "status"), unknown[0].value.as_str()),
-            (Some("9"), "1")
+            (Some("other"), "1")
         );
+        // Issue #25: every number outside the enum shares one series.
+        for n in [4, 9, 1000, i32::MAX, -1, i32::MIN] {
+            m.observe_unknown_condition(n);
+        }
+        m.observe_unknown_condition(0);
+        let samples = parse_samples(&m.encode());
+        let unknown = series(&samples, "csi_volume_health_unknown_condition_total");
+        let mut got: Vec<(Option<&str>, &str)> = unknown
+            .iter()
+            .map(|s| (label(s, "status"), s.value.as_str()))
+            .collect();
+        got.sort();
+        assert_eq!(got, vec![(Some("0"), "1"), (Some("other"), "7")]);
         let conds = series(&samples, "csi_controller_volume_health_status");
         assert_eq!(conds.len(), 2, "{text}");
         let c = conds

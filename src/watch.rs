@@ -448,6 +448,24 @@ impl<T: Clone> Store<T> {
         }
     }
 
+    /// Replace `key`'s record with `rec` only when it is cached and `still` holds for it,
+    /// atomically with the reflector's writes.
+    pub fn replace_if(&self, key: String, rec: T, still: impl FnOnce(&T) -> bool) -> bool {
+        let old = {
+            let mut m = self.inner.map.write().unwrap_or_else(|p| p.into_inner());
+            match m.get(&key) {
+                Some(current) if still(current) => {}
+                _ => return false,
+            }
+            Arc::make_mut(&mut m).insert(key.clone(), rec.clone())
+        };
+        self.changed();
+        if self.has_subscribers() {
+            self.notify(vec![Change::Applied { key, old, new: rec }]);
+        }
+        true
+    }
+
     /// Insert only when absent (a GET fallback must not overwrite a newer watch update).
     pub fn insert_if_absent(&self, key: String, rec: T) -> bool {
         {
@@ -576,15 +594,15 @@ impl PvcStore {
         self.store.is_synced()
     }
 
-    /// After a status write the API kept: the cached PVC holds it at once, so the next check
-    /// compares against it even before the watch delivers the change (which then overwrites
-    /// the record with the server's own).
-    pub fn set_health(&self, namespace: &str, name: &str, health: Option<PvcHealth>) {
-        let key = format!("{namespace}/{name}");
-        if let Some(mut rec) = self.store.get(&key) {
-            rec.health = health.map(Box::new);
-            self.store.apply(key, rec);
-        }
+    /// After a status write: the PVC as the PATCH answered it replaces the cached record, so
+    /// the next check compares against it even before the watch delivers the change. Only
+    /// while the cache still holds `before`, the record the write was based on: a newer one
+    /// the reflector applied meanwhile is never replaced by an older answer (the watch brings
+    /// the write's own change anyway). True when replaced.
+    pub fn record_write(&self, before: &PvcRecord, answer: PvcRecord) -> bool {
+        self.store.replace_if(before.key(), answer, |cached| {
+            cached.resource_version == before.resource_version
+        })
     }
 
     pub fn wait_synced(&self, timeout: Duration, shutdown: &Shutdown) -> bool {
@@ -1198,6 +1216,37 @@ mod tests {
             PvcRecord::from_object(&json!({"metadata": {"name": "c"}})),
             None
         );
+    }
+
+    /// Issue #25: the cache update after a status write cannot replace a newer record.
+    #[test]
+    fn a_status_write_answer_never_replaces_a_newer_cached_record() {
+        let rec = |rv: &str, health: bool| {
+            let mut o = json!({"metadata": {"name": "c", "namespace": "ns", "uid": "u", "resourceVersion": rv}});
+            if health {
+                o["status"] = json!({"healthStatus": {"healthConditions": [{"status": "Degraded", "reason": "Slow", "message": ""}], "lastTransitionTime": "2026-12-01T00:00:00Z"}});
+            }
+            PvcRecord::from_object(&o).unwrap()
+        };
+        let pvcs = PvcStore::new(PvStore::new());
+        let before = rec("5", true);
+        pvcs.store().apply(before.key(), before.clone());
+        // The reflector applied rv 6 while the write (based on rv 5) was on its way.
+        pvcs.store().apply(before.key(), rec("6", true));
+        assert!(!pvcs.record_write(&before, rec("7", false)));
+        assert_eq!(pvcs.get("ns", "c").unwrap().resource_version, "6");
+        // Based on what the cache holds: the answer goes in.
+        let current = pvcs.get("ns", "c").unwrap();
+        assert!(pvcs.record_write(&current, rec("8", false)));
+        let cached = pvcs.get("ns", "c").unwrap();
+        assert_eq!(
+            (cached.resource_version.as_str(), &cached.health),
+            ("8", &None)
+        );
+        // A PVC that left the cache is not brought back by a late answer.
+        pvcs.store().remove("ns/c");
+        assert!(!pvcs.record_write(&cached, rec("9", false)));
+        assert!(pvcs.get("ns", "c").is_none());
     }
 
     #[test]

@@ -66,6 +66,13 @@ pub enum Error {
         method: &'static str,
         message: String,
     },
+    /// The driver answered, but not what the CSI spec requires: a required field is missing,
+    /// or the answer is about another volume than the one asked. Never read as healthy.
+    Malformed {
+        method: &'static str,
+        volume: String,
+        problem: String,
+    },
     /// GetPluginInfo answered an empty name.
     EmptyDriverName,
     /// Startup was interrupted by shutdown.
@@ -97,6 +104,10 @@ impl fmt::Display for Error {
             ),
             Error::Rpc { method, code, message } => write!(f, "{method}: rpc error: code = {code} desc = {message}"),
             Error::Call { method, message } => write!(f, "{method}: {message}"),
+            Error::Malformed { method, volume, problem } => write!(
+                f,
+                "{method}: the driver's answer about volume '{volume}' breaks the CSI spec: {problem}; it is not taken as the volume's condition"
+            ),
             Error::EmptyDriverName => write!(f, "driver name is empty"),
             Error::Interrupted => write!(f, "interrupted by shutdown"),
         }
@@ -575,6 +586,7 @@ impl Connection {
         let resp = self.call(METHOD_GET_VOLUME, || {
             self.controller.controller_get_volume_opt(&req, self.opt())
         })?;
+        check_get_volume(volume_id, &resp)?;
         Ok(legacy_conditions(
             resp.status
                 .as_ref()
@@ -617,13 +629,56 @@ impl Connection {
             self.controller
                 .controller_get_volume_health_opt(&req, self.opt())
         })?;
-        // `volume_health` is required; a driver that leaves it out says nothing adverse.
-        Ok(resp
-            .volume_health
-            .into_option()
-            .map(|h| health_conditions(h.health_statuses))
-            .unwrap_or_default())
+        let health = check_get_volume_health(volume_id, resp)?;
+        Ok(health_conditions(health.health_statuses))
     }
+}
+
+/// `ControllerGetVolume` (v1.12, with `VOLUME_CONDITION`): `volume` and `status` are
+/// REQUIRED, `status.volume_condition` MUST be set by a driver with the capability, and the
+/// volume must be the one asked about. Upstream read a missing condition as healthy, so a
+/// broken answer told a recovery.
+fn check_get_volume(asked: &str, resp: &csi::ControllerGetVolumeResponse) -> Result<(), Error> {
+    let problem = match (resp.volume.as_ref(), resp.status.as_ref()) {
+        (None, _) => "the required volume is missing".to_string(),
+        (Some(v), _) if v.volume_id != asked => {
+            format!("it is about volume '{}'", v.volume_id)
+        }
+        (Some(_), None) => "the required status is missing".to_string(),
+        (Some(_), Some(s)) if s.volume_condition.is_none() => {
+            "status.volume_condition is missing (required with VOLUME_CONDITION)".to_string()
+        }
+        _ => return Ok(()),
+    };
+    Err(Error::Malformed {
+        method: METHOD_GET_VOLUME,
+        volume: asked.to_string(),
+        problem,
+    })
+}
+
+/// `ControllerGetVolumeHealth` (v1.13): `volume_health` is REQUIRED and must be about the
+/// volume asked. Before, a reply without it read as "no adverse condition": a recovery.
+fn check_get_volume_health(
+    asked: &str,
+    resp: csi::ControllerGetVolumeHealthResponse,
+) -> Result<csi::VolumeHealth, Error> {
+    let malformed = |problem: String| Error::Malformed {
+        method: METHOD_GET_VOLUME_HEALTH,
+        volume: asked.to_string(),
+        problem,
+    };
+    let health = resp
+        .volume_health
+        .into_option()
+        .ok_or_else(|| malformed("the required volume_health is missing".to_string()))?;
+    if health.volume_id != asked {
+        return Err(malformed(format!(
+            "volume_health is about volume '{}'",
+            health.volume_id
+        )));
+    }
+    Ok(health)
 }
 
 /// The driver's RPCs of one generation behind the [`HealthSource`] seam.
@@ -665,6 +720,89 @@ impl HealthSource for Rpcs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue #25: an answer without a required field, or about another volume, is an error,
+    /// never "no adverse condition".
+    #[test]
+    fn get_answers_are_checked() {
+        use csi::controller_get_volume_response::VolumeStatus;
+        let legacy = |id: Option<&str>, status: bool, condition: bool| {
+            let mut r = csi::ControllerGetVolumeResponse::new();
+            if let Some(id) = id {
+                let mut v = csi::Volume::new();
+                v.volume_id = id.to_string();
+                r.volume = protobuf::MessageField::some(v);
+            }
+            if status {
+                let mut st = VolumeStatus::new();
+                if condition {
+                    st.volume_condition = protobuf::MessageField::some(csi::VolumeCondition::new());
+                }
+                r.status = protobuf::MessageField::some(st);
+            }
+            r
+        };
+        assert_eq!(
+            check_get_volume("v1", &legacy(Some("v1"), true, true)),
+            Ok(())
+        );
+        for (resp, problem) in [
+            (legacy(None, true, true), "the required volume is missing"),
+            (legacy(Some("v2"), true, true), "it is about volume 'v2'"),
+            (legacy(Some(""), true, true), "it is about volume ''"),
+            (
+                legacy(Some("v1"), false, false),
+                "the required status is missing",
+            ),
+            (
+                legacy(Some("v1"), true, false),
+                "status.volume_condition is missing (required with VOLUME_CONDITION)",
+            ),
+        ] {
+            assert_eq!(
+                check_get_volume("v1", &resp),
+                Err(Error::Malformed {
+                    method: METHOD_GET_VOLUME,
+                    volume: "v1".into(),
+                    problem: problem.into()
+                })
+            );
+        }
+
+        let health = |id: Option<&str>| {
+            let mut r = csi::ControllerGetVolumeHealthResponse::new();
+            if let Some(id) = id {
+                let mut h = csi::VolumeHealth::new();
+                h.volume_id = id.to_string();
+                r.volume_health = protobuf::MessageField::some(h);
+            }
+            r
+        };
+        assert_eq!(
+            check_get_volume_health("v1", health(Some("v1"))).map(|h| h.volume_id),
+            Ok("v1".to_string())
+        );
+        for (resp, problem) in [
+            (health(None), "the required volume_health is missing"),
+            (health(Some("v2")), "volume_health is about volume 'v2'"),
+            (health(Some("")), "volume_health is about volume ''"),
+        ] {
+            let err = check_get_volume_health("v1", resp).unwrap_err();
+            assert_eq!(
+                err,
+                Error::Malformed {
+                    method: METHOD_GET_VOLUME_HEALTH,
+                    volume: "v1".into(),
+                    problem: problem.into()
+                }
+            );
+            assert!(!err.is_not_found());
+            assert_eq!(
+                err.to_string(),
+                format!("/csi.v1.Controller/ControllerGetVolumeHealth: the driver's answer about volume 'v1' breaks the CSI spec: {problem}; it is not taken as the volume's condition")
+            );
+        }
+    }
 
     #[test]
     fn socket_paths() {

@@ -432,6 +432,35 @@ impl Queued {
     }
 }
 
+/// A recorder with no thread behind it, for other modules' tests: up to `capacity` events
+/// queue (0: every event is refused, as by a full queue of first reports).
+#[cfg(test)]
+pub(crate) fn unattended(capacity: usize) -> (Recorder, Unattended) {
+    let (recorder, queued) = queue(&RecorderOptions::new("test-component".into()), capacity);
+    let pending = recorder.pending.clone();
+    (recorder, Unattended { queued, pending })
+}
+
+/// What an [`unattended`] recorder queued.
+#[cfg(test)]
+pub(crate) struct Unattended {
+    queued: Queued,
+    pending: Arc<Pending>,
+}
+
+#[cfg(test)]
+impl Unattended {
+    /// (type, reason, message) of each queued event, taken out (their places are free again).
+    pub(crate) fn take(&self) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        while let Some(e) = self.queued.try_recv() {
+            out.push((e.event_type, e.reason, e.message));
+        }
+        self.pending.done(out.len());
+        out
+    }
+}
+
 fn queue(opts: &RecorderOptions, capacity: usize) -> (Recorder, Queued) {
     let (tx, rx) = crossbeam_channel::bounded(capacity);
     let (repeat_tx, repeat_rx) = crossbeam_channel::bounded(capacity);

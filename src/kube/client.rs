@@ -436,7 +436,28 @@ impl Client {
         path: &str,
         body: &B,
     ) -> Result<T, Error> {
-        let buf = self.request_body(method, path, Some(("application/json", body)))?;
+        self.typed(method, path, "application/json", body)
+    }
+
+    /// PATCH with a wire type as the patch and the answer decoded straight into `T` (the PVC
+    /// status writes).
+    pub fn patch_as<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        kind: PatchKind,
+        body: &B,
+    ) -> Result<T, Error> {
+        self.typed("PATCH", path, kind.content_type(), body)
+    }
+
+    fn typed<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &B,
+    ) -> Result<T, Error> {
+        let buf = self.request_body(method, path, Some((content_type, body)))?;
         serde_json::from_slice(&buf).map_err(|e| Error::Decode {
             what: format!("{method} {path}"),
             message: e.to_string(),

@@ -14,13 +14,18 @@ pub const MESSAGE_RECOVERED: &str = "The Volume returns to the healthy state";
 /// The reason of the condition a missing volume gets in the v1.13 health modes.
 pub const REASON_NOT_FOUND: &str = "VolumeNotFound";
 
-/// What we last told the PVC's readers about its volume.
+/// What we last told the PVC's readers about its volume. "Told" is the Events (and our word
+/// in the PVC's status); what the PVC's status holds right now is tracked apart (`Facts::held`,
+/// from the watch cache), so a status write that fails neither repeats nor loses a recovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reported {
-    /// Nothing abnormal reported (or recovery already reported).
+    /// Nothing abnormal reported (or the recovery reported and the PVC's status clean).
     Healthy,
-    /// A `VolumeConditionAbnormal` Warning is the latest word.
+    /// A `VolumeConditionAbnormal` Warning is the latest word: a recovery is owed.
     Abnormal,
+    /// The recovery was told, but the PVC's status still holds the old conditions while their
+    /// clear is retried: they are no reason to tell it again (v1.13 modes).
+    Recovered,
 }
 
 /// One look at a volume, in either generation: its adverse conditions (none: healthy; a v1.12
@@ -115,13 +120,24 @@ pub fn decide(f: &Facts<'_>, observation: &Observation) -> Decision {
     let events = f.events || f.generation == Generation::Condition;
     let desired = (f.generation == Generation::Health).then(|| mapped.clone());
     if conditions.is_empty() {
-        let was_abnormal = f.previous == Reported::Abnormal || f.held.is_some();
+        // Owed: we said abnormal, or (a restart, a new leader, Events off) the PVC's status
+        // says so and its recovery was not told yet.
+        let owed = match f.previous {
+            Reported::Abnormal => true,
+            Reported::Healthy => f.held.is_some(),
+            Reported::Recovered => false,
+        };
         return Decision {
-            emit: (was_abnormal && events).then(|| Emit::Normal {
+            emit: (owed && events).then(|| Emit::Normal {
                 reason: REASON_NORMAL,
                 message: MESSAGE_RECOVERED.to_string(),
             }),
-            next: Reported::Healthy,
+            // Until the clear lands the held conditions must not look like news.
+            next: if f.held.is_some() {
+                Reported::Recovered
+            } else {
+                Reported::Healthy
+            },
             desired,
             status,
             mended,
@@ -380,7 +396,13 @@ mod tests {
         f.events = false;
         assert_eq!(decide(&f, &bad).emit, None);
         assert_eq!(decide(&f, &healthy).emit, None);
-        assert!(decide(&f, &bad).desired.is_some());
+        assert_eq!(
+            decide(&f, &bad).desired,
+            Some(vec![
+                pc("Degraded", "Slow", "slow"),
+                pc("Inaccessible", "DiskGone", "disk gone")
+            ])
+        );
 
         // an unknown status value is never healthy
         let d = decide(
@@ -390,6 +412,65 @@ mod tests {
         assert_eq!(d.status, VolumeStatus::Abnormal);
         assert_eq!(d.mended.unknown, vec![7]);
         assert_eq!(d.desired, Some(vec![pc("Degraded", "New", "")]));
+    }
+
+    /// Issue #25: what was told and what the PVC holds are apart. A recovery is told once,
+    /// whether the status clear lands or not; stale held conditions after it are no news.
+    #[test]
+    fn a_recovery_is_told_once_while_the_status_clear_is_retried() {
+        let held = PvcHealth {
+            conditions: vec![pc("Inaccessible", "DiskGone", "disk gone")],
+            last_transition_time: "2026-12-01T00:00:00Z".into(),
+        };
+        let healthy = Observation::Conditions(vec![]);
+        let normal = Some(Emit::Normal {
+            reason: REASON_NORMAL,
+            message: MESSAGE_RECOVERED.into(),
+        });
+        // (previous, PVC holds conditions) → (emit, next); the clear is wanted in every row.
+        let cases = [
+            (
+                Reported::Abnormal,
+                true,
+                normal.clone(),
+                Reported::Recovered,
+            ),
+            (Reported::Abnormal, false, normal.clone(), Reported::Healthy),
+            // A restart or a new leader: only the PVC's status says it was abnormal.
+            (Reported::Healthy, true, normal.clone(), Reported::Recovered),
+            (Reported::Healthy, false, None, Reported::Healthy),
+            // The clear failed last time: told already, keep retrying the clear quietly.
+            (Reported::Recovered, true, None, Reported::Recovered),
+            // The clear landed (the cache shows none): nothing left to do.
+            (Reported::Recovered, false, None, Reported::Healthy),
+        ];
+        for (previous, holds, emit, next) in cases {
+            let mut f = facts(Generation::Health, previous, true);
+            f.held = holds.then_some(&held);
+            let d = decide(&f, &healthy);
+            assert_eq!(
+                (&d.emit, d.next),
+                (&emit, next),
+                "{previous:?} holds={holds}"
+            );
+            assert_eq!(d.desired, Some(vec![]), "{previous:?} holds={holds}");
+            assert_eq!(d.status, VolumeStatus::Normal);
+        }
+        // Abnormal again after a recovery (clear pending or not) is news again.
+        let bad = Observation::Conditions(vec![typed(2, "DiskGone", "gone again")]);
+        for holds in [true, false] {
+            let mut f = facts(Generation::Health, Reported::Recovered, true);
+            f.held = holds.then_some(&held);
+            let d = decide(&f, &bad);
+            assert_eq!(
+                d.emit,
+                Some(Emit::Warning {
+                    reason: REASON_ABNORMAL,
+                    message: "Inaccessible: DiskGone: gone again".into()
+                })
+            );
+            assert_eq!(d.next, Reported::Abnormal);
+        }
     }
 
     fn pv(phase: &str, deleting: bool, claim: bool, handle: &str) -> PvRecord {

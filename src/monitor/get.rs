@@ -14,7 +14,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 
 use super::decide::{checkable, Observation};
 use super::Monitor;
-use crate::csi::HealthSource;
+use crate::csi::{Error as CsiError, HealthSource};
 use crate::shutdown::Shutdown;
 use crate::watch::PvRecord;
 
@@ -143,6 +143,7 @@ impl GetLoop {
             let wake = schedule
                 .next_wakeup(self.workers)
                 .map_or(next_rescan, |w| w.min(next_rescan));
+            crate::crash::fault_point("controller");
             let timeout = wake.saturating_duration_since(Instant::now());
             select! {
                 recv(done_rx) -> msg => {
@@ -189,6 +190,7 @@ fn check(monitor: &Monitor, source: &dyn HealthSource, name: &str) {
         return;
     };
     log::trace!("Started PV processing pv=\"{}\"", pv.name);
+    crate::crash::fault_point("worker");
     if let Some(observation) = ask(monitor, source, &pv) {
         monitor.observe(&pv, &observation);
     }
@@ -203,6 +205,7 @@ pub fn ask(monitor: &Monitor, source: &dyn HealthSource, pv: &PvRecord) -> Optio
     let method = source.get_method();
     match result {
         Ok(conds) => {
+            monitor.answer_well_formed(pv);
             let label = if conds.is_empty() {
                 "normal"
             } else {
@@ -214,6 +217,13 @@ pub fn ask(monitor: &Monitor, source: &dyn HealthSource, pv: &PvRecord) -> Optio
         Err(e) if e.is_not_found() => {
             monitor.metrics().observe_probe(method, "not_found", secs);
             Some(Observation::Missing)
+        }
+        Err(e @ CsiError::Malformed { .. }) => {
+            // A driver error, never a recovery: no state changes. Said once per volume (and
+            // again when the problem changes), not on every check.
+            monitor.metrics().observe_probe(method, "error", secs);
+            monitor.answer_malformed(pv, &e);
+            None
         }
         Err(e) => {
             monitor.metrics().observe_probe(method, "error", secs);

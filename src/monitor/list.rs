@@ -24,12 +24,55 @@ use crate::watch::PvRecord;
 /// Upper bound on pages in one sweep: a driver that keeps returning tokens is cut off rather
 /// than looping forever (upstream relied on one 15 s deadline for the whole sweep).
 const MAX_PAGES: usize = 1_000_000;
+/// How long the confirmations' last answers are waited for after the last call went out
+/// (each call is bounded by `--timeout` anyway).
+const CONFIRM_DRAIN: Duration = Duration::from_secs(60);
+
+/// A whole listing may take this many `--timeout`s (or the listing interval, when longer):
+/// 15 minutes at the default 15 s. Upstream gave the whole sweep one `--timeout`; ours bounds
+/// each call by it, and this bounds the sum, so a driver that hands out pages slowly for ever
+/// cannot stall the loop.
+pub const LISTING_TIMEOUTS: u32 = 60;
+/// A listing may hold at most this many entries per Bound PV of the driver, and never fewer
+/// than [`LISTING_MIN_ENTRIES`]: a driver's listing covers its whole backend, possibly shared
+/// by other clusters, but a listing far beyond that is a driver that never stops.
+pub const LISTING_ENTRIES_PER_PV: usize = 4;
+pub const LISTING_MIN_ENTRIES: usize = 100_000;
+
+/// How far one listing may go before it is given up (as an error: no absence or recovery is
+/// decided from it).
+#[derive(Debug, Clone, Copy)]
+pub struct ListingBound {
+    pub deadline: Instant,
+    pub entries: usize,
+}
+
+impl ListingBound {
+    /// The bound of a listing starting `now` for a driver with `pvs` PVs in the cache.
+    pub fn new(now: Instant, interval: Duration, timeout: Duration, pvs: usize) -> ListingBound {
+        let time = timeout.saturating_mul(LISTING_TIMEOUTS).max(interval);
+        ListingBound {
+            deadline: crate::timeutil::saturating_deadline(now, time),
+            entries: pvs
+                .saturating_mul(LISTING_ENTRIES_PER_PV)
+                .max(LISTING_MIN_ENTRIES),
+        }
+    }
+}
 
 #[derive(Debug)]
 pub enum SweepError {
     Rpc(CsiError),
     /// The driver repeated a token of this sweep, or never stopped handing them out.
     Paging(PageLoop),
+    /// The listing went on past its time bound (after this many pages).
+    TooLong {
+        pages: usize,
+    },
+    /// The listing held more entries than its bound.
+    TooMany {
+        entries: usize,
+    },
 }
 
 impl std::fmt::Display for SweepError {
@@ -37,25 +80,42 @@ impl std::fmt::Display for SweepError {
         match self {
             SweepError::Rpc(e) => write!(f, "failed to list volumes: {e}"),
             SweepError::Paging(e) => write!(f, "failed to list volumes: the driver {e}"),
+            SweepError::TooLong { pages } => write!(
+                f,
+                "failed to list volumes: the listing was still going after {pages} pages at its time bound ({LISTING_TIMEOUTS} times --timeout, or --list-volumes-interval when longer)"
+            ),
+            SweepError::TooMany { entries } => write!(
+                f,
+                "failed to list volumes: the driver listed more than {entries} volumes ({LISTING_ENTRIES_PER_PV} per Bound PV of this driver, at least {LISTING_MIN_ENTRIES})"
+            ),
         }
     }
 }
 
 /// Every volume the driver returned in one complete listing; a volume listed twice (pages are
-/// no consistent view) takes its later entry.
+/// no consistent view) takes its later entry. Past `bound` the listing is an error.
 pub fn collect(
     source: &dyn HealthSource,
     max_entries: i32,
+    bound: ListingBound,
 ) -> Result<(HashMap<String, Vec<Condition>>, usize), SweepError> {
     let mut out = HashMap::new();
     let mut guard = PageGuard::new(MAX_PAGES);
     let mut token = String::new();
     let mut pages = 0;
     loop {
+        if pages > 0 && Instant::now() >= bound.deadline {
+            return Err(SweepError::TooLong { pages });
+        }
         let page = source
             .list_page(max_entries, &token)
             .map_err(SweepError::Rpc)?;
         pages += 1;
+        if out.len().saturating_add(page.entries.len()) > bound.entries {
+            return Err(SweepError::TooMany {
+                entries: bound.entries,
+            });
+        }
         if page.skipped > 0 {
             log::warn!(
                 "{} returned {} entries without a volume; skipping them starting_token=\"{token}\"",
@@ -107,6 +167,8 @@ pub struct ListLoop {
     write_budget: Option<(f64, u32)>,
     /// Abnormal or missing observations in the current sweep.
     abnormal_seen: usize,
+    /// `--timeout`: with the interval, the time bound of one listing.
+    call_timeout: Duration,
 }
 
 impl ListLoop {
@@ -133,7 +195,15 @@ impl ListLoop {
             sweeps: 0,
             write_budget: None,
             abnormal_seen: 0,
+            // `--timeout`'s default, until `call_timeout` says otherwise.
+            call_timeout: Duration::from_secs(15),
         }
+    }
+
+    /// `--timeout`: each call's deadline, and with the interval the bound of a whole listing.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
     }
 
     /// `--kube-api-qps` / `--kube-api-burst`: after the first complete sweep, say once (-v=2)
@@ -183,7 +253,7 @@ impl ListLoop {
             let next = Instant::now() + self.interval;
             let batch = std::mem::take(&mut self.to_confirm);
             if let (Some(pool), false) = (&pool, batch.is_empty()) {
-                match pool.confirm(&batch, self.interval, &shutdown) {
+                match pool.confirm(&batch, self.interval, CONFIRM_DRAIN, &shutdown) {
                     Some(answers) => self.confirmed(answers),
                     None => return,
                 }
@@ -221,7 +291,13 @@ impl ListLoop {
     /// One sweep: list everything, then judge every checkable PV of this driver.
     pub fn sweep(&mut self) {
         let started = Instant::now();
-        let result = collect(self.source.as_ref(), self.max_entries);
+        let bound = ListingBound::new(
+            started,
+            self.interval,
+            self.call_timeout,
+            self.monitor.pvs.len(),
+        );
+        let result = collect(self.source.as_ref(), self.max_entries, bound);
         // In this mode the probe is the whole (paged) listing: one observation per sweep.
         self.monitor.metrics().observe_probe(
             self.source.list_method(),
@@ -325,6 +401,7 @@ impl ListLoop {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         self.monitor.metrics().set_last_sweep(now);
+        crate::crash::fault_point("controller");
         log::debug!(
             "{} sweep done pages={pages} volumes={} checked={checked} duration=\"{:?}\"",
             self.source.list_method(),
@@ -455,8 +532,11 @@ fn over_budget(abnormal: usize, secs: f64, qps: f64, burst: u32) -> bool {
 /// The workers that ask `ControllerGetVolume` about volumes absent from ListVolumes: at most
 /// one call per worker in flight, each bounded by `--timeout` like every RPC.
 struct ConfirmPool {
-    jobs: Sender<String>,
-    answers: Receiver<(String, Option<Observation>)>,
+    jobs: Sender<(u64, String)>,
+    answers: Receiver<(u64, String, Option<Observation>)>,
+    /// Each batch's number: an answer that comes after its batch's wait gave up belongs to an
+    /// older batch and is dropped, not counted against the current one.
+    batch: std::cell::Cell<u64>,
 }
 
 impl ConfirmPool {
@@ -466,7 +546,7 @@ impl ConfirmPool {
         source: Arc<dyn HealthSource>,
     ) -> std::io::Result<ConfirmPool> {
         // Zero capacity: a job is handed over only when a worker is free to take it.
-        let (jobs, job_rx) = crossbeam_channel::bounded::<String>(0);
+        let (jobs, job_rx) = crossbeam_channel::bounded::<(u64, String)>(0);
         let (answer_tx, answers) = crossbeam_channel::unbounded();
         for i in 0..workers.max(1) {
             let job_rx = job_rx.clone();
@@ -477,19 +557,23 @@ impl ConfirmPool {
             std::thread::Builder::new()
                 .name(format!("csi-confirm-{i}"))
                 .spawn(move || {
-                    for name in job_rx {
+                    for (batch, name) in job_rx {
                         let answer = monitor
                             .pvs
                             .get(&name)
                             .filter(|pv| checkable(pv).is_ok())
                             .and_then(|pv| super::get::ask(&monitor, source.as_ref(), &pv));
-                        if answer_tx.send((name, answer)).is_err() {
+                        if answer_tx.send((batch, name, answer)).is_err() {
                             return;
                         }
                     }
                 })?;
         }
-        Ok(ConfirmPool { jobs, answers })
+        Ok(ConfirmPool {
+            jobs,
+            answers,
+            batch: std::cell::Cell::new(0),
+        })
     }
 
     /// Ask about every name in `batch`, the calls spread evenly over `interval`. `None`:
@@ -498,38 +582,125 @@ impl ConfirmPool {
         &self,
         batch: &[String],
         interval: Duration,
+        drain: Duration,
         shutdown: &Shutdown,
     ) -> Option<Vec<(String, Observation)>> {
+        let this = self.batch.get().wrapping_add(1);
+        self.batch.set(this);
         let start = Instant::now();
         let step = interval.checked_div(batch.len() as u32).unwrap_or_default();
         let mut out = Vec::with_capacity(batch.len());
         let mut pending = 0usize;
+        let mut take = |(b, name, answer): (u64, String, Option<Observation>),
+                        pending: &mut usize| {
+            if b == this {
+                *pending -= 1;
+                out.extend(answer.map(|a| (name, a)));
+            }
+        };
         for (i, name) in batch.iter().enumerate() {
             let at = start + step * i as u32;
             let wait = at.saturating_duration_since(Instant::now());
             if !wait.is_zero() && shutdown.wait_timeout(wait) {
                 return None;
             }
-            if shutdown.is_triggered() || self.jobs.send(name.clone()).is_err() {
+            if shutdown.is_triggered() || self.jobs.send((this, name.clone())).is_err() {
                 return None;
             }
             pending += 1;
-            while let Ok((name, answer)) = self.answers.try_recv() {
-                pending -= 1;
-                out.extend(answer.map(|a| (name, a)));
+            while let Ok(answer) = self.answers.try_recv() {
+                take(answer, &mut pending);
             }
         }
         // The last calls: each is bounded by --timeout.
         while pending > 0 {
-            match self.answers.recv_timeout(Duration::from_secs(60)) {
-                Ok((name, answer)) => {
-                    pending -= 1;
-                    out.extend(answer.map(|a| (name, a)));
-                }
+            match self.answers.recv_timeout(drain) {
+                Ok(answer) => take(answer, &mut pending),
                 Err(_) => break,
             }
         }
         Some(out)
+    }
+}
+
+/// The confirm pool's bookkeeping (issue #25): an answer that arrives after its batch's wait
+/// gave up is not counted against the next batch.
+#[cfg(test)]
+mod confirm_tests {
+    use super::*;
+    use crate::csi::ListPage;
+    use crate::monitor::tests::observe::{pv, rig};
+    use crossbeam_channel::bounded;
+
+    /// ControllerGetVolume that answers healthy, except that the call about `slow` waits
+    /// for `release`.
+    struct Gated {
+        slow: &'static str,
+        release: Receiver<()>,
+    }
+
+    impl HealthSource for Gated {
+        fn list_method(&self) -> &'static str {
+            "ListVolumes"
+        }
+        fn get_method(&self) -> &'static str {
+            "ControllerGetVolume"
+        }
+        fn list_page(&self, _max: i32, _token: &str) -> Result<ListPage, CsiError> {
+            unreachable!()
+        }
+        fn get(&self, id: &str) -> Result<Vec<Condition>, CsiError> {
+            if id == self.slow {
+                let _ = self.release.recv();
+            }
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn a_late_answer_is_dropped_not_counted_against_the_next_batch() {
+        let r = rig(Generation::Condition, false, None, 100, vec![]);
+        let mut other = pv();
+        other.name = "pv-v2".into();
+        other.volume_handle = "v2".into();
+        r.monitor.pvs.apply("pv-v2".into(), other);
+        let (release, gate) = bounded(1);
+        let source = Arc::new(Gated {
+            slow: "v1",
+            release: gate,
+        });
+        let pool = ConfirmPool::start(1, Arc::new(r.monitor), source).unwrap();
+        let shutdown = Shutdown::new();
+        // pv-v1's call outlasts the wait: the batch gives up without its answer.
+        let first = pool
+            .confirm(
+                &["pv-v1".into()],
+                Duration::ZERO,
+                Duration::from_millis(50),
+                &shutdown,
+            )
+            .unwrap();
+        assert!(first.is_empty());
+        release.send(()).unwrap();
+        // pv-v1's answer arrives during the next batch; only pv-v2's belongs to it.
+        let started = Instant::now();
+        let second = pool
+            .confirm(
+                &["pv-v2".into()],
+                Duration::ZERO,
+                Duration::from_secs(20),
+                &shutdown,
+            )
+            .unwrap();
+        assert_eq!(
+            second,
+            vec![("pv-v2".to_string(), Observation::Conditions(vec![]))]
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the batch waited for an answer it had already counted: {:?}",
+            started.elapsed()
+        );
     }
 }
 
@@ -568,6 +739,69 @@ mod tests {
         })
     }
 
+    fn unbounded() -> ListingBound {
+        ListingBound::new(
+            Instant::now(),
+            Duration::from_secs(3600),
+            Duration::from_secs(15),
+            0,
+        )
+    }
+
+    /// Issue #25: a listing is bounded in time and in entries, not only in pages.
+    #[test]
+    fn a_listing_is_bounded_in_time_and_entries() {
+        let t0 = Instant::now();
+        // Defaults: 15 s x 60 = 15 min beats a 5 min interval; a long interval wins.
+        let b = ListingBound::new(t0, Duration::from_secs(300), Duration::from_secs(15), 10);
+        assert_eq!(b.deadline - t0, Duration::from_secs(900));
+        assert_eq!(b.entries, LISTING_MIN_ENTRIES);
+        let b = ListingBound::new(
+            t0,
+            Duration::from_secs(3600),
+            Duration::from_secs(15),
+            1_000_000,
+        );
+        assert_eq!(b.deadline - t0, Duration::from_secs(3600));
+        assert_eq!(b.entries, 4_000_000);
+
+        // Past the deadline after the first page: an error naming the pages done.
+        let src = Pages(
+            Mutex::new(vec![page(&["a"], "t1"), page(&["b"], "")]),
+            Mutex::new(vec![]),
+        );
+        let late = ListingBound {
+            deadline: t0,
+            entries: 10,
+        };
+        let err = collect(&src, 0, late).unwrap_err();
+        assert!(matches!(err, SweepError::TooLong { pages: 1 }), "{err:?}");
+        assert!(err.to_string().contains("after 1 pages"), "{err}");
+        assert_eq!(
+            *src.1.lock().unwrap(),
+            vec![""],
+            "no page asked after the deadline"
+        );
+
+        // More entries than the bound: an error, whatever the pages.
+        let src = Pages(
+            Mutex::new(vec![page(&["a", "b"], "t1"), page(&["c", "d"], "")]),
+            Mutex::new(vec![]),
+        );
+        let small = ListingBound {
+            deadline: t0 + Duration::from_secs(60),
+            entries: 3,
+        };
+        let err = collect(&src, 0, small).unwrap_err();
+        assert!(matches!(err, SweepError::TooMany { entries: 3 }), "{err:?}");
+        // Exactly at the bound is fine.
+        let src = Pages(
+            Mutex::new(vec![page(&["a", "b"], "t1"), page(&["c"], "")]),
+            Mutex::new(vec![]),
+        );
+        assert_eq!(collect(&src, 0, small).unwrap().0.len(), 3);
+    }
+
     #[test]
     fn write_budget() {
         // Defaults: 5 QPS, burst 10, 5 min: 1510 Events per sweep.
@@ -588,7 +822,7 @@ mod tests {
             ]),
             Mutex::new(vec![]),
         );
-        let (vols, pages) = collect(&src, 0).unwrap();
+        let (vols, pages) = collect(&src, 0, unbounded()).unwrap();
         assert_eq!(pages, 3);
         assert_eq!(vols.len(), 3);
         assert_eq!(*src.1.lock().unwrap(), vec!["", "t1", "t2"]);
@@ -602,7 +836,7 @@ mod tests {
             Mutex::new(vec![page(&["a"], "t1"), Ok(second)]),
             Mutex::new(vec![]),
         );
-        let (vols, _) = collect(&src, 0).unwrap();
+        let (vols, _) = collect(&src, 0, unbounded()).unwrap();
         assert_eq!(vols["a"], vec![], "the later (healthy) entry wins");
         assert_eq!(vols["b"].len(), 1);
         assert_eq!(*src.1.lock().unwrap(), vec!["", "t1"]);
@@ -615,7 +849,7 @@ mod tests {
             Mutex::new(vec![]),
         );
         assert!(
-            matches!(collect(&src, 0), Err(SweepError::Paging(PageLoop::Repeated(t))) if t == "t1")
+            matches!(collect(&src, 0, unbounded()), Err(SweepError::Paging(PageLoop::Repeated(t))) if t == "t1")
         );
     }
 
@@ -630,6 +864,9 @@ mod tests {
             Mutex::new(vec![page(&["a"], "t1"), Err(err)]),
             Mutex::new(vec![]),
         );
-        assert!(matches!(collect(&src, 0), Err(SweepError::Rpc(_))));
+        assert!(matches!(
+            collect(&src, 0, unbounded()),
+            Err(SweepError::Rpc(_))
+        ));
     }
 }

@@ -56,6 +56,8 @@ pub struct Monitor {
     /// PV name → what was last mended in the driver's answer, so a driver that keeps sending
     /// the same malformed answer is named once, not on every check.
     mended: Mutex<HashMap<String, Mended>>,
+    /// PV name → the last malformed driver answer said about it (logged once per volume).
+    malformed: Mutex<HashMap<String, String>>,
     /// The PV store's generation at the last `forget_gone` (`u64::MAX`: never).
     forgotten_at: AtomicU64,
     /// Per-volume errors that can repeat for every volume of a sweep are logged at most once
@@ -85,6 +87,7 @@ impl Monitor {
             health: None,
             reported: Mutex::new(seed),
             mended: Mutex::new(HashMap::new()),
+            malformed: Mutex::new(HashMap::new()),
             forgotten_at: AtomicU64::new(u64::MAX),
             pvc_errors: Throttle::default(),
             rpc_errors: Throttle::default(),
@@ -148,21 +151,28 @@ impl Monitor {
         }
     }
 
-    /// Whether `pv`'s volume stands reported abnormal: by us, or (v1.13) in its PVC's status.
-    /// The health listing uses it to tell an absent volume that needs confirming from one
-    /// that was never abnormal.
+    /// Whether `pv`'s volume stands reported abnormal: by us, or (v1.13) in its PVC's status
+    /// with its recovery not told yet. The health listing uses it to tell an absent volume
+    /// that needs confirming from one that was never abnormal (or whose recovery was told and
+    /// only its status clear is left to retry).
     pub fn stands_abnormal(&self, pv: &PvRecord) -> bool {
         let Some(claim) = &pv.claim else { return false };
         let pvc = self.pvcs.get(&claim.namespace, &claim.name);
         let uid = pvc.as_ref().map_or(claim.uid.as_str(), |p| p.uid.as_str());
-        if lock(&self.reported).get(uid) == Some(&Reported::Abnormal) {
-            return true;
+        match lock(&self.reported).get(uid) {
+            Some(Reported::Abnormal) => true,
+            Some(Reported::Recovered) => false,
+            Some(Reported::Healthy) | None => pvc.is_some_and(|p| p.health.is_some()),
         }
-        pvc.is_some_and(|p| p.health.is_some())
     }
 
     /// Act on one observation of `pv`'s volume: find its PVC, decide, report, remember. Returns
     /// the volume's state afterwards (`None`: nothing could be done, e.g. no PVC).
+    ///
+    /// What was told (Events) and what the PVC holds (status) are kept apart: a recovery is
+    /// told once, when the volume is judged healthy, whatever its status write does; a status
+    /// write that fails is retried (by the writer, then at every check) until it lands or the
+    /// PVC is gone; an Event the queue refuses stays owed.
     pub fn observe(&self, pv: &PvRecord, observation: &Observation) -> Option<Reported> {
         let pvc = self.claim_of(pv)?;
         let (decision, previous) = {
@@ -180,10 +190,7 @@ impl Monitor {
                 },
                 observation,
             );
-            match d.next {
-                Reported::Healthy => reported.remove(&pvc.uid),
-                Reported::Abnormal => reported.insert(pvc.uid.clone(), d.next),
-            };
+            remember(&mut reported, &pvc.uid, d.next);
             (d, previous)
         };
         self.metrics
@@ -217,25 +224,36 @@ impl Monitor {
                 .recorder
                 .event_with(&object, kind, reason, &message, priority);
             if !queued && !repeat {
-                // Not told: keep the previous state, so the next check tries this news again
-                // instead of taking it for a repeat (or for nothing) and starving this PVC.
-                let mut reported = lock(&self.reported);
-                match previous {
-                    Reported::Healthy => reported.remove(&pvc.uid),
-                    Reported::Abnormal => reported.insert(pvc.uid.clone(), previous),
+                // Not told, so still news: a refused first report leaves the volume as it was
+                // (the next check tries it again as news, not as a repeat); a refused recovery
+                // stays owed, whatever the status write below does.
+                next = match kind {
+                    EventType::Warning => previous,
+                    EventType::Normal => Reported::Abnormal,
                 };
-                next = previous;
+                remember(&mut lock(&self.reported), &pvc.uid, next);
             }
         }
         if let (Some(out), Some(desired)) = (&self.health, &decision.desired) {
             let now = rfc3339(SystemTime::now());
             if let Some(write) = health::status_write(pvc.health.as_deref(), desired, &now) {
                 match out.writer.write(&pvc, write.as_ref()) {
-                    Written::Ok(held) => self.pvcs.set_health(&pvc.namespace, &pvc.name, held),
-                    Written::Gone => {
-                        lock(&self.reported).remove(&pvc.uid);
+                    Written::Ok(answer) => {
+                        let clean = answer.health.is_none();
+                        self.pvcs.record_write(&pvc, *answer);
+                        // The clear landed: the recovery is complete.
+                        if clean && next == Reported::Recovered {
+                            next = Reported::Healthy;
+                            remember(&mut lock(&self.reported), &pvc.uid, next);
+                        }
                     }
-                    _ => {}
+                    Written::Gone => {
+                        // 404: the PVC is gone, and with it this volume's state.
+                        lock(&self.reported).remove(&pvc.uid);
+                        next = Reported::Healthy;
+                    }
+                    Written::Dropped | Written::Forbidden | Written::Failed | Written::Deferred => {
+                    }
                 }
             }
         }
@@ -263,6 +281,28 @@ impl Monitor {
         }
     }
 
+    /// The driver broke the spec answering about `pv` (csi::Error::Malformed): an error line
+    /// once per volume, and again when the problem changes.
+    pub(crate) fn answer_malformed(&self, pv: &PvRecord, e: &crate::csi::Error) {
+        let text = e.to_string();
+        let mut said = lock(&self.malformed);
+        if said.get(&pv.name) != Some(&text) {
+            log::error!(
+                "Check controller volume status error pv=\"{}\" err=\"{text}\"",
+                pv.name
+            );
+            said.insert(pv.name.clone(), text);
+        }
+    }
+
+    /// A well-formed answer about `pv`: a later malformed one is said again.
+    pub(crate) fn answer_well_formed(&self, pv: &PvRecord) {
+        let mut said = lock(&self.malformed);
+        if !said.is_empty() {
+            said.remove(&pv.name);
+        }
+    }
+
     /// Drop state and metric series of PVs that left the store (deleted, or no longer ours).
     /// Everything kept is keyed by live PVs, so nothing is done while the PV store is unchanged;
     /// otherwise its snapshot is read as it is, with no copy of its keys or records.
@@ -274,6 +314,7 @@ impl Monitor {
         let pvs = self.pvs.snapshot();
         self.metrics.retain_volumes(|pv| pvs.contains_key(pv));
         lock(&self.mended).retain(|pv, _| pvs.contains_key(pv));
+        lock(&self.malformed).retain(|pv, _| pvs.contains_key(pv));
         let mut reported = lock(&self.reported);
         let deferred = self
             .health
@@ -294,13 +335,27 @@ impl Monitor {
     }
 }
 
+/// Keep `state` for `uid`; Healthy is kept as absence, so the map holds only what needs it.
+fn remember(reported: &mut HashMap<String, Reported>, uid: &str, state: Reported) {
+    match state {
+        Reported::Healthy => {
+            reported.remove(uid);
+        }
+        Reported::Abnormal | Reported::Recovered => {
+            reported.insert(uid.to_string(), state);
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Rebuild "which PVCs are currently reported abnormal" from the Events we wrote before (a
 /// restart, a new leader): a PVC whose latest `VolumeConditionAbnormal` Warning from our
-/// component is newer than its latest `VolumeConditionNormal` still needs its recovery event.
+/// component is newer than its latest `VolumeConditionNormal` still needs its recovery event;
+/// one whose Normal is newer had its recovery told (a status clear that was still failing
+/// then must not tell it again).
 /// Two field-selected LISTs instead of upstream's cluster-wide Event watch (DESIGN §2.4, §2.8).
 pub fn seed_reported(
     client: &Client,
@@ -326,8 +381,15 @@ pub fn seed_from(
     let mut out = HashMap::new();
     for (uid, t) in abnormal {
         let recovered_later = latest_normal.get(uid.as_str()).is_some_and(|n| n >= t);
-        if !recovered_later {
-            out.insert(uid.clone(), Reported::Abnormal);
+        let state = if recovered_later {
+            Reported::Recovered
+        } else {
+            Reported::Abnormal
+        };
+        // Several Warnings of one PVC: Abnormal if any of them is not followed by a Normal.
+        let e = out.entry(uid.clone()).or_insert(state);
+        if state == Reported::Abnormal {
+            *e = state;
         }
     }
     out
@@ -401,8 +463,8 @@ mod tests {
         assert_eq!(seeded.get("a"), Some(&Reported::Abnormal));
         assert_eq!(
             seeded.get("b"),
-            None,
-            "recovered after its last abnormal event"
+            Some(&Reported::Recovered),
+            "recovered after its last abnormal event: told, not owed"
         );
         assert_eq!(
             seeded.get("c"),
@@ -410,6 +472,307 @@ mod tests {
             "abnormal again after recovering"
         );
         assert_eq!(seeded.get("d"), None);
+    }
+
+    pub(crate) mod observe {
+        //! `Monitor::observe` against a canned API server and an unattended event queue
+        //! (issue #25): what was told and what the PVC holds are apart. The rig serves the
+        //! list loop's tests too.
+        use super::super::*;
+        use crate::events::{unattended, Unattended};
+        use crate::health::Condition;
+        use crate::kube::client::tests::{client, http, Canned};
+        use crate::watch::ClaimRef;
+        use serde_json::json;
+        use std::time::Duration;
+
+        const HELD: &str = r#"{"healthConditions":[{"status":"Inaccessible","reason":"DiskGone","message":"gone"}],"lastTransitionTime":"2026-12-01T00:00:00Z"}"#;
+
+        pub(crate) fn pv() -> PvRecord {
+            PvRecord {
+                name: "pv-v1".into(),
+                uid: "pv-uid".into(),
+                volume_handle: "v1".into(),
+                phase: "Bound".into(),
+                claim: Some(ClaimRef {
+                    namespace: "ns".into(),
+                    name: "pvc-v1".into(),
+                    uid: "u1".into(),
+                }),
+                deleting: false,
+            }
+        }
+
+        /// PVC `ns/pvc-v1` at `rv`, holding the DiskGone condition or nothing, as JSON.
+        fn pvc_json(rv: &str, holds: bool) -> String {
+            let status = if holds {
+                format!(r#","status":{{"healthStatus":{HELD}}}"#)
+            } else {
+                String::new()
+            };
+            format!(
+                r#"{{"metadata":{{"name":"pvc-v1","namespace":"ns","uid":"u1","resourceVersion":"{rv}"}},"spec":{{"volumeName":"pv-v1"}}{status}}}"#
+            )
+        }
+
+        pub(crate) struct Rig {
+            pub(crate) monitor: Monitor,
+            pub(crate) api: Canned,
+            pub(crate) events: Unattended,
+        }
+
+        /// A monitor of `generation` whose PVC is cached at rv 1 (holding conditions when
+        /// `holds`), `seed` as its memory, event queue of `capacity`, and the API answering
+        /// `responses` in order.
+        pub(crate) fn rig(
+            generation: Generation,
+            holds: bool,
+            seed: Option<Reported>,
+            capacity: usize,
+            responses: Vec<Vec<u8>>,
+        ) -> Rig {
+            let api = Canned::start(responses);
+            let c = client(&api.addr);
+            let pvs = PvStore::new();
+            pvs.apply("pv-v1".into(), pv());
+            let pvcs = PvcStore::new(pvs.clone());
+            let rec = PvcRecord::from_object(&serde_json::from_str(&pvc_json("1", holds)).unwrap())
+                .unwrap();
+            pvcs.store().apply(rec.key(), rec);
+            let (recorder, events) = unattended(capacity);
+            let metrics = Arc::new(Metrics::new());
+            let seed = seed.map(|r| ("u1".to_string(), r)).into_iter().collect();
+            let mut monitor = Monitor::new(
+                "d.example.com".into(),
+                pvs,
+                pvcs,
+                c.clone(),
+                recorder,
+                metrics.clone(),
+                seed,
+            );
+            if generation == Generation::Health {
+                monitor = monitor.health_output(HealthOutput {
+                    writer: StatusWriter::new(
+                        c,
+                        metrics,
+                        Duration::ZERO,
+                        crate::shutdown::Shutdown::new(),
+                    )
+                    .without_waits(),
+                    events: true,
+                });
+            }
+            Rig {
+                monitor,
+                api,
+                events,
+            }
+        }
+
+        fn healthy() -> Observation {
+            Observation::Conditions(vec![])
+        }
+
+        fn normal() -> (String, String, String) {
+            (
+                "Normal".into(),
+                decide::REASON_NORMAL.into(),
+                decide::MESSAGE_RECOVERED.into(),
+            )
+        }
+
+        fn patches(api: &Canned) -> Vec<String> {
+            api.requests()
+                .into_iter()
+                .filter(|r| r.starts_with("PATCH /api/v1/namespaces/ns/persistentvolumeclaims/pvc-v1/status?fieldManager="))
+                .collect()
+        }
+
+        fn held(r: &Rig) -> bool {
+            r.monitor.pvcs.get("ns", "pvc-v1").unwrap().health.is_some()
+        }
+
+        #[test]
+        fn a_recovery_is_told_once_while_its_status_clear_fails_then_lands() {
+            let err500 = http(500, "", r#"{"kind":"Status","code":500,"message":"etcd"}"#);
+            let mut answers = vec![err500; 4];
+            answers.push(http(
+                403,
+                "",
+                r#"{"kind":"Status","code":403,"reason":"Forbidden"}"#,
+            ));
+            answers.push(http(200, "", &pvc_json("2", false)));
+            let r = rig(
+                Generation::Health,
+                true,
+                Some(Reported::Abnormal),
+                100,
+                answers,
+            );
+            // Judged healthy: told at once, the clear fails (500 and its three retries).
+            assert_eq!(
+                r.monitor.observe(&pv(), &healthy()),
+                Some(Reported::Recovered)
+            );
+            assert_eq!(r.events.take(), vec![normal()]);
+            assert_eq!(patches(&r.api).len(), 4);
+            assert!(held(&r));
+            // Still held: the clear again (403), no second Normal.
+            assert_eq!(
+                r.monitor.observe(&pv(), &healthy()),
+                Some(Reported::Recovered)
+            );
+            assert_eq!(r.events.take(), vec![]);
+            assert_eq!(patches(&r.api).len(), 5);
+            // It lands: the cache holds the answer, the volume is done.
+            assert_eq!(
+                r.monitor.observe(&pv(), &healthy()),
+                Some(Reported::Healthy)
+            );
+            assert_eq!(r.events.take(), vec![]);
+            assert!(!held(&r));
+            assert_eq!(
+                r.monitor.pvcs.get("ns", "pvc-v1").unwrap().resource_version,
+                "2"
+            );
+            let all = patches(&r.api);
+            assert_eq!(all.len(), 6);
+            assert!(all
+                .iter()
+                .all(|p| p.ends_with(r#"{"status":{"healthStatus":null}}"#)));
+            // Nothing left: no Event, no write.
+            assert_eq!(
+                r.monitor.observe(&pv(), &healthy()),
+                Some(Reported::Healthy)
+            );
+            assert_eq!(r.events.take(), vec![]);
+            assert_eq!(r.api.requests().len(), 6);
+            assert!(!r.monitor.stands_abnormal(&pv()));
+        }
+
+        #[test]
+        fn a_recovery_the_queue_refuses_stays_owed_though_the_clear_lands() {
+            // After a restart only the PVC's status says abnormal; the queue is full of news.
+            let r = rig(
+                Generation::Health,
+                true,
+                None,
+                1,
+                vec![http(200, "", &pvc_json("2", false))],
+            );
+            let other = crate::events::ObjectRef::pvc(&r.monitor.pvcs.get("ns", "pvc-v1").unwrap());
+            assert!(r.monitor.recorder.event(
+                &other,
+                EventType::Warning,
+                "Other",
+                "fills the queue"
+            ));
+            assert_eq!(
+                r.monitor.observe(&pv(), &healthy()),
+                Some(Reported::Abnormal)
+            );
+            assert!(!held(&r), "the clear went out and landed");
+            assert!(r.monitor.stands_abnormal(&pv()), "the recovery is owed");
+            // The queue has room again: the owed recovery is told, once.
+            assert_eq!(r.events.take().len(), 1);
+            assert_eq!(
+                r.monitor.observe(&pv(), &healthy()),
+                Some(Reported::Healthy)
+            );
+            assert_eq!(r.events.take(), vec![normal()]);
+            assert_eq!(
+                r.monitor.observe(&pv(), &healthy()),
+                Some(Reported::Healthy)
+            );
+            assert_eq!(r.events.take(), vec![]);
+            assert_eq!(patches(&r.api).len(), 1);
+        }
+
+        #[test]
+        fn a_refused_first_report_is_news_again_next_time() {
+            let r = rig(Generation::Condition, false, None, 0, vec![]);
+            let bad = Observation::Conditions(vec![Condition::legacy("broken")]);
+            assert_eq!(r.monitor.observe(&pv(), &bad), Some(Reported::Healthy));
+            assert_eq!(r.monitor.recorder.dropped(), 1);
+            assert!(!r.monitor.stands_abnormal(&pv()));
+            // A healthy check then owes nothing: nothing was told.
+            assert_eq!(
+                r.monitor.observe(&pv(), &healthy()),
+                Some(Reported::Healthy)
+            );
+            assert_eq!(r.monitor.recorder.dropped(), 1);
+        }
+
+        #[test]
+        fn legacy_abnormal_repeats_and_one_recovery() {
+            let r = rig(Generation::Condition, false, None, 100, vec![]);
+            let bad = Observation::Conditions(vec![Condition::legacy("broken")]);
+            let warning = (
+                "Warning".to_string(),
+                decide::REASON_ABNORMAL.to_string(),
+                "broken".to_string(),
+            );
+            assert_eq!(r.monitor.observe(&pv(), &bad), Some(Reported::Abnormal));
+            assert_eq!(r.monitor.observe(&pv(), &bad), Some(Reported::Abnormal));
+            assert_eq!(r.events.take(), vec![warning.clone(), warning]);
+            assert_eq!(
+                r.monitor.observe(&pv(), &healthy()),
+                Some(Reported::Healthy)
+            );
+            assert_eq!(
+                r.monitor.observe(&pv(), &healthy()),
+                Some(Reported::Healthy)
+            );
+            assert_eq!(r.events.take(), vec![normal()]);
+            // Missing: the missing-volume Warning.
+            assert_eq!(
+                r.monitor.observe(&pv(), &Observation::Missing),
+                Some(Reported::Abnormal)
+            );
+            assert_eq!(
+                r.events.take()[0].2,
+                "Volume v1 was not found by CSI driver d.example.com"
+            );
+            assert!(r.api.requests().is_empty(), "v1.12 never writes status");
+        }
+
+        #[test]
+        fn a_gone_pvc_ends_the_volume_state_and_a_dropped_write_keeps_it() {
+            let bad = Observation::Conditions(vec![Condition::typed(1, "Slow", "slow")]);
+            let r = rig(
+                Generation::Health,
+                true,
+                Some(Reported::Abnormal),
+                100,
+                vec![http(
+                    404,
+                    "",
+                    r#"{"kind":"Status","code":404,"reason":"NotFound"}"#,
+                )],
+            );
+            assert_eq!(r.monitor.observe(&pv(), &bad), Some(Reported::Healthy));
+            assert!(!lock(&r.monitor.reported).contains_key("u1"));
+            // Gate off: the answer lacks the field; the volume stays reported abnormal.
+            let r = rig(
+                Generation::Health,
+                false,
+                None,
+                100,
+                vec![http(200, "", &pvc_json("2", false))],
+            );
+            assert_eq!(r.monitor.observe(&pv(), &bad), Some(Reported::Abnormal));
+            assert_eq!(r.events.take().len(), 1);
+            assert!(!held(&r));
+            let sent = patches(&r.api);
+            assert_eq!(sent.len(), 1);
+            let body: serde_json::Value =
+                serde_json::from_str(sent[0].split("\r\n\r\n").nth(1).unwrap()).unwrap();
+            assert_eq!(
+                body["status"]["healthStatus"]["healthConditions"],
+                json!([{"status": "Degraded", "reason": "Slow", "message": "slow"}])
+            );
+        }
     }
 
     #[test]

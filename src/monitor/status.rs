@@ -10,30 +10,40 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde::Serialize;
 
-use crate::health::PvcHealth;
+use crate::health::{PvcCondition, PvcHealth};
 use crate::kube::{Client, PatchKind};
 use crate::metrics::Metrics;
-use crate::watch::PvcRecord;
+use crate::shutdown::Shutdown;
+use crate::watch::{PvcRecord, PvcWire};
 
 /// The field manager of every write (as upstream main's sidecar names itself).
 pub const FIELD_MANAGER: &str = "csi-external-health-monitor-controller";
 /// A dropped or forbidden write is tried again after this many check intervals.
 pub const BACKOFF_INTERVALS: u32 = 10;
+/// A write that failed on the way or with 409, 429 or 5xx is sent again after each of these
+/// waits (3.5 s in all, cut short by shutdown): a passing API server error should not leave a
+/// stale status until the next check, which is five minutes away at the listing default. After
+/// the last one the next check tries again.
+pub const RETRY_WAITS: [Duration; 3] = [
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+];
 
 /// How one write ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Written {
-    /// The API holds what was written (`None`: the field is cleared).
-    Ok(Option<PvcHealth>),
+    /// The API holds what was written: the PVC as the PATCH answered it.
+    Ok(Box<PvcRecord>),
     /// 200, but the answer lacks the field: the gate is off.
     Dropped,
     /// 403: RBAC lacks `persistentvolumeclaims/status: patch`.
     Forbidden,
     /// 404: the PVC is gone.
     Gone,
-    /// Any other failure (logged); the next check tries again.
+    /// Any other failure (logged), after the retries; the next check tries again.
     Failed,
     /// Not sent: this PVC's writes are slowed after a drop or a refusal.
     Deferred,
@@ -43,6 +53,10 @@ pub struct StatusWriter {
     client: Client,
     metrics: Arc<Metrics>,
     backoff: Duration,
+    /// Cuts the waits between retries short.
+    shutdown: Shutdown,
+    /// [`RETRY_WAITS`] (tests: none).
+    retry_waits: &'static [Duration],
     /// PVC uid → no write before this instant.
     deferred: Mutex<HashMap<String, Instant>>,
     warned_dropped: AtomicBool,
@@ -51,38 +65,58 @@ pub struct StatusWriter {
     failed_log: crate::logging::Throttle,
 }
 
-/// The merge patch: a JSON merge patch replaces the condition list whole, which is what we want
-/// (a strategic merge would key conditions on `status` alone and fold two reasons into one).
-pub fn patch_body(health: Option<&PvcHealth>) -> Value {
-    let hs = match health {
-        None => Value::Null,
-        Some(h) => json!({
-            "healthConditions": h.conditions.iter().map(|c| json!({
-                "status": c.status,
-                "reason": c.reason,
-                "message": c.message,
-            })).collect::<Vec<_>>(),
-            "lastTransitionTime": h.last_transition_time,
-        }),
-    };
-    json!({"status": {"healthStatus": hs}})
+/// The merge patch `{"status":{"healthStatus":...}}`: a JSON merge patch replaces the condition
+/// list whole, which is what we want (a strategic merge would key conditions on `status` alone
+/// and fold two reasons into one); `None` is `null`, which clears the field.
+#[derive(Serialize)]
+pub struct StatusPatch<'a> {
+    status: StatusPatchStatus<'a>,
 }
 
-/// Did the API keep a non-null write? The PATCH answer is the PVC as stored.
-pub fn kept(answer: &Value) -> bool {
-    answer
-        .pointer("/status/healthStatus")
-        .is_some_and(|v| !v.is_null())
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusPatchStatus<'a> {
+    health_status: Option<HealthStatusPatch<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HealthStatusPatch<'a> {
+    health_conditions: &'a [PvcCondition],
+    last_transition_time: &'a str,
+}
+
+pub fn patch_body(health: Option<&PvcHealth>) -> StatusPatch<'_> {
+    StatusPatch {
+        status: StatusPatchStatus {
+            health_status: health.map(|h| HealthStatusPatch {
+                health_conditions: &h.conditions,
+                last_transition_time: &h.last_transition_time,
+            }),
+        },
+    }
+}
+
+/// Is this answer worth sending again after a wait?
+fn transient(e: &crate::kube::Error) -> bool {
+    e.is_retryable() || e.is_conflict()
 }
 
 impl StatusWriter {
     /// `interval`: the check interval of the mode; dropped or refused writes of a PVC are
     /// retried no more often than every [`BACKOFF_INTERVALS`] of it.
-    pub fn new(client: Client, metrics: Arc<Metrics>, interval: Duration) -> StatusWriter {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        interval: Duration,
+        shutdown: Shutdown,
+    ) -> StatusWriter {
         StatusWriter {
             client,
             metrics,
             backoff: interval.saturating_mul(BACKOFF_INTERVALS),
+            shutdown,
+            retry_waits: &RETRY_WAITS,
             deferred: Mutex::new(HashMap::new()),
             warned_dropped: AtomicBool::new(false),
             warned_forbidden: AtomicBool::new(false),
@@ -106,11 +140,29 @@ impl StatusWriter {
             "/api/v1/namespaces/{}/persistentvolumeclaims/{}/status?fieldManager={FIELD_MANAGER}",
             pvc.namespace, pvc.name
         );
-        let outcome = match self
-            .client
-            .patch(&path, PatchKind::Merge, &patch_body(health))
-        {
-            Ok(answer) if health.is_some() && !kept(&answer) => {
+        let body = patch_body(health);
+        let mut waits = self.retry_waits.iter();
+        let answer = loop {
+            let answer = self
+                .client
+                .patch_as::<_, PvcWire>(&path, PatchKind::Merge, &body);
+            match (&answer, waits.next()) {
+                (Err(e), Some(wait)) if transient(e) => {
+                    crate::vlog!(
+                        2,
+                        "Status write failed, sending it again pvc=\"{}/{}\" wait=\"{wait:?}\" err=\"{e}\"",
+                        pvc.namespace,
+                        pvc.name
+                    );
+                    if self.shutdown.wait_timeout(*wait) {
+                        break answer;
+                    }
+                }
+                _ => break answer,
+            }
+        };
+        let outcome = match answer.map(PvcRecord::from_wire) {
+            Ok(Some(answer)) if health.is_some() && answer.health.is_none() => {
                 if !self.warned_dropped.swap(true, Ordering::SeqCst) {
                     log::warn!(
                         "The API server dropped status.healthStatus of PVC {}/{}: the CSIVolumeHealth feature gate looks off (Kubernetes 1.36 or older, or the gate disabled). Volume health is still reported as Events and metrics; each PVC's write is retried every {:?}",
@@ -121,7 +173,14 @@ impl StatusWriter {
                 }
                 Written::Dropped
             }
-            Ok(_) => Written::Ok(health.cloned()),
+            Ok(Some(answer)) => Written::Ok(Box::new(answer)),
+            Ok(None) => {
+                self.failed(
+                    pvc,
+                    &"the answer is not a PersistentVolumeClaim with a name and namespace",
+                );
+                Written::Failed
+            }
             Err(e) if e.code() == Some(403) => {
                 if !self.warned_forbidden.swap(true, Ordering::SeqCst) {
                     log::error!(
@@ -143,13 +202,7 @@ impl StatusWriter {
                 Written::Gone
             }
             Err(e) => {
-                if let Some(n) = self.failed_log.hit(std::time::Instant::now()) {
-                    log::error!(
-                        "Failed to write status.healthStatus failures_since_last_line={n} pvc=\"{}/{}\" err=\"{e}\"",
-                        pvc.namespace,
-                        pvc.name
-                    );
-                }
+                self.failed(pvc, &e);
                 Written::Failed
             }
         };
@@ -166,6 +219,23 @@ impl StatusWriter {
         outcome
     }
 
+    /// The same retries, sent without waiting (unit tests).
+    #[cfg(test)]
+    pub(crate) fn without_waits(mut self) -> StatusWriter {
+        self.retry_waits = &[Duration::ZERO; RETRY_WAITS.len()];
+        self
+    }
+
+    fn failed(&self, pvc: &PvcRecord, err: &dyn std::fmt::Display) {
+        if let Some(n) = self.failed_log.hit(Instant::now()) {
+            log::error!(
+                "Failed to write status.healthStatus failures_since_last_line={n} pvc=\"{}/{}\" err=\"{err}\"",
+                pvc.namespace,
+                pvc.name
+            );
+        }
+    }
+
     pub fn has_deferred(&self) -> bool {
         !super::lock(&self.deferred).is_empty()
     }
@@ -179,12 +249,12 @@ impl StatusWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::PvcCondition;
+    use serde_json::json;
 
     #[test]
     fn bodies() {
         assert_eq!(
-            patch_body(None).to_string(),
+            serde_json::to_string(&patch_body(None)).unwrap(),
             r#"{"status":{"healthStatus":null}}"#
         );
         let h = PvcHealth {
@@ -196,17 +266,8 @@ mod tests {
             last_transition_time: "2026-11-30T10:00:00Z".into(),
         };
         assert_eq!(
-            patch_body(Some(&h)),
+            serde_json::to_value(patch_body(Some(&h))).unwrap(),
             json!({"status":{"healthStatus":{"healthConditions":[{"status":"Inaccessible","reason":"DiskGone","message":"disk gone"}],"lastTransitionTime":"2026-11-30T10:00:00Z"}}})
         );
-    }
-
-    #[test]
-    fn dropped_is_read_from_the_answer() {
-        assert!(!kept(&json!({"status": {"phase": "Bound"}})));
-        assert!(!kept(&json!({"status": {"healthStatus": null}})));
-        assert!(kept(
-            &json!({"status": {"healthStatus": {"healthConditions": []}}})
-        ));
     }
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::kit::apiserver::{FakeApiServer, Fault, FaultRule, RequestRecord};
 use crate::kit::csidriver::{
-    Generation, HealthEntry, GET_VOLUME_HEALTH, LIST_VOLUMES, LIST_VOLUME_HEALTH,
+    Generation, HealthEntry, Malformed, GET_VOLUME_HEALTH, LIST_VOLUMES, LIST_VOLUME_HEALTH,
 };
 use crate::observability::{scrape, scrape_until};
 use crate::support::{http_addr, Env, Sidecar, DRIVER, NS};
@@ -291,6 +291,160 @@ fn lifecycle(mode: HealthMode) {
         "{}",
         context()
     );
+}
+
+/// Issue #25: the recovery is told once when the volume is judged healthy, whatever its
+/// status clear does; the clear is retried (by the writer, then at every check) until it
+/// lands: 500 on every try of two checks, then 403 (slowed to ten intervals), then 200.
+fn a_failing_clear(mode: HealthMode) {
+    let env = mode.env(true);
+    env.volume("v1");
+    env.driver.set_health(
+        "v1",
+        vec![HealthEntry::inaccessible("DiskGone", "disk gone")],
+    );
+    let sidecar = spawn(&env, mode.flags(), &[]);
+    let context = || sidecar.stderr.text();
+    wait_held(&env, "pvc-v1", "the condition", |h| !h.is_null());
+    assert!(
+        env.wait_event("pvc-v1", "VolumeConditionAbnormal", WAIT),
+        "{}",
+        context()
+    );
+    let path = "persistentvolumeclaims/pvc-v1/status";
+    env.api.inject(
+        FaultRule::new(Fault::Status(500))
+            .method("PATCH")
+            .path(path)
+            .times(8),
+    );
+    env.api.inject(
+        FaultRule::new(Fault::Status(403))
+            .method("PATCH")
+            .path(path)
+            .times(1),
+    );
+    env.driver.clear_health("v1");
+    wait_held(&env, "pvc-v1", "nothing", Value::is_null);
+    wait_more_calls(&env, mode.method(), 3);
+    let normal = env.events("pvc-v1", "VolumeConditionNormal");
+    assert_eq!(normal.len(), 1, "{normal:#?}\n{}", context());
+    assert_eq!(normal[0]["count"], 1, "the recovery is told once");
+    let answers: Vec<u16> = status_patches(&env, "pvc-v1")
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    let mut want = vec![200];
+    want.extend([500; 8]);
+    want.extend([403, 200]);
+    assert_eq!(answers, want, "{}", context());
+    assert!(
+        context().contains("Not allowed to write status.healthStatus"),
+        "{}",
+        context()
+    );
+}
+
+#[test]
+fn health_list_tells_a_recovery_once_while_its_status_clear_fails() {
+    a_failing_clear(HealthMode::List);
+}
+
+#[test]
+fn health_get_tells_a_recovery_once_while_its_status_clear_fails() {
+    a_failing_clear(HealthMode::Get);
+}
+
+/// Issue #25: a per-volume answer without its required part, or about another volume, is a
+/// driver error (logged once per volume and problem, counted), never a recovery.
+#[test]
+fn a_malformed_answer_is_never_a_recovery() {
+    let env = HealthMode::Get.env(true);
+    env.volume("v1");
+    env.driver.set_health(
+        "v1",
+        vec![HealthEntry::inaccessible("DiskGone", "disk gone")],
+    );
+    let mut sidecar = spawn(&env, GET_FAST, &["--http-endpoint=127.0.0.1:0"]);
+    let addr = http_addr(&sidecar.stderr);
+    wait_held(&env, "pvc-v1", "the condition", |h| !h.is_null());
+    assert!(env.wait_event("pvc-v1", "VolumeConditionAbnormal", WAIT));
+    for (broken, said) in [
+        (Malformed::Omit, "the required volume_health is missing"),
+        (
+            Malformed::OtherVolume("v9".into()),
+            "volume_health is about volume 'v9'",
+        ),
+    ] {
+        env.driver.with(|s| {
+            s.malformed.insert("v1".into(), broken.clone());
+        });
+        wait_more_calls(&env, GET_VOLUME_HEALTH, 4);
+        let lines: Vec<String> = sidecar
+            .stderr
+            .lines()
+            .into_iter()
+            .filter(|l| l.contains(said))
+            .collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "said once: {lines:#?}\n{}",
+            sidecar.stderr.text()
+        );
+        assert!(
+            lines[0].starts_with('E') && lines[0].contains("pv=\"pv-v1\""),
+            "{}",
+            lines[0]
+        );
+        assert!(env.events("pvc-v1", "VolumeConditionNormal").is_empty());
+        assert_eq!(
+            conditions(&held(&env, "pvc-v1")),
+            vec![cond("Inaccessible", "DiskGone", "disk gone")]
+        );
+    }
+    let s = scrape(&addr);
+    let errors = s.find(
+        "csi_volume_health_probe_total",
+        &[("method", "ControllerGetVolumeHealth"), ("result", "error")],
+    );
+    // Four more calls in each phase, one of which may have been answered before the switch.
+    assert!(
+        errors.iter().any(|s| s.value >= 6.0),
+        "malformed answers counted as errors: {errors:?}"
+    );
+    // Mended and really recovered: one recovery.
+    env.driver.with(|s| s.malformed.clear());
+    env.driver.clear_health("v1");
+    wait_held(&env, "pvc-v1", "nothing", Value::is_null);
+    assert!(env.wait_event("pvc-v1", "VolumeConditionNormal", WAIT));
+    assert!(sidecar.still_running_after(Duration::from_millis(10)));
+
+    // v1.12 ControllerGetVolume: an answer without its volume is no recovery either.
+    let env = Env::get_mode();
+    env.volume("v1");
+    env.driver.set_volume("v1", true, "broken");
+    let sidecar = env.spawn(GET_FAST);
+    assert!(
+        env.wait_event("pvc-v1", "VolumeConditionAbnormal", WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
+    env.driver.with(|s| {
+        s.malformed.insert("v1".into(), Malformed::Omit);
+        s.volumes.get_mut("v1").unwrap().abnormal = false;
+    });
+    assert!(
+        sidecar
+            .stderr
+            .wait_for("the required volume is missing", WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
+    wait_more_calls(&env, crate::kit::csidriver::GET_VOLUME, 3);
+    assert!(env.events("pvc-v1", "VolumeConditionNormal").is_empty());
+    env.driver.with(|s| s.malformed.clear());
+    assert!(env.wait_event("pvc-v1", "VolumeConditionNormal", WAIT));
 }
 
 #[test]
@@ -690,7 +844,8 @@ fn malformed_answers_are_mended_logged_and_never_refused() {
         assert_eq!(n, 1, "{id}:\n{}", sidecar.stderr.text());
     }
     let s = scrape(&addr);
-    for status in ["9", "0"] {
+    // 9 is outside the enum: counted under `other` (one series whatever the driver sends).
+    for status in ["other", "0"] {
         assert!(
             s.find(
                 "csi_volume_health_unknown_condition_total",
@@ -813,9 +968,29 @@ fn a_deleted_pvc_causes_no_error_storm() {
         .filter(|l| l.starts_with('E') && (l.contains("pvc-v1") || l.contains("pvc-v2")))
         .collect();
     assert!(errors.len() <= 1, "{errors:#?}");
-    // At most one write per cycle for v2, no retry loop.
-    let cycles = env.driver.call_count(LIST_VOLUME_HEALTH);
-    assert!(status_patches(&env, "pvc-v2").len() <= cycles);
+    // One write per cycle for v2: a 404 is not retried (the status writer retries only
+    // passing errors), and the next cycle tries again. Counted over five cycles, give or
+    // take the one in progress at either end.
+    let (c1, p1) = (
+        env.driver.call_count(LIST_VOLUME_HEALTH),
+        status_patches(&env, "pvc-v2").len(),
+    );
+    wait_more_calls(&env, LIST_VOLUME_HEALTH, 5);
+    let (c2, p2) = (
+        env.driver.call_count(LIST_VOLUME_HEALTH),
+        status_patches(&env, "pvc-v2").len(),
+    );
+    let (cycles, writes) = (c2 - c1, p2 - p1);
+    assert!(
+        writes + 1 >= cycles && writes <= cycles + 1,
+        "{writes} writes of pvc-v2 in {cycles} cycles"
+    );
+    assert!(
+        status_patches(&env, "pvc-v2")
+            .iter()
+            .all(|r| r.status == 404),
+        "every write of pvc-v2 answered 404"
+    );
     assert!(sidecar.still_running_after(Duration::from_millis(100)));
 }
 

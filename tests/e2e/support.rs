@@ -242,6 +242,23 @@ impl Env {
         ))
     }
 
+    /// The sidecar (the shipped `app::main`, run by the test kit) with a panic injected at the
+    /// fault point `site` (`crash::fault_point`: `controller`, `worker`, `leader`).
+    pub fn spawn_faulty(&self, site: &str, extra: &[&str]) -> Sidecar {
+        let kit = fixtures::sibling_binary("csi-hm-testkit");
+        let child = std::process::Command::new(&kit)
+            .arg("faulty-sidecar")
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg(format!("--csi-address={}", self.driver.socket().display()))
+            .args(extra)
+            .env("HM_FAULT_PANIC", site)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", kit.display()));
+        Sidecar::adopt(child)
+    }
+
     /// PV `pv-<id>` with handle `<id>` bound to PVC `pvc-<id>` in the test namespace.
     pub fn volume(&self, id: &str) -> (serde_json::Value, serde_json::Value) {
         let (pv, pvc) = fixtures::bound_volume(

@@ -105,6 +105,15 @@ impl HealthEntry {
     }
 }
 
+/// A per-volume answer that breaks the CSI spec (issue #25: never to be read as healthy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Malformed {
+    /// Leave out the required part: `volume_health` (v1.13), `volume` (v1.12).
+    Omit,
+    /// Answer about this other volume id.
+    OtherVolume(String),
+}
+
 /// Which generation of volume health the driver advertises in ControllerGetCapabilities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Generation {
@@ -164,6 +173,9 @@ pub struct State {
     /// Answer every ListVolumes and ControllerListVolumeHealth page with this next_token (a
     /// driver that never finishes).
     pub stuck_token: Option<String>,
+    /// Volume ids whose ControllerGetVolume and ControllerGetVolumeHealth answers break the
+    /// spec this way.
+    pub malformed: HashMap<String, Malformed>,
     pub calls: Vec<Call>,
     pub in_flight: usize,
     pub max_in_flight: usize,
@@ -249,6 +261,7 @@ impl MockDriver {
                 arg_failures: HashMap::new(),
                 not_found: HashSet::new(),
                 stuck_token: None,
+                malformed: HashMap::new(),
                 calls: Vec::new(),
                 in_flight: 0,
                 max_in_flight: 0,
@@ -797,7 +810,14 @@ impl csi_grpc::Controller for Service {
             let mut r = csi::ControllerGetVolumeResponse::new();
             let mut vol = csi::Volume::new();
             vol.volume_id = id.clone();
-            r.volume = protobuf::MessageField::some(vol);
+            match s.malformed.get(&id) {
+                Some(Malformed::Omit) => {}
+                Some(Malformed::OtherVolume(other)) => {
+                    vol.volume_id = other.clone();
+                    r.volume = protobuf::MessageField::some(vol);
+                }
+                None => r.volume = protobuf::MessageField::some(vol),
+            }
             if !v.omit_condition && s.volume_condition {
                 let mut st = csi::controller_get_volume_response::VolumeStatus::new();
                 st.volume_condition = protobuf::MessageField::some(condition(&v));
@@ -871,7 +891,13 @@ impl csi_grpc::Controller for Service {
             }
             let entries = s.health.get(&id).map_or(&[][..], Vec::as_slice);
             let mut r = csi::ControllerGetVolumeHealthResponse::new();
-            r.volume_health = protobuf::MessageField::some(volume_health(&id, entries));
+            match s.malformed.get(&id) {
+                Some(Malformed::Omit) => {}
+                Some(Malformed::OtherVolume(other)) => {
+                    r.volume_health = protobuf::MessageField::some(volume_health(other, &[]));
+                }
+                None => r.volume_health = protobuf::MessageField::some(volume_health(&id, entries)),
+            }
             Ok(r)
         });
     }

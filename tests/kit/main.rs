@@ -9,6 +9,9 @@
 //!   `=health:` adds one v1.13 condition to the volume (repeat the flag for more), STATUS being
 //!   DEGRADED, INACCESSIBLE, DATA_LOSS (or Degraded, Inaccessible, DataLoss) or a raw number.
 //! - `bench [...]`: the footprint and speed benchmark (bench.rs; BENCHMARKS.md has the figures).
+//! - `faulty-sidecar [SIDECAR FLAGS]...`: the sidecar itself (the same `app::main` as the shipped
+//!   binary) with a panic at the fault point named by `HM_FAULT_PANIC` (`controller`, `worker`,
+//!   `leader`), for the crash-only tests; the panicking code exists only here.
 
 #[allow(dead_code)]
 mod apiserver;
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         Some("csi-driver") => run_driver(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("bench-sweep") => sweepbench::run(&args[1..]),
+        Some("faulty-sidecar") => faulty_sidecar(&args[1..]),
         Some("-h") | Some("--help") | Some("help") => {
             println!("usage: csi-hm-testkit [sandbox | apiserver [--port N] [--token T] [--tls-cert F --tls-key F] [--pvc-health-status] | csi-driver --socket PATH [--name NAME] [--generation v1.12|v1.13|both] [--list-healthy] [--volume ID[=abnormal:MESSAGE|=health:STATUS:REASON[:MESSAGE]]]... | {} | {}]", bench::usage(), sweepbench::usage());
             Ok(())
@@ -375,6 +379,19 @@ fn print_events(api: &FakeApiServer, pvc: &str, reason: &str) {
         );
         println!("  JSON: {}", serde_json::to_string(&e).unwrap_or_default());
     }
+}
+
+/// The shipped sidecar's `app::main`, with the test kit's fault hook: a panic at the fault
+/// point `HM_FAULT_PANIC` names. Exits with the sidecar's code.
+fn faulty_sidecar(args: &[String]) -> Result<(), String> {
+    healthmon::crash::set_fault_hook(|site| {
+        if std::env::var("HM_FAULT_PANIC").is_ok_and(|want| want == site) {
+            panic!("injected panic at fault point {site}");
+        }
+    });
+    let mut argv = vec!["csi-external-health-monitor-controller".to_string()];
+    argv.extend(args.iter().cloned());
+    std::process::exit(healthmon::app::main(&argv));
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use healthmon::csi::{Condition, Error as CsiError, HealthSource, ListPage};
 use healthmon::events::{self, RecorderOptions};
 use healthmon::kube::{self, Client};
 use healthmon::metrics::Metrics;
-use healthmon::monitor::list::{collect, ListLoop};
+use healthmon::monitor::list::{collect, ListLoop, ListingBound};
 use healthmon::monitor::status::StatusWriter;
 use healthmon::monitor::{HealthOutput, Monitor};
 use healthmon::shutdown::Shutdown;
@@ -191,7 +191,12 @@ fn measure(
     if !all_listed {
         // The v1.13 listing: absent volumes are healthy ones.
         monitor = monitor.health_output(HealthOutput {
-            writer: StatusWriter::new(client, metrics, Duration::from_secs(3600)),
+            writer: StatusWriter::new(
+                client,
+                metrics,
+                Duration::from_secs(3600),
+                healthmon::shutdown::Shutdown::new(),
+            ),
             events: true,
         });
     }
@@ -213,7 +218,8 @@ fn measure(
     let mut listing = Duration::MAX;
     for _ in 0..rounds {
         let t = Instant::now();
-        drop(collect(source.as_ref(), 0).map_err(|e| e.to_string())?);
+        let bound = ListingBound::new(t, Duration::from_secs(3600), Duration::from_secs(15), n);
+        drop(collect(source.as_ref(), 0, bound).map_err(|e| e.to_string())?);
         listing = listing.min(t.elapsed());
     }
     shutdown.trigger();
