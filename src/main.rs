@@ -1,8 +1,8 @@
-//! `csi-external-health-monitor-controller`: flags → validated config → run, and the one
-//! place the process exits (0 done, 1 fatal, 2 bad flags).
+//! `csi-external-health-monitor-controller`: flags → validated config → run (or the one-shot
+//! `--check-once`), and the one place the process exits (0 done, 1 fatal, 2 bad flags).
 #![forbid(unsafe_code)]
 
-use healthmon::{app, flags, logging};
+use healthmon::{app, checkonce, flags, logging};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -39,6 +39,20 @@ fn main() {
                 }
             }
         },
+        Ok((flags::Parsed::CheckOnce(config, output), warnings)) => {
+            match logging::init(&config.log) {
+                Err(e) => {
+                    eprintln!("LoggingConfiguration is invalid: {e}");
+                    1
+                }
+                Ok(()) => {
+                    for w in warnings {
+                        log::warn!("{w}");
+                    }
+                    checkonce::run(&config, output)
+                }
+            }
+        }
         Err(flags::Error::Usage(message)) => {
             eprintln!("{message}");
             eprint!("{}", flags::usage(argv0));
