@@ -672,6 +672,7 @@ enum Scenario {
 /// typo) fails one or the other.
 const EMPTY_WITHOUT_V113: &[(&str, &str)] = &[
     ("Volume health conditions by PVC (CSI v1.13)", "A"),
+    ("Abnormal volumes by status and condition", "B"),
     ("Failed health checks and CSI errors", "A"),
     ("Failed health checks and CSI errors", "B"),
     ("PVC status writes by result (CSI v1.13)", "A"),
