@@ -20,38 +20,19 @@ fn main() {
             println!("{argv0} {}", flags::VERSION);
             0
         }
-        Ok((flags::Parsed::Run(config), warnings)) => match logging::init(&config.log) {
-            Err(e) => {
-                eprintln!("LoggingConfiguration is invalid: {e}");
-                1
-            }
-            Ok(()) => {
-                for w in warnings {
-                    log::warn!("{w}");
-                }
-                match app::run(config) {
-                    Ok(()) => 0,
-                    Err(e) => {
-                        log::error!("{e}");
-                        log::logger().flush();
-                        1
-                    }
-                }
-            }
-        },
-        Ok((flags::Parsed::CheckOnce(config, output), warnings)) => {
-            match logging::init(&config.log) {
+        Ok((flags::Parsed::Run(config), warnings)) => {
+            let log_config = config.log.clone();
+            with_logging(&log_config, warnings, move || match app::run(config) {
+                Ok(()) => 0,
                 Err(e) => {
-                    eprintln!("LoggingConfiguration is invalid: {e}");
+                    log::error!("{e}");
+                    log::logger().flush();
                     1
                 }
-                Ok(()) => {
-                    for w in warnings {
-                        log::warn!("{w}");
-                    }
-                    checkonce::run(&config, output)
-                }
-            }
+            })
+        }
+        Ok((flags::Parsed::CheckOnce(config, output), warnings)) => {
+            with_logging(&config.log, warnings, || checkonce::run(&config, output))
         }
         Err(flags::Error::Usage(message)) => {
             eprintln!("{message}");
@@ -64,4 +45,21 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// Sets up logging, logs the flag warnings and runs `body` for its exit code (1 when logging
+/// cannot be set up, as component-base exits).
+fn with_logging(
+    config: &healthmon::config::LogConfig,
+    warnings: Vec<String>,
+    body: impl FnOnce() -> i32,
+) -> i32 {
+    if let Err(e) = logging::init(config) {
+        eprintln!("LoggingConfiguration is invalid: {e}");
+        return 1;
+    }
+    for w in warnings {
+        log::warn!("{w}");
+    }
+    body()
 }
