@@ -86,17 +86,12 @@ pub fn main(args: &[String]) -> i32 {
             println!("{argv0} {}", flags::VERSION);
             0
         }
-        Ok((flags::Parsed::Run(config), warnings)) => match logging::init(&config.log) {
-            Err(e) => {
-                eprintln!("LoggingConfiguration is invalid: {e}");
-                1
-            }
-            Ok(()) => {
+        Ok((flags::Parsed::Run(config), warnings)) => {
+            let log_config = config.log.clone();
+            let termination_log = config.termination_log_path.clone();
+            with_logging(&log_config, warnings, move || {
                 // From here on a panic on any thread ends the process (DESIGN §2 fix 10).
-                crate::crash::install(config.termination_log_path.clone());
-                for w in warnings {
-                    log::warn!("{w}");
-                }
+                crate::crash::install(termination_log);
                 match run(config) {
                     Ok(()) => 0,
                     Err(e) => {
@@ -105,8 +100,16 @@ pub fn main(args: &[String]) -> i32 {
                         1
                     }
                 }
-            }
-        },
+            })
+        }
+        Ok((flags::Parsed::CheckOnce(config, output), warnings)) => {
+            // No crash hook: this runs beside the sidecar (`kubectl exec`) and must not write
+            // the container's termination log; its work is on this thread, whose panic ends
+            // the process anyway.
+            with_logging(&config.log, warnings, || {
+                crate::checkonce::run(&config, output)
+            })
+        }
         Err(flags::Error::Usage(message)) => {
             eprintln!("{message}");
             eprint!("{}", flags::usage(argv0));
@@ -119,6 +122,23 @@ pub fn main(args: &[String]) -> i32 {
     }
 }
 
+/// Sets up logging, logs the flag warnings and runs `body` for its exit code (1 when logging
+/// cannot be set up, as component-base exits).
+fn with_logging(
+    config: &crate::config::LogConfig,
+    warnings: Vec<String>,
+    body: impl FnOnce() -> i32,
+) -> i32 {
+    if let Err(e) = logging::init(config) {
+        eprintln!("LoggingConfiguration is invalid: {e}");
+        return 1;
+    }
+    for w in warnings {
+        log::warn!("{w}");
+    }
+    body()
+}
+
 pub fn run(cfg: Config) -> Result<(), Fatal> {
     log::info!("Version version=\"{}\"", flags::VERSION);
     let metrics = Arc::new(Metrics::new());
@@ -129,9 +149,13 @@ pub fn run(cfg: Config) -> Result<(), Fatal> {
 
     let kube_cfg = kube::load_config(cfg.kubeconfig.as_deref())
         .map_err(|e| fatal("Failed to build a Kubernetes config", e))?;
-    let user_agent = format!("csi-external-health-monitor-controller/{}", flags::VERSION);
-    let client = Client::new(kube_cfg, cfg.kube_api_qps, cfg.kube_api_burst, &user_agent)
-        .map_err(|e| fatal("Failed to create a Clientset", e))?;
+    let client = Client::new(
+        kube_cfg,
+        cfg.kube_api_qps,
+        cfg.kube_api_burst,
+        &user_agent(),
+    )
+    .map_err(|e| fatal("Failed to create a Clientset", e))?;
     client.set_shutdown(shutdown.clone());
     {
         let m = metrics.clone();
@@ -145,25 +169,15 @@ pub fn run(cfg: Config) -> Result<(), Fatal> {
         let m = metrics.clone();
         Arc::new(move |method: &str, code: &str, secs: f64| m.observe_csi_call(method, code, secs))
     };
-    let conn = Connection::connect(&cfg.csi_address, cfg.timeout, observer, &shutdown)
-        .map_err(|e| fatal("Failed to connect to the CSI driver", e))?;
-    conn.probe_until_ready(&shutdown).map_err(|e| {
-        fatal(
-            "Failed to probe the CSI driver",
-            format!("CSI driver probe failed: {e}"),
-        )
-    })?;
-    let driver = conn
-        .driver_name()
-        .map_err(|e| fatal("Failed to get the CSI driver name", e))?;
-    crate::vlog!(2, "CSI driver name driver=\"{driver}\"");
+    let (conn, driver) = connect_driver(&cfg, observer, &shutdown)?;
     metrics.set_driver_name(&driver);
 
     let ready = Arc::new(AtomicBool::new(false));
-    let leader_status = cfg
-        .leader_election
-        .as_ref()
-        .map(|_| Arc::new(LeaderStatus::new()));
+    let leader_status = cfg.leader_election.as_ref().map(|_| {
+        Arc::new(LeaderStatus::with_gauge(
+            metrics.leader_gauge(&leader::lease_name(&driver)),
+        ))
+    });
     let http_server = match &cfg.http {
         Some(h) => {
             let health = http::Health {
@@ -184,24 +198,7 @@ pub fn run(cfg: Config) -> Result<(), Fatal> {
         None => None,
     };
 
-    let caps = conn.capabilities().map_err(|e| {
-        fatal("Failed to check whether the CSI driver supports the Plugin Controller Service and its ListVolumes, GetVolume and VolumeCondition capabilities", e)
-    })?;
-    let selected = csi::select_mode(&caps, cfg.volume_health_api).map_err(|u| Fatal {
-        message: u.to_string(),
-    })?;
-    if let Some(w) = &selected.warning {
-        log::warn!("{w}");
-    }
-    let mode = selected.mode;
-    log::info!(
-        "Monitoring mode selected driver=\"{driver}\" mode=\"{}\" generation=\"{}\"",
-        mode.name(),
-        match mode.generation() {
-            Generation::Condition => "CSI v1.12 VOLUME_CONDITION",
-            Generation::Health => "CSI v1.13 volume health",
-        }
-    );
+    let (caps, mode) = choose_mode(&conn, &driver, &cfg)?;
 
     let conn = Arc::new(conn);
     let loss_watch = {
@@ -311,6 +308,62 @@ pub fn run(cfg: Config) -> Result<(), Fatal> {
     join_within(loss_watch, Duration::from_secs(2));
     drop(signals);
     result
+}
+
+/// The User-Agent of every request to the API server: operators find our traffic in audit logs
+/// by it.
+pub fn user_agent() -> String {
+    format!("csi-external-health-monitor-controller/{}", flags::VERSION)
+}
+
+/// Startup steps 1-2 on the CSI side, shared with `--check-once`: connect to the driver's
+/// socket, probe it until ready, read its name.
+pub fn connect_driver(
+    cfg: &Config,
+    observer: csi::CallObserver,
+    shutdown: &Shutdown,
+) -> Result<(Connection, String), Fatal> {
+    let conn = Connection::connect(&cfg.csi_address, cfg.timeout, observer, shutdown)
+        .map_err(|e| fatal("Failed to connect to the CSI driver", e))?;
+    conn.probe_until_ready(shutdown).map_err(|e| {
+        fatal(
+            "Failed to probe the CSI driver",
+            format!("CSI driver probe failed: {e}"),
+        )
+    })?;
+    let driver = conn
+        .driver_name()
+        .map_err(|e| fatal("Failed to get the CSI driver name", e))?;
+    crate::vlog!(2, "CSI driver name driver=\"{driver}\"");
+    Ok((conn, driver))
+}
+
+/// The driver's capabilities and the mode chosen from them (logged), or why this driver cannot
+/// be monitored; shared with `--check-once`, so both choose, and refuse, alike.
+pub fn choose_mode(
+    conn: &Connection,
+    driver: &str,
+    cfg: &Config,
+) -> Result<(csi::Capabilities, Mode), Fatal> {
+    let caps = conn.capabilities().map_err(|e| {
+        fatal("Failed to check whether the CSI driver supports the Plugin Controller Service and its ListVolumes, GetVolume and VolumeCondition capabilities", e)
+    })?;
+    let selected = csi::select_mode(&caps, cfg.volume_health_api).map_err(|u| Fatal {
+        message: u.to_string(),
+    })?;
+    if let Some(w) = &selected.warning {
+        log::warn!("{w}");
+    }
+    let mode = selected.mode;
+    log::info!(
+        "Monitoring mode selected driver=\"{driver}\" mode=\"{}\" generation=\"{}\"",
+        mode.name(),
+        match mode.generation() {
+            Generation::Condition => "CSI v1.12 VOLUME_CONDITION",
+            Generation::Health => "CSI v1.13 volume health",
+        }
+    );
+    Ok((caps, mode))
 }
 
 fn event_loop(

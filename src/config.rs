@@ -52,6 +52,15 @@ pub enum HealthApi {
     Condition,
 }
 
+/// `--output`: how `--check-once` prints its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckOutput {
+    /// One line per volume, then a summary line.
+    Text,
+    /// One JSON document.
+    Json,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Filesystem path of the CSI driver's unix socket (`/p`, `unix:///p` and `unix:/p` all

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use crate::config::{Config, HealthApi, HttpConfig, LeaderElectionConfig, LogConfig, LogFormat};
+use crate::config::{
+    CheckOutput, Config, HealthApi, HttpConfig, LeaderElectionConfig, LogConfig, LogFormat,
+};
 
 /// Version printed by `--version` and logged at startup; the release build sets
 /// `HEALTHMON_VERSION` (e.g. from `git describe`), like upstream's `-X main.version=`.
@@ -33,6 +35,9 @@ const PROGRAM: &str = "csi-external-health-monitor-controller";
 pub enum Parsed {
     /// Run the sidecar with this configuration.
     Run(Config),
+    /// `--check-once`: ask the driver once about every volume, print the report in this form
+    /// and exit (0 healthy, 1 not).
+    CheckOnce(Config, CheckOutput),
     /// `-h`, `-help` or `--help`: print this usage text (to stderr, as Go does) and exit 0.
     Help(String),
     /// `--version`: print `<argv0> <VERSION>` to stdout and exit 0.
@@ -152,6 +157,8 @@ enum Check {
     Finite,
     LogFormat,
     HealthApi,
+    /// `--output`: `text` or `json`.
+    Output,
     NonEmpty,
 }
 
@@ -241,6 +248,11 @@ const FLAGS: &[Spec] = &[
         "Which CSI volume health generation to use: \"auto\" (v1.13 ControllerListVolumeHealth/ControllerGetVolumeHealth when the driver has them, else v1.12 VOLUME_CONDITION), \"health\" (v1.13 only) or \"condition\" (v1.12 only)."),
     spec("volume-health-events", Kind::Bool, "true", Check::None,
         "In the CSI v1.13 health modes, also report abnormal volumes and recoveries as VolumeConditionAbnormal/VolumeConditionNormal events on the PVC, as the v1.12 modes do."),
+    // The operator's one-shot diagnostic (DESIGN §3.7).
+    spec("check-once", Kind::Bool, "false", Check::None,
+        "Ask the CSI driver once about every volume (in the mode the sidecar would monitor in), print one line per volume and a summary, and exit: 0 when all are healthy, 1 when any is abnormal, missing or could not be checked, 2 on a usage error. Writes nothing to the API server; it reads the driver's PVs (for their PV and PVC names, and the volumes the per-volume modes ask about) when an API server is configured."),
+    spec("output", Kind::String, "text", Check::Output,
+        "Format of the --check-once report: \"text\" or \"json\". -o is short for it."),
     // §1.2: csi-lib-utils standardflags.
     spec("version", Kind::Bool, "false", Check::None, "Show version."),
     spec("kubeconfig", Kind::String, "", Check::None,
@@ -410,6 +422,8 @@ fn normalise(args: &[String]) -> Result<Scan, Error> {
             Some((n, v)) => (n, Some(v)),
             None => (body, None),
         };
+        // kubectl's spelling, for the one flag an operator types by hand next to it.
+        let name = if name == "o" { "output" } else { name };
         let Some(idx) = FLAGS.iter().position(|s| s.name == name) else {
             if name == "h" || name == "help" {
                 return Ok(Scan::Help);
@@ -546,6 +560,9 @@ fn check_value(spec: &Spec, raw: &str) -> Result<(), String> {
             Check::HealthApi if parse_health_api(raw).is_none() => Err(format!(
                 "unsupported value {raw:?}, must be \"auto\", \"health\" or \"condition\""
             )),
+            Check::Output if parse_output(raw).is_none() => Err(format!(
+                "unsupported output format {raw:?}, must be \"text\" or \"json\""
+            )),
             Check::NonEmpty if raw.is_empty() => Err("must not be empty".into()),
             _ => Ok(()),
         },
@@ -557,6 +574,14 @@ fn parse_health_api(s: &str) -> Option<HealthApi> {
         "auto" => Some(HealthApi::Auto),
         "health" => Some(HealthApi::Health),
         "condition" => Some(HealthApi::Condition),
+        _ => None,
+    }
+}
+
+fn parse_output(s: &str) -> Option<CheckOutput> {
+    match s {
+        "text" => Some(CheckOutput::Text),
+        "json" => Some(CheckOutput::Json),
         _ => None,
     }
 }
@@ -619,6 +644,12 @@ struct RawFlags {
     /// see usage
     #[argh(switch)]
     volume_health_events: bool,
+    /// see usage
+    #[argh(switch)]
+    check_once: bool,
+    /// see usage
+    #[argh(option)]
+    output: String,
     /// see usage
     #[argh(switch)]
     version: bool,
@@ -737,6 +768,13 @@ fn build_config(raw: RawFlags) -> Result<Parsed, Error> {
     if raw.version {
         return Ok(Parsed::Version);
     }
+    // check_value accepted it already; the fallback is never taken.
+    let output = parse_output(&raw.output).unwrap_or(CheckOutput::Text);
+    if output != CheckOutput::Text && !raw.check_once {
+        return Err(usage_err(
+            "flag -output is only used with -check-once".to_string(),
+        ));
+    }
     // Step 5. Upstream's exact text (capitalised, with a period) is kept on purpose: operators
     // search logs for it.
     if !raw.metrics_address.is_empty() && !raw.http_endpoint.is_empty() {
@@ -833,7 +871,7 @@ fn build_config(raw: RawFlags) -> Result<Parsed, Error> {
         ))
     })?;
 
-    Ok(Parsed::Run(Config {
+    let config = Config {
         csi_address,
         kubeconfig: Some(raw.kubeconfig)
             .filter(|k| !k.is_empty())
@@ -864,7 +902,12 @@ fn build_config(raw: RawFlags) -> Result<Parsed, Error> {
             verbosity: u8::try_from(raw.v.0.max(0)).unwrap_or(u8::MAX),
             format,
         },
-    }))
+    };
+    Ok(if raw.check_once {
+        Parsed::CheckOnce(config, output)
+    } else {
+        Parsed::Run(config)
+    })
 }
 
 /// client-go's `NewLeaderElector` checks (upstream panics on them; we exit 1 with the flags
@@ -1348,6 +1391,48 @@ mod tests {
     #[test]
     fn no_arguments_give_upstream_defaults() {
         assert_eq!(run(&[]), default_config());
+    }
+
+    #[test]
+    fn check_once_and_its_output_format() {
+        let check = |s: &[&str]| match parse(&args(s)) {
+            Ok(Parsed::CheckOnce(c, o)) => (c, o),
+            other => panic!("{s:?}: expected CheckOnce, got {other:?}"),
+        };
+        // Both spellings, bare and =true; text by default; the rest of the config as for a run.
+        for flag in ["--check-once", "-check-once", "--check-once=true"] {
+            let (c, o) = check(&[flag, "--csi-address=/csi/sock"]);
+            assert_eq!(o, CheckOutput::Text);
+            assert_eq!(c.csi_address, PathBuf::from("/csi/sock"));
+        }
+        assert_eq!(run(&["--check-once=false"]), default_config());
+        // -o, -output and --output, separate or with =; the last one wins.
+        for s in [
+            &["--check-once", "-o", "json"][..],
+            &["--check-once", "-o=json"],
+            &["--check-once", "--output", "json"],
+            &["-output=json", "--check-once"],
+            &["--check-once", "-o", "text", "--output=json"],
+        ] {
+            assert_eq!(check(s).1, CheckOutput::Json, "{s:?}");
+        }
+        assert_eq!(
+            check(&["--check-once", "-o", "json", "-o", "text"]).1,
+            CheckOutput::Text
+        );
+        let e = usage_error(&["--check-once", "-o", "yaml"]);
+        assert!(e.contains("\"yaml\"") && e.contains("\"json\""), "{e}");
+        assert!(usage_error(&["--check-once", "-o"]).contains("flag needs an argument"));
+        // A report format without the report is a mistake, not a silent no-op.
+        let e = usage_error(&["-o", "json"]);
+        assert!(e.contains("-check-once"), "{e}");
+        assert_eq!(run(&["--output=text"]), default_config());
+        assert!(usage_error(&["--check-once", "volumes"]).contains("unexpected argument"));
+        // --version still wins, as it does over everything.
+        assert_eq!(
+            parse(&args(&["--check-once", "--version"])),
+            Ok(Parsed::Version)
+        );
     }
 
     #[test]

@@ -577,16 +577,33 @@ pub fn leader_event(
     .create_body()
 }
 
-/// Leadership state shared with the HTTP server's `/healthz/leader-election`.
+/// Leadership state shared with the HTTP server's `/healthz/leader-election`, and mirrored in
+/// `leader_election_master_status` when given that gauge.
 #[derive(Debug, Default)]
 pub struct LeaderStatus {
     leader: AtomicBool,
     last_renew: Mutex<Option<Instant>>,
+    /// client-go's leader metric: 1 from acquiring until losing or releasing the lease, else 0.
+    gauge: Option<prometheus::Gauge>,
 }
 
 impl LeaderStatus {
     pub fn new() -> LeaderStatus {
         LeaderStatus::default()
+    }
+
+    /// A status whose changes also set `gauge` (client-go's `leaderOn` / `leaderOff`).
+    pub fn with_gauge(gauge: prometheus::Gauge) -> LeaderStatus {
+        LeaderStatus {
+            gauge: Some(gauge),
+            ..LeaderStatus::default()
+        }
+    }
+
+    fn set_gauge(&self, leading: bool) {
+        if let Some(g) = &self.gauge {
+            g.set(if leading { 1.0 } else { 0.0 });
+        }
     }
 
     pub fn is_leader(&self) -> bool {
@@ -601,14 +618,17 @@ impl LeaderStatus {
     pub fn mark_leading(&self, at: Instant) {
         self.mark_renewed(at);
         self.leader.store(true, Ordering::SeqCst);
+        self.set_gauge(true);
     }
 
     pub fn mark_renewed(&self, at: Instant) {
         *self.last_renew.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
     }
 
+    /// Lost (renewal failed) or released (shutdown): the gauge says so as well.
     pub fn mark_stopped(&self) {
         self.leader.store(false, Ordering::SeqCst);
+        self.set_gauge(false);
     }
 
     /// client-go's `LeaderElector.Check` with csi-lib-utils' 20 s tolerance. The lease name in

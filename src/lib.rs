@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod checkonce;
 pub mod config;
 pub mod crash;
 pub mod csi;

@@ -161,6 +161,8 @@ pub struct Metrics {
     last_sweep: GaugeVec,
     missing_suppressed: GaugeVec,
     rest_requests: CounterVec,
+    /// `leader_election_master_status{name}`: a series only once leader election starts.
+    leader: GaugeVec,
     status_writes: CounterVec,
     /// No labels; a vector so it only appears once the health modes start it.
     status_writes_dropped: CounterVec,
@@ -339,6 +341,16 @@ impl Metrics {
             &["code", "method", "host"],
         )
         .unwrap_or_else(unreachable_metric);
+        // component-base's leader-election gauge, name, help (with its stability prefix) and
+        // label as client-go registers it, so existing dashboards and alerts find it.
+        let leader = GaugeVec::new(
+            Opts::new(
+                "leader_election_master_status",
+                "[ALPHA] Gauge of if the reporting system is master of the relevant lease, 0 indicates backup, 1 indicates master. 'name' is the string used to identify the lease. Please make sure to group by name.",
+            ),
+            &["name"],
+        )
+        .unwrap_or_else(unreachable_metric);
 
         // Registration only fails on a duplicate or inconsistent descriptor, which the fixed set
         // above cannot produce; a failure would merely drop one metric from the output.
@@ -355,6 +367,7 @@ impl Metrics {
             Box::new(last_sweep.clone()),
             Box::new(missing_suppressed.clone()),
             Box::new(rest_requests.clone()),
+            Box::new(leader.clone()),
             Box::new(status_writes.clone()),
             Box::new(status_writes_dropped.clone()),
             Box::new(unknown_conditions.clone()),
@@ -372,6 +385,7 @@ impl Metrics {
             last_sweep,
             missing_suppressed,
             rest_requests,
+            leader,
             status_writes,
             status_writes_dropped,
             unknown_conditions,
@@ -526,6 +540,15 @@ impl Metrics {
         self.rest_requests
             .with_label_values(&[code, method, host])
             .inc();
+    }
+
+    /// `leader_election_master_status{name="<lease>"}` at 0 (standing by) from now on, and the
+    /// gauge the lease loop sets to 1 while it leads. Only called with `--leader-election`:
+    /// without it the series does not exist, as in client-go.
+    pub fn leader_gauge(&self, lease_name: &str) -> Gauge {
+        let g = self.leader.with_label_values(&[lease_name]);
+        g.set(0.0);
+        g
     }
 
     /// Text exposition format 0.0.4. An encoding error leaves what was written so far, as
@@ -922,6 +945,35 @@ mod tests {
             .find(|s| label(s, "method") == Some("GET"))
             .unwrap();
         assert_eq!(get.value, "2");
+    }
+
+    #[test]
+    fn leader_gauge_exists_only_when_asked_for_and_follows_the_lease() {
+        let m = Metrics::with_start_time(0.0);
+        assert!(!m.encode().contains("leader_election_master_status"));
+        let status = crate::leader::LeaderStatus::with_gauge(m.leader_gauge("lease-a"));
+        let value = |m: &Metrics| {
+            let samples = parse_samples(&m.encode());
+            let g = series(&samples, "leader_election_master_status");
+            assert_eq!(g.len(), 1, "{g:?}");
+            assert_eq!(g[0].labels, [("name".to_string(), "lease-a".to_string())]);
+            g[0].value.clone()
+        };
+        // Standing by from the start, leading once acquired, and back at 0 when lost or
+        // released (both end in mark_stopped).
+        assert_eq!(value(&m), "0");
+        let t = std::time::Instant::now();
+        status.mark_leading(t);
+        assert_eq!(value(&m), "1");
+        status.mark_renewed(t);
+        assert_eq!(value(&m), "1");
+        status.mark_stopped();
+        assert_eq!(value(&m), "0");
+        assert!(!status.is_leader());
+        assert!(m.encode().contains("# HELP leader_election_master_status [ALPHA] Gauge of if the reporting system is master of the relevant lease, 0 indicates backup, 1 indicates master. 'name' is the string used to identify the lease. Please make sure to group by name.\n# TYPE leader_election_master_status gauge\n"));
+        // A status without a gauge (the leader module's own tests) changes nothing here.
+        crate::leader::LeaderStatus::new().mark_leading(t);
+        assert_eq!(value(&m), "0");
     }
 
     #[test]

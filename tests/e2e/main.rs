@@ -4,6 +4,7 @@
 #[path = "../kit/mod.rs"]
 mod kit;
 
+mod checkonce;
 mod cli;
 mod crash;
 mod docs;

@@ -1,9 +1,10 @@
-//! The operators' monitoring kit (issue #15) against the real tools: a real Prometheus (Debian's
-//! `prometheus` package, installed by `.ci/setup`) scrapes the real binary and evaluates the
-//! shipped rules of `deploy/monitoring/`; `promtool check metrics` lints a real scrape; and the
-//! kit's files are checked against each other (the PrometheusRule embeds rules.yaml, every alert
-//! has promtool unit tests and a README runbook, the unit tests' input series are shaped like a
-//! real scrape).
+//! The operators' monitoring kit (issues #15 and #22) against the real tools: a real Prometheus
+//! (Debian's `prometheus` package, installed by `.ci/setup`) scrapes the real binary, evaluates
+//! the shipped rules of `deploy/monitoring/` and answers every query of the shipped Grafana
+//! dashboard; `promtool check metrics` lints a real scrape; and the kit's files are checked
+//! against each other (the PrometheusRule embeds rules.yaml and the dashboard ConfigMap the
+//! dashboard, every alert has promtool unit tests and a README runbook, the unit tests' input
+//! series are shaped like a real scrape).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -27,6 +28,9 @@ const JOB: &str = "csi-external-health-monitor-controller";
 /// `namespace` (the PVC's).
 const POD_NS: &str = "kube-system";
 const POD: &str = "csi-external-health-monitor-controller-0";
+/// One replica with leader election, so the leader gauge (and the dashboard's panels on it) has
+/// data.
+const LEADER_ELECTION: [&str; 2] = ["--leader-election", "--leader-election-namespace=test"];
 
 fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -278,7 +282,7 @@ fn prometheus_follows_a_volume_abnormal_then_missing_then_healthy() {
     env.volume("v2");
     env.driver.set_volume("v1", true, "disk on fire");
     env.driver.set_volume("v2", false, "");
-    let mut sidecar = env.spawn(&[HTTP, FAST]);
+    let mut sidecar = env.spawn(&[HTTP, FAST, LEADER_ELECTION[0], LEADER_ELECTION[1]]);
     let addr = http_addr(&sidecar.stderr);
     let mut prom = Prometheus::start(&addr);
     let status = |pv: &str| format!("csi_volume_health_status{{persistentvolume=\"{pv}\"}}");
@@ -314,6 +318,8 @@ fn prometheus_follows_a_volume_abnormal_then_missing_then_healthy() {
     let for_state =
         "ALERTS_FOR_STATE{alertname=\"CSIVolumeUnhealthy\",persistentvolumeclaim=\"pvc-v1\"}";
     let active_at = prom.query_until(for_state, "the alert's for-state", |r| r.len() == 1)[0].1;
+    // Every panel of the dashboard that has something to show while a volume is abnormal does.
+    check_dashboard(&mut prom, Scenario::V112);
 
     // Missing: after two sweeps without it, not_found replaces abnormal; the alert keeps its
     // start time (its `for` does not restart).
@@ -335,6 +341,15 @@ fn prometheus_follows_a_volume_abnormal_then_missing_then_healthy() {
         r.len() == 1 && r[0].0["status"] == "normal"
     });
     prom.query_until(&pending, "CSIVolumeUnhealthy resolved", |r| r.is_empty());
+    // ... and the dashboard's abnormal volumes are gone with it.
+    for q in dashboard_queries()
+        .iter()
+        .filter(|q| FOLLOW_ABNORMAL.contains(&(q.panel.as_str(), q.ref_id.as_str())))
+    {
+        prom.query_until(&instant_form(&q.expr), &format!("{q} empty"), |r| {
+            r.is_empty()
+        });
+    }
 
     // Probe counters count sweeps; the last sweep is recent; nothing stalls or fails.
     let sweeps = format!(
@@ -382,7 +397,7 @@ fn prometheus_reads_the_v113_metrics_and_fires_the_dropped_writes_alert() {
         .set_health("v1", vec![HealthEntry::inaccessible("DiskGone", "gone")]);
     env.driver
         .fail_next(LIST_VOLUME_HEALTH, grpcio::RpcStatusCode::UNAVAILABLE, 1);
-    let sidecar = env.spawn(&[HTTP, FAST]);
+    let sidecar = env.spawn(&[HTTP, FAST, LEADER_ELECTION[0], LEADER_ELECTION[1]]);
     let addr = http_addr(&sidecar.stderr);
     let mut prom = Prometheus::start(&addr);
 
@@ -401,6 +416,7 @@ fn prometheus_reads_the_v113_metrics_and_fires_the_dropped_writes_alert() {
         |r| r.len() == 1,
     );
     prom.assert_rules_healthy();
+    check_dashboard(&mut prom, Scenario::V113);
     prom.assert_every_scrape_accepted();
 
     // The same scrape feeds promtool's linter and the rule tests' shape check.
@@ -502,10 +518,7 @@ fn prometheusrule_embeds_the_rules_file_verbatim() {
     let current = repo_file(rel);
     let head = &current[..current.find("\nspec:\n").expect("PrometheusRule has spec:") + 7];
     let want = format!("{head}{indented}");
-    if std::env::var_os("HM_BLESS").is_some() && current != want {
-        std::fs::write(repo_path(rel), &want).unwrap();
-        return;
-    }
+    let current = bless(rel, current, &want);
     assert!(
         current == want,
         "{rel} is not rules.yaml's groups: block under spec:; regenerate it with \
@@ -569,5 +582,266 @@ fn every_alert_has_unit_tests_and_a_runbook() {
     assert_eq!(
         ep["port"],
         deploy["spec"]["template"]["spec"]["containers"][0]["ports"][0]["name"]
+    );
+}
+
+/// A generated file of the kit (`rel`, now `current`) against what it must be (`want`). With
+/// `HM_BLESS` set a stale file is rewritten first; the caller checks it either way, so a bless
+/// run still fails when the regenerated file does not pass.
+fn bless(rel: &str, current: String, want: &str) -> String {
+    if std::env::var_os("HM_BLESS").is_none() || current == want {
+        return current;
+    }
+    std::fs::write(repo_path(rel), want).unwrap_or_else(|e| panic!("write {rel}: {e}"));
+    repo_file(rel)
+}
+
+const DASHBOARD: &str = "deploy/monitoring/grafana-dashboard.json";
+const DASHBOARD_CONFIGMAP: &str = "deploy/monitoring/grafana-dashboard-configmap.yaml";
+
+fn dashboard() -> Value {
+    serde_json::from_str(&repo_file(DASHBOARD)).unwrap_or_else(|e| panic!("{DASHBOARD}: {e}"))
+}
+
+/// One query of the dashboard: a panel's target.
+struct PanelQuery {
+    panel: String,
+    ref_id: String,
+    expr: String,
+}
+
+impl std::fmt::Display for PanelQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "panel {:?} target {}: {}",
+            self.panel, self.ref_id, self.expr
+        )
+    }
+}
+
+fn dashboard_queries() -> Vec<PanelQuery> {
+    let d = dashboard();
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().expect("panels") {
+        let title = p["title"].as_str().expect("panel title");
+        let targets = p["targets"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{title}: no targets"));
+        assert!(!targets.is_empty(), "{title}: no targets");
+        for t in targets {
+            out.push(PanelQuery {
+                panel: title.to_string(),
+                ref_id: t["refId"].as_str().expect("refId").to_string(),
+                expr: t["expr"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{title}: a target without expr"))
+                    .to_string(),
+            });
+        }
+    }
+    out
+}
+
+/// A panel query as Prometheus takes it: Grafana's `$__rate_interval` as one minute (Grafana
+/// makes it at least four scrape intervals, here 1 s) and the dashboard's `$driver` as "all".
+/// Any other variable is left in, and fails the test.
+fn instant_form(expr: &str) -> String {
+    let q = expr
+        .replace("$__rate_interval", "1m")
+        .replace("$driver", ".*");
+    assert!(
+        !q.contains('$'),
+        "a variable the test does not know in {expr}"
+    );
+    q
+}
+
+/// Which end-to-end scenario the dashboard is checked in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    /// A CSI v1.12 driver in ListVolumes mode, a volume abnormal, no failed call.
+    V112,
+    /// A CSI v1.13 driver on a cluster without the CSIVolumeHealth field, one failed listing.
+    V113,
+}
+
+/// Targets without data in the v1.12 scenario: v1.13 conditions and status writes, and failed
+/// calls (none happen there). Every other target must return series in both scenarios, and
+/// these in the v1.13 one: a panel whose query names a series the sidecar does not export (a
+/// typo) fails one or the other.
+const EMPTY_WITHOUT_V113: &[(&str, &str)] = &[
+    ("Volume health conditions by PVC (CSI v1.13)", "A"),
+    ("Abnormal volumes by status and condition", "B"),
+    ("Failed health checks and CSI errors", "A"),
+    ("Failed health checks and CSI errors", "B"),
+    ("PVC status writes by result (CSI v1.13)", "A"),
+    ("PVC status writes by result (CSI v1.13)", "B"),
+];
+
+/// Targets that show abnormal volumes only: empty again once the volume is healthy.
+const FOLLOW_ABNORMAL: &[(&str, &str)] = &[
+    ("Abnormal or missing volumes", "A"),
+    ("Abnormal or missing volumes by PVC", "A"),
+    ("Abnormal volumes by status and condition", "A"),
+];
+
+/// Runs every query of the dashboard against `prom`: each must parse and evaluate (the query
+/// API answers success), and each that should have data in `scenario` must return series
+/// (waiting for rates to have two samples and sweeps to have run). The `driver` variable's
+/// query must offer the driver.
+fn check_dashboard(prom: &mut Prometheus, scenario: Scenario) {
+    let queries = dashboard_queries();
+    for (panel, ref_id) in EMPTY_WITHOUT_V113.iter().chain(FOLLOW_ABNORMAL) {
+        assert!(
+            queries
+                .iter()
+                .any(|q| q.panel == *panel && q.ref_id == *ref_id),
+            "the test expects a panel {panel:?} with target {ref_id}, which the dashboard lacks"
+        );
+    }
+    let want_data = |q: &PanelQuery| {
+        scenario == Scenario::V113
+            || !EMPTY_WITHOUT_V113.contains(&(q.panel.as_str(), q.ref_id.as_str()))
+    };
+    let mut empty: Vec<String> = Vec::new();
+    let done = poll(WAIT, || {
+        empty = queries
+            .iter()
+            .filter(|q| {
+                // Every query is sent: prom.query fails the test on a parse error.
+                let r = prom.query(&instant_form(&q.expr));
+                want_data(q) && r.is_empty()
+            })
+            .map(|q| q.to_string())
+            .collect();
+        empty.is_empty().then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "{scenario:?}: dashboard queries without data:\n{}",
+        empty.join("\n")
+    );
+
+    // Template variables: `label_values(<metric>, <label>)`, as Grafana asks Prometheus.
+    let d = dashboard();
+    for v in d["templating"]["list"].as_array().expect("templating") {
+        if v["type"] != "query" {
+            continue;
+        }
+        let def = v["definition"].as_str().expect("variable definition");
+        assert_eq!(v["query"]["query"].as_str(), Some(def), "{v}");
+        let args = def
+            .strip_prefix("label_values(")
+            .and_then(|a| a.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("variable query {def:?} is not label_values(metric, label)"));
+        let (metric, label) = args.split_once(", ").expect("label_values(metric, label)");
+        let values = prom.api(&format!(
+            "/api/v1/label/{label}/values?match[]={}",
+            urlencode(metric)
+        ));
+        assert!(
+            values
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == DRIVER)),
+            "variable {}: {def} offers {values}",
+            v["name"]
+        );
+    }
+}
+
+#[test]
+fn grafana_dashboard_is_well_formed_and_its_configmap_embeds_it_verbatim() {
+    let json = repo_file(DASHBOARD);
+    let d = dashboard();
+    assert_eq!(d["uid"], "csi-external-health-monitor");
+    assert!(
+        d["schemaVersion"].as_u64().is_some_and(|v| v >= 36),
+        "{}",
+        d["schemaVersion"]
+    );
+    let panels = d["panels"].as_array().expect("panels");
+    let mut ids = BTreeSet::new();
+    let mut titles = BTreeSet::new();
+    for p in panels {
+        let title = p["title"].as_str().expect("title");
+        assert!(
+            ids.insert(p["id"].as_u64().expect("id")),
+            "duplicate id: {title}"
+        );
+        assert!(titles.insert(title), "duplicate title {title}");
+        // Every panel and target reads the chosen data source.
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
+        for t in p["targets"].as_array().expect("targets") {
+            assert_eq!(t["datasource"]["uid"], "${datasource}", "{title}");
+        }
+        assert!(
+            !p["description"].as_str().unwrap_or("").is_empty(),
+            "{title}: no description"
+        );
+    }
+    // What issue #22 asks the dashboard to show, by the series that show it.
+    let exprs: String = dashboard_queries()
+        .iter()
+        .map(|q| format!("{}\n", q.expr))
+        .collect();
+    for series in [
+        "csi_volume_health_status{",
+        "csi_controller_volume_health_status{",
+        "csi_volume_health_probe_total{",
+        "csi_volume_health_probe_duration_seconds_bucket{",
+        "csi_volume_health_last_sweep_timestamp_seconds{",
+        "rest_client_requests_total{",
+        "csi_volume_health_events_dropped_total[",
+        "csi_volume_health_status_writes_total[",
+        "leader_election_master_status{",
+        "process_start_time_seconds{",
+    ] {
+        assert!(exprs.contains(series), "no panel reads {series}");
+    }
+
+    let rel = DASHBOARD_CONFIGMAP;
+    let current = repo_file(rel);
+    let marker = "\ndata:\n  csi-external-health-monitor-controller.json: |\n";
+    let head = &current[..current.find(marker).expect("the ConfigMap's data key") + marker.len()];
+    let body: String = json
+        .lines()
+        .map(|l| {
+            if l.is_empty() {
+                "\n".to_string()
+            } else {
+                format!("    {l}\n")
+            }
+        })
+        .collect();
+    let want = format!("{head}{body}");
+    let current = bless(rel, current, &want);
+    assert!(
+        current == want,
+        "{rel} is not {DASHBOARD} verbatim; regenerate it with \
+         HM_BLESS=1 cargo test --release --locked --test e2e monitoring::grafana"
+    );
+    // And a YAML reader finds the same dashboard in it, labelled for Grafana's sidecar.
+    let cm = crate::docs::documents(rel).remove(0);
+    assert_eq!(cm["kind"], "ConfigMap");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let data = cm["data"]["csi-external-health-monitor-controller.json"]
+        .as_str()
+        .expect("the dashboard in the ConfigMap");
+    assert_eq!(data, json);
+    let k = crate::docs::documents("deploy/monitoring/kustomization.yaml").remove(0);
+    let resources: Vec<&str> = k["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        resources,
+        [
+            "podmonitor.yaml",
+            "prometheusrule.yaml",
+            "grafana-dashboard-configmap.yaml"
+        ]
     );
 }

@@ -582,3 +582,96 @@ fn both_http_flags_are_rejected_with_upstreams_message() {
     assert_eq!(env.driver.call_count(crate::kit::csidriver::PROBE), 0);
     assert!(env.api.requests().is_empty());
 }
+
+/// `leader_election_master_status{name}` as client-go's leader metrics expose it: 1 on the
+/// replica holding the Lease, 0 on one standing by, moving to the new leader on a hand-over,
+/// and absent without `--leader-election`.
+#[test]
+fn leader_gauge_is_1_on_the_leader_0_on_the_standby_and_absent_without_leader_election() {
+    const GAUGE: &str = "leader_election_master_status";
+    let lease = healthmon::leader::lease_name(DRIVER);
+
+    // Without leader election: the sidecar works (a sweep is done) and the gauge is not there.
+    let env = Env::new();
+    env.volume("v1");
+    env.driver.set_volume("v1", false, "");
+    let lone = env.spawn(&[HTTP, FAST]);
+    let addr = http_addr(&lone.stderr);
+    let s = scrape_until(&addr, "a sweep", |s| {
+        !s.find("csi_volume_health_probe_total", &[("method", LIST_VOLUMES)])
+            .is_empty()
+    });
+    assert!(s.series(GAUGE).is_empty(), "{:?}", s.series(GAUGE));
+    assert!(
+        !s.families.contains_key(GAUGE),
+        "{:?}",
+        s.families.get(GAUGE)
+    );
+    drop(lone);
+
+    // Two replicas: one leads, the other stands by.
+    let timing = [
+        HTTP,
+        "--leader-election-lease-duration=3s",
+        "--leader-election-renew-deadline=2s",
+        "--leader-election-retry-period=500ms",
+    ];
+    let mut replicas = vec![
+        crate::leader::spawn_replica(&env, "gauge-a", &timing),
+        crate::leader::spawn_replica(&env, "gauge-b", &timing),
+    ];
+    let holder = |env: &Env| {
+        env.api
+            .get("leases", Some(NS), &lease)
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+            .filter(|h| !h.is_empty())
+    };
+    assert!(
+        env.api.wait_until(WAIT, |_| holder(&env).is_some()),
+        "nobody leads"
+    );
+    let leader = replicas
+        .iter()
+        .position(|r| Some(&r.name) == holder(&env).as_ref())
+        .expect("the holder is one of ours");
+    let addrs: Vec<String> = replicas
+        .iter()
+        .map(|r| http_addr(&r.sidecar.stderr))
+        .collect();
+    let gauge_is = |addr: &str, want: f64, what: &str| {
+        let s = scrape_until(addr, what, |s| {
+            s.find(GAUGE, &[("name", &lease)])
+                .first()
+                .is_some_and(|g| g.value == want)
+        });
+        // One series, client-go's label only, component-base's help and type.
+        let g = s.series(GAUGE);
+        assert_eq!(g.len(), 1, "{g:?}");
+        assert_eq!(
+            g[0].labels.keys().collect::<Vec<_>>(),
+            ["name"],
+            "{:?}",
+            g[0]
+        );
+        assert_eq!(
+            s.families[GAUGE],
+            (
+                "[ALPHA] Gauge of if the reporting system is master of the relevant lease, 0 indicates backup, 1 indicates master. 'name' is the string used to identify the lease. Please make sure to group by name.".to_string(),
+                "gauge".to_string()
+            )
+        );
+    };
+    gauge_is(&addrs[leader], 1.0, "the leader's gauge at 1");
+    gauge_is(&addrs[1 - leader], 0.0, "the standby's gauge at 0");
+
+    // The leader releases the Lease on SIGTERM; the standby takes it and says so.
+    replicas[leader].sidecar.terminate();
+    assert_eq!(replicas[leader].sidecar.wait_exit(WAIT).code(), Some(0));
+    gauge_is(&addrs[1 - leader], 1.0, "the new leader's gauge at 1");
+    let other = replicas.remove(1 - leader);
+    assert!(
+        env.api.wait_until(WAIT, |_| holder(&env).as_deref()
+            == Some(other.name.as_str())),
+        "the standby did not take over"
+    );
+}
