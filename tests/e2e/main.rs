@@ -5,6 +5,7 @@
 mod kit;
 
 mod cli;
+mod credentials;
 mod docs;
 mod events;
 mod faults;
