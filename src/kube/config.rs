@@ -2087,6 +2087,47 @@ echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","s
     }
 
     #[test]
+    fn a_token_file_read_that_blocks_holds_no_lock() {
+        // A FIFO without a writer blocks its reader, as a hung network file system would.
+        let d = TempDir::new("fifo");
+        let p = d.0.join("token");
+        let st = Command::new("mkfifo").arg(&p).status().unwrap();
+        assert!(st.success());
+        let creds = Credentials::with_refresh(
+            Auth::TokenFile {
+                path: p.clone(),
+                initial: Some("old".into()),
+            },
+            Duration::from_secs(3600),
+        );
+        assert_eq!(
+            creds.authorization().unwrap().as_deref(),
+            Some("Bearer old")
+        );
+        // A 401 makes the next request read the file again.
+        assert!(creds.invalidate());
+        for _ in 0..2 {
+            let start = Instant::now();
+            let err = creds
+                .authorization_until(Some(Instant::now() + Duration::from_millis(200)))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("the token file has not answered"), "{err}");
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{:?}",
+                start.elapsed()
+            );
+        }
+        // That read, started once, completes: its token is used.
+        std::fs::write(&p, "new\n").unwrap();
+        assert_eq!(
+            creds.authorization().unwrap().as_deref(),
+            Some("Bearer new")
+        );
+    }
+
+    #[test]
     fn token_file_rotates_and_keeps_old_on_failure() {
         let d = TempDir::new("tf");
         let p = d.write("token", b"one\n");
