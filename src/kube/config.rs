@@ -1015,7 +1015,6 @@ pub(crate) fn parse_exec_credential(
 pub(crate) struct Credentials {
     auth: Auth,
     refresh: Duration,
-    exec_bound: Duration,
     state: Mutex<CredState>,
     stop: OnceLock<Shutdown>,
 }
@@ -1031,7 +1030,7 @@ struct CredState {
     /// Refreshes started so far: numbers them.
     started: u64,
     /// The last refresh that failed, by number: what its waiters get.
-    failed: Option<(u64, Failure)>,
+    failed: Option<(u64, Error)>,
 }
 
 struct Running {
@@ -1040,59 +1039,6 @@ struct Running {
     done: Receiver<()>,
     /// The plugin's process group, while it may be killed (its leader is not reaped).
     group: Option<Pid>,
-}
-
-/// A refresh's error, handed to each of its waiters (`Error` is not `Clone`).
-#[derive(Clone)]
-enum Failure {
-    Config {
-        source: String,
-        field: String,
-        message: String,
-    },
-    Transport {
-        what: String,
-        message: String,
-    },
-}
-
-impl Failure {
-    fn of(e: &Error) -> Failure {
-        match e {
-            Error::Config {
-                source,
-                field,
-                message,
-            } => Failure::Config {
-                source: source.clone(),
-                field: field.clone(),
-                message: message.clone(),
-            },
-            Error::Transport { what, message } => Failure::Transport {
-                what: what.clone(),
-                message: message.clone(),
-            },
-            other => Failure::Transport {
-                what: "credential".into(),
-                message: other.to_string(),
-            },
-        }
-    }
-
-    fn error(&self) -> Error {
-        match self.clone() {
-            Failure::Config {
-                source,
-                field,
-                message,
-            } => Error::Config {
-                source,
-                field,
-                message,
-            },
-            Failure::Transport { what, message } => Error::Transport { what, message },
-        }
-    }
 }
 
 /// What a refresh brought back.
@@ -1129,19 +1075,10 @@ fn bearer(token: &str) -> String {
 
 impl Credentials {
     pub(crate) fn new(auth: Auth) -> Arc<Credentials> {
-        Credentials::with_bounds(auth, TOKEN_FILE_REFRESH, EXEC_TIMEOUT)
+        Credentials::with_refresh(auth, TOKEN_FILE_REFRESH)
     }
 
-    #[cfg(test)]
     pub(crate) fn with_refresh(auth: Auth, refresh: Duration) -> Arc<Credentials> {
-        Credentials::with_bounds(auth, refresh, EXEC_TIMEOUT)
-    }
-
-    pub(crate) fn with_bounds(
-        auth: Auth,
-        refresh: Duration,
-        exec_bound: Duration,
-    ) -> Arc<Credentials> {
         let mut st = CredState::default();
         if let Auth::TokenFile { initial, .. } = &auth {
             st.token = initial.clone();
@@ -1150,13 +1087,13 @@ impl Credentials {
         Arc::new(Credentials {
             auth,
             refresh,
-            exec_bound,
             state: Mutex::new(st),
             stop: OnceLock::new(),
         })
     }
 
-    /// Waits for a refresh end at shutdown, and a running plugin is killed. Set once.
+    /// When `stop` triggers, waits for a refresh end (with an error) and a running plugin is
+    /// killed; no refresh starts after. Set once.
     pub(crate) fn set_shutdown(&self, stop: Shutdown) {
         let _ = self.stop.set(stop);
     }
@@ -1229,7 +1166,7 @@ impl Credentials {
         }
         let st = self.lock();
         match &st.failed {
-            Some((failed, f)) if *failed == id => Err(f.error()),
+            Some((failed, e)) if *failed == id => Err(e.clone()),
             // The refresh we waited for worked: its credential, even if already stale (a
             // plugin's past expiry must not make every request run it again at once).
             _ => Ok(st.token.as_deref().map(bearer)),
@@ -1285,7 +1222,7 @@ impl Credentials {
             Auth::TokenFile { path, .. } => read_token_file(path)
                 .map(Fetched::Token)
                 .map_err(|m| cfg_err(&path.display().to_string(), "", m)),
-            Auth::Exec(e) => run_exec(e, self.exec_bound, self.stop.get(), &|g| {
+            Auth::Exec(e) => run_exec(e, EXEC_TIMEOUT, self.stop.get(), &|g| {
                 if let Some(r) = self.lock().running.as_mut().filter(|r| r.id == id) {
                     r.group = g;
                 }
@@ -1326,7 +1263,7 @@ impl Credentials {
                 log::warn!("{e}; keeping the previous token");
                 st.read_at = Some(Instant::now());
             }
-            Err(e) => st.failed = Some((id, Failure::of(&e))),
+            Err(e) => st.failed = Some((id, e)),
         }
     }
 
