@@ -488,7 +488,11 @@ pub fn next_record(
             }
         }
         Decision::TakeOver => {
-            rec.lease_transitions = observed.map_or(0, |o| o.lease_transitions) + 1
+            // The count is the holder's to write: one at i64::MAX stays there rather than
+            // wrapping to a negative count (or panicking in a checked build).
+            rec.lease_transitions = observed
+                .map_or(0, |o| o.lease_transitions)
+                .saturating_add(1)
         }
     }
     Some(rec)
@@ -1206,6 +1210,33 @@ mod tests {
             ),
             ("", 1, 4)
         );
+    }
+
+    #[test]
+    fn lease_transitions_saturate_at_the_top() {
+        // Another writer may leave any count; taking over from i64::MAX keeps i64::MAX
+        // (it wrapped to i64::MIN in a release build and panicked in a checked one).
+        let now = UNIX_EPOCH + Duration::from_secs(1_767_323_045);
+        let d = Duration::from_secs(15);
+        for (had, want) in [(i64::MAX, i64::MAX), (i64::MAX - 1, i64::MAX)] {
+            let t = next_record(
+                Decision::TakeOver,
+                Some(&rec("x", 15, "r", had)),
+                "me",
+                d,
+                now,
+            )
+            .unwrap();
+            assert_eq!(t.lease_transitions, want, "taking over from {had}");
+        }
+        let r = next_record(
+            Decision::Renew,
+            Some(&rec("me", 15, "r", i64::MAX)),
+            "me",
+            d,
+            now,
+        );
+        assert_eq!(r.unwrap().lease_transitions, i64::MAX);
     }
 
     #[test]

@@ -215,9 +215,11 @@ impl Client {
         &self.shared.host
     }
 
-    /// Retry-After waits of this client and its clones end early, with an error, once
-    /// `shutdown` is triggered. Set once; later calls are ignored.
+    /// Retry-After, rate limiter and credential waits of this client and its clones end
+    /// early, with an error, once `shutdown` is triggered (a running credential plugin is
+    /// killed). Set once; later calls are ignored.
     pub fn set_shutdown(&self, shutdown: crate::shutdown::Shutdown) {
+        self.shared.creds.set_shutdown(shutdown.clone());
         let _ = self.shared.stop.set(shutdown);
     }
 
@@ -275,8 +277,18 @@ impl Client {
         let url = format!("{}{}", self.shared.server, path);
         let mut retried = false;
         let mut throttled = 0;
+        // The deadline (the lease loop's) also bounds the wait for a credential; watches
+        // have none.
+        let auth_deadline = if read_timeout.is_none() {
+            self.deadline
+        } else {
+            None
+        };
         loop {
-            self.limiter.acquire();
+            if self.limiter.acquire(self.shared.stop.get()) {
+                return Err(transport(&what, "shutting down"));
+            }
+            let auth = self.shared.creds.authorization_until(auth_deadline)?;
             let budget = match (self.deadline, read_timeout) {
                 (Some(d), None) => {
                     let left = d.saturating_duration_since(Instant::now());
@@ -288,7 +300,6 @@ impl Client {
                 }
                 _ => None,
             };
-            let auth = self.shared.creds.authorization()?;
             let mut b = http::Request::builder().method(method).uri(&url);
             if let Some(a) = &auth {
                 b = b.header("Authorization", a);
@@ -1184,6 +1195,62 @@ pub(crate) mod tests {
             .contains("deadline exceeded"));
         c.set_deadline(None);
         drop(l);
+    }
+
+    #[test]
+    fn a_deadline_bounds_the_wait_for_a_hung_credential_plugin() {
+        // The lease loop's handle shares the credentials of every other handle: a plugin that
+        // hangs must cost a request with a deadline no more than that deadline, and a request
+        // of another handle must not be stuck behind a lock it holds.
+        let d = crate::kube::config::tests::TempDir::new("client-exec");
+        let script = d.write(
+            "p.sh",
+            format!(
+                "#!/bin/sh\n[ -e {hang} ] && exec sleep 600\ntouch {hang}\necho '{{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":\"ExecCredential\",\"status\":{{\"token\":\"t\",\"expirationTimestamp\":\"2001-01-01T00:00:00Z\"}}}}'\n",
+                hang = d.0.join("hang").display()
+            )
+            .as_bytes(),
+        );
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let mut cfg = plain_config("http://127.0.0.1:1");
+        cfg.auth = Auth::Exec(crate::kube::config::ExecConfig {
+            api_version: "client.authentication.k8s.io/v1".into(),
+            command: script.display().to_string(),
+            args: vec![],
+            env: vec![],
+            install_hint: String::new(),
+            cluster_info: None,
+            source: "kubeconfig k: users[u].user.exec".into(),
+        });
+        // The first run (at construction) answers with an expired token; every later run hangs.
+        let c = Client::new(cfg, -1.0, 1, "ua").unwrap();
+        let shutdown = crate::shutdown::Shutdown::new();
+        c.set_shutdown(shutdown.clone());
+        for _ in 0..2 {
+            let mut lease = c.with_own_limiter(-1.0, 1);
+            lease.set_deadline(Some(std::time::Instant::now() + Duration::from_millis(300)));
+            let t0 = std::time::Instant::now();
+            let e = lease.put("/lease", &serde_json::json!({})).unwrap_err();
+            assert!(
+                e.to_string().contains(
+                    "exec credential plugin has not answered within the request's deadline"
+                ),
+                "{e}"
+            );
+            assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        }
+        // A request without a deadline waits for the plugin; shutdown ends that wait.
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let plain = c.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(plain.get("/x").map_err(|e| e.to_string()));
+        });
+        shutdown.trigger();
+        let r = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("still waiting");
+        assert!(r.unwrap_err().contains("shutting down"));
     }
 
     #[test]

@@ -1,22 +1,28 @@
 //! Where the API server is and how to authenticate: kubeconfig files (`--kubeconfig`) and the
 //! in-cluster service account, checked up front so a bad file is an error naming the file and
 //! field, never a panic inside the TLS stack. Also the runtime credential sources (token file
-//! re-read, exec plugins with expiry) the client asks for an `Authorization` header.
+//! re-read, exec plugins with expiry) the client asks for an `Authorization` header: refreshed
+//! one at a time on a thread of their own, waited for with the caller's deadline, a plugin run
+//! bounded and killed with its process group.
 
 use super::error::Error;
+use crate::shutdown::Shutdown;
 use crate::timeutil;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
 use base64::{alphabet, DecodeError, Engine};
+use crossbeam_channel::{Receiver, Sender};
+use rustix::process::{kill_process_group, waitid, Pid, Signal, WaitId, WaitIdOptions};
 use saphyr_parser::{Event, Marker, Parser, ScalarStyle, Tag};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 /// The in-cluster service-account directory (client-go's `rest.InClusterConfig`).
@@ -26,8 +32,19 @@ pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceacc
 /// bound service-account tokens rotate hourly, so once a minute is plenty.
 pub const TOKEN_FILE_REFRESH: Duration = Duration::from_secs(60);
 
-/// An exec credential plugin that has not answered by then is killed.
-const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
+/// An exec credential plugin that has not exited by then is killed with its process group and
+/// the request fails (the next one runs it again). client-go sets no bound; plugins answer in
+/// milliseconds to a few seconds (a cloud CLI fetching a token), and this only has to end a
+/// hung one. Requests with a deadline of their own (the Lease renewal) wait for the plugin no
+/// longer than that.
+pub const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
+/// After the plugin exited, how long a process it left behind may keep its output open before
+/// the plugin's process group is killed (the output written by then is still read).
+const EXEC_OUTPUT_GRACE: Duration = Duration::from_secs(1);
+/// How often a running plugin is checked for its exit.
+const EXEC_POLL: Duration = Duration::from_millis(20);
+/// The most a plugin's output may hold.
+const EXEC_MAX_OUTPUT: u64 = 16 << 20;
 
 /// Everything needed to build a client. Secrets are redacted from `Debug`.
 #[derive(Clone)]
@@ -794,8 +811,54 @@ pub struct ExecCredential {
     pub expires: Option<SystemTime>,
 }
 
-/// Run the plugin and parse its `ExecCredential`.
-pub fn run_exec(e: &ExecConfig) -> Result<ExecCredential, Error> {
+/// How a plugin run ended, short of answering.
+#[derive(Debug, PartialEq)]
+enum Ended {
+    Exited,
+    TimedOut,
+    Stopped,
+    Failed(String),
+}
+
+/// Waits for the plugin `pid` to exit without reaping it (so its process group id stays its
+/// own until the caller reaps it), until `deadline` or `stop`.
+fn wait_exit(pid: Pid, deadline: Instant, stop: Option<&Shutdown>) -> Ended {
+    let how = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+    loop {
+        match waitid(WaitId::Pid(pid), how) {
+            Ok(Some(_)) => return Ended::Exited,
+            Ok(None) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(err) => return Ended::Failed(err.to_string()),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ended::TimedOut;
+        }
+        // Plugins normally answer in milliseconds; polling keeps this to one thread per run.
+        let nap = EXEC_POLL.min(deadline - now);
+        match stop {
+            Some(s) if s.wait_timeout(nap) => return Ended::Stopped,
+            Some(_) => {}
+            None => std::thread::sleep(nap),
+        }
+    }
+}
+
+/// Run the plugin and parse its `ExecCredential`, within `bound`.
+///
+/// The plugin gets a process group of its own. `group` is told the group's id while the
+/// plugin has not been reaped (so a kill by that id cannot reach a recycled group) and `None`
+/// just before it is reaped. The group is killed when `bound` passes, when `stop` triggers,
+/// and when the plugin exited but a process it left behind keeps its output open longer than
+/// [`EXEC_OUTPUT_GRACE`]. The output is read on a thread whose result is waited for with a
+/// deadline, never joined: a process outside the group holding the pipe cannot block us.
+pub(crate) fn run_exec(
+    e: &ExecConfig,
+    bound: Duration,
+    stop: Option<&Shutdown>,
+    group: &dyn Fn(Option<Pid>),
+) -> Result<ExecCredential, Error> {
     let fail = |field: &str, m: String| {
         let hint = if e.install_hint.is_empty() {
             String::new()
@@ -807,6 +870,11 @@ pub fn run_exec(e: &ExecConfig) -> Result<ExecCredential, Error> {
             field: field.to_string(),
             message: format!("{m}{hint}"),
         }
+    };
+    // Not the kubeconfig's fault: the next request runs the plugin again.
+    let stalled = |m: String| Error::Transport {
+        what: e.source.clone(),
+        message: m,
     };
     let mut info = serde_json::json!({
         "apiVersion": e.api_version, "kind": "ExecCredential", "spec": { "interactive": false }
@@ -820,46 +888,75 @@ pub fn run_exec(e: &ExecConfig) -> Result<ExecCredential, Error> {
         .env("KUBERNETES_EXEC_INFO", info.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::inherit())
+        .process_group(0);
     let mut child = cmd
         .spawn()
         .map_err(|err| fail("command", format!("cannot run {}: {err}", e.command)))?;
-    let mut stdout = child.stdout.take();
+    let pid = Pid::from_child(&child);
+    group(Some(pid));
+    let stdout = child.stdout.take();
+    let (tx, output) = crossbeam_channel::bounded(1);
     let reader = std::thread::Builder::new()
         .name("exec-credential".into())
         .spawn(move || {
             let mut buf = Vec::new();
-            if let Some(s) = stdout.as_mut() {
-                let _ = s.take(16 << 20).read_to_end(&mut buf);
+            if let Some(s) = stdout {
+                let _ = s.take(EXEC_MAX_OUTPUT).read_to_end(&mut buf);
             }
-            buf
-        })
-        .map_err(|err| fail("command", format!("cannot start reader thread: {err}")))?;
-    let deadline = Instant::now() + EXEC_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(fail(
-                    "command",
-                    format!("{} did not finish within {:?}", e.command, EXEC_TIMEOUT),
-                ));
-            }
-            // Plugins normally answer in milliseconds; a short sleep keeps this simple without
-            // a second thread per wait.
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(err) => return Err(fail("command", format!("waiting for {}: {err}", e.command))),
-        }
+            let _ = tx.send(buf);
+        });
+    let deadline = timeutil::saturating_deadline(Instant::now(), bound);
+    let ended = match reader {
+        Ok(_) => wait_exit(pid, deadline, stop),
+        Err(err) => Ended::Failed(format!("cannot start its output reader: {err}")),
     };
-    let out = reader.join().unwrap_or_default();
+    let mut out = None;
+    if ended == Ended::Exited {
+        out = output.recv_timeout(EXEC_OUTPUT_GRACE).ok();
+    }
+    if ended != Ended::Exited || out.is_none() {
+        // The plugin itself (timeout, shutdown) or what it left holding its output. Its
+        // leader is unreaped, so the id is still this group's.
+        let _ = kill_process_group(pid, Signal::KILL);
+    }
+    group(None);
+    let status = child.wait();
+    if ended == Ended::Exited && out.is_none() {
+        // The kill closed the pipe's last writers: what they wrote is still in it.
+        out = output.recv_timeout(EXEC_OUTPUT_GRACE).ok();
+        log::warn!(
+            "Exec credential plugin exited but left a process holding its output; killed its process group command=\"{}\" source=\"{}\"",
+            e.command,
+            e.source
+        );
+    }
+    match ended {
+        Ended::Exited => {}
+        Ended::TimedOut => {
+            return Err(stalled(format!(
+                "{} did not finish within {}s; killed its process group",
+                e.command,
+                bound.as_secs_f64()
+            )))
+        }
+        Ended::Stopped => return Err(stalled(format!("{} stopped: shutting down", e.command))),
+        Ended::Failed(m) => return Err(fail("command", format!("waiting for {}: {m}", e.command))),
+    }
+    let status =
+        status.map_err(|err| fail("command", format!("waiting for {}: {err}", e.command)))?;
     if !status.success() {
         return Err(fail(
             "command",
             format!("{} exited with {status}", e.command),
         ));
     }
+    let Some(out) = out else {
+        return Err(stalled(format!(
+            "{} exited but its output stayed open (held by a process outside its group)",
+            e.command
+        )));
+    };
     parse_exec_credential(&out, &e.api_version)
         .map_err(|m| fail("command", format!("{}: {m}", e.command)))
 }
@@ -909,10 +1006,17 @@ pub(crate) fn parse_exec_credential(
 }
 
 /// The runtime side of `Auth`: hands out the current `Authorization` header value.
+///
+/// A refresh (an exec plugin run, a token file re-read) runs on a thread of its own and no
+/// lock is held across it: one runs at a time, and every caller that needs its result waits
+/// for it, each no longer than its own deadline (the lease loop's renew deadline) and not past
+/// shutdown. A stuck plugin therefore holds up only the requests that need a new credential,
+/// each until its own bound, and is killed after [`EXEC_TIMEOUT`].
 pub(crate) struct Credentials {
     auth: Auth,
     refresh: Duration,
     state: Mutex<CredState>,
+    stop: OnceLock<Shutdown>,
 }
 
 #[derive(Default)]
@@ -921,6 +1025,52 @@ struct CredState {
     read_at: Option<Instant>,
     expires: Option<SystemTime>,
     exec_identity: Option<Identity>,
+    /// The refresh in progress.
+    running: Option<Running>,
+    /// Refreshes started so far: numbers them.
+    started: u64,
+    /// The last refresh that failed, by number: what its waiters get.
+    failed: Option<(u64, Error)>,
+}
+
+struct Running {
+    id: u64,
+    /// Disconnected once the refresh's result is in the state.
+    done: Receiver<()>,
+    /// The plugin's process group, while it may be killed (its leader is not reaped).
+    group: Option<Pid>,
+}
+
+/// What a refresh brought back.
+enum Fetched {
+    Token(String),
+    Exec(ExecCredential),
+}
+
+/// Ends a refresh in the state even when its thread unwinds, so waiters are never left on a
+/// refresh that no longer runs. `done` is dropped after `drop` has run: waiters wake to the
+/// result.
+struct Finish {
+    creds: Arc<Credentials>,
+    id: u64,
+    result: Option<Result<Fetched, Error>>,
+    _done: Sender<()>,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let result = self.result.take().unwrap_or_else(|| {
+            Err(Error::Transport {
+                what: "credential".into(),
+                message: "the credential refresh ended without a result".into(),
+            })
+        });
+        self.creds.finish(self.id, result);
+    }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
 }
 
 impl Credentials {
@@ -938,59 +1088,195 @@ impl Credentials {
             auth,
             refresh,
             state: Mutex::new(st),
+            stop: OnceLock::new(),
         })
+    }
+
+    /// When `stop` triggers, waits for a refresh end (with an error) and a running plugin is
+    /// killed; no refresh starts after. Set once.
+    pub(crate) fn set_shutdown(&self, stop: Shutdown) {
+        let _ = self.stop.set(stop);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CredState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The header value to send, running the exec plugin or re-reading the token file when due.
-    pub(crate) fn authorization(&self) -> Result<Option<String>, Error> {
+    /// The header value to send, waiting for a refresh when one is due (see
+    /// [`Credentials::authorization_until`]) with no deadline of the caller's own.
+    pub(crate) fn authorization(self: &Arc<Self>) -> Result<Option<String>, Error> {
+        self.authorization_until(None)
+    }
+
+    /// The header value to send. When the token file is due for a re-read or the exec
+    /// credential has expired (or was refused), a refresh is started unless one runs, and this
+    /// waits for that refresh's result, at most until `deadline`.
+    pub(crate) fn authorization_until(
+        self: &Arc<Self>,
+        deadline: Option<Instant>,
+    ) -> Result<Option<String>, Error> {
+        let (what, waiting_for) = match &self.auth {
+            Auth::None => return Ok(None),
+            Auth::Token(t) => return Ok(Some(bearer(t))),
+            Auth::Basic { username, password } => {
+                return Ok(Some(format!(
+                    "Basic {}",
+                    base64_encode(format!("{username}:{password}").as_bytes())
+                )))
+            }
+            Auth::TokenFile { path, .. } => (path.display().to_string(), "the token file"),
+            Auth::Exec(e) => (e.source.clone(), "the exec credential plugin"),
+        };
+        let stop = self.stop.get();
+        let (id, done) = {
+            let mut st = self.lock();
+            if !self.due(&st) {
+                return Ok(st.token.as_deref().map(bearer));
+            }
+            if stop.is_some_and(Shutdown::is_triggered) {
+                return Err(Error::Transport {
+                    what,
+                    message: "shutting down: no new credential".into(),
+                });
+            }
+            match &st.running {
+                Some(r) => (r.id, r.done.clone()),
+                None => self.start(&mut st)?,
+            }
+        };
+        let stopping = stop.map_or_else(crossbeam_channel::never, Shutdown::receiver);
+        let timer = deadline.map_or_else(crossbeam_channel::never, crossbeam_channel::at);
+        crossbeam_channel::select! {
+            recv(done) -> _ => {}
+            recv(stopping) -> _ => {
+                self.kill_running();
+                return Err(Error::Transport {
+                    what,
+                    message: format!("shutting down while waiting for {waiting_for}"),
+                });
+            }
+            recv(timer) -> _ => {
+                return Err(Error::Transport {
+                    what,
+                    message: format!(
+                        "{waiting_for} has not answered within the request's deadline"
+                    ),
+                });
+            }
+        }
+        let st = self.lock();
+        match &st.failed {
+            Some((failed, e)) if *failed == id => Err(e.clone()),
+            // The refresh we waited for worked: its credential, even if already stale (a
+            // plugin's past expiry must not make every request run it again at once).
+            _ => Ok(st.token.as_deref().map(bearer)),
+        }
+    }
+
+    fn due(&self, st: &CredState) -> bool {
         match &self.auth {
-            Auth::None => Ok(None),
-            Auth::Token(t) => Ok(Some(format!("Bearer {t}"))),
-            Auth::Basic { username, password } => Ok(Some(format!(
-                "Basic {}",
-                base64_encode(format!("{username}:{password}").as_bytes())
-            ))),
-            Auth::TokenFile { path, .. } => {
-                let mut st = self.lock();
-                let due = st.read_at.is_none_or(|t| t.elapsed() >= self.refresh);
-                if due {
-                    st.read_at = Some(Instant::now());
-                    match read_token_file(path) {
-                        Ok(t) => st.token = Some(t),
-                        Err(m) if st.token.is_some() => {
-                            log::warn!("{}: {m}; keeping the previous token", path.display())
-                        }
-                        Err(m) => return Err(cfg_err(&path.display().to_string(), "", m)),
-                    }
-                }
-                Ok(st.token.as_ref().map(|t| format!("Bearer {t}")))
+            Auth::TokenFile { .. } => st.read_at.is_none_or(|t| t.elapsed() >= self.refresh),
+            Auth::Exec(_) => {
+                st.read_at.is_none() || st.expires.is_some_and(|x| SystemTime::now() >= x)
             }
-            Auth::Exec(e) => {
-                let mut st = self.lock();
-                let expired = st.expires.is_some_and(|x| SystemTime::now() >= x);
-                if st.read_at.is_none() || expired {
-                    let cred = run_exec(e)?;
-                    st.read_at = Some(Instant::now());
-                    st.token = cred.token;
-                    st.expires = cred.expires;
-                    if let (Some(c), Some(k)) = (cred.client_cert_pem, cred.client_key_pem) {
-                        st.exec_identity = Some(Identity {
-                            cert_pem: c,
-                            key_pem: k,
-                        });
-                    }
+            _ => false,
+        }
+    }
+
+    /// Starts a refresh on its own thread; returns its number and the channel that ends with
+    /// it.
+    fn start(self: &Arc<Self>, st: &mut CredState) -> Result<(u64, Receiver<()>), Error> {
+        st.started += 1;
+        let id = st.started;
+        let (tx, done) = crossbeam_channel::bounded::<()>(0);
+        st.running = Some(Running {
+            id,
+            done: done.clone(),
+            group: None,
+        });
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("credential-refresh".into())
+            .spawn(move || {
+                let mut finish = Finish {
+                    creds: me.clone(),
+                    id,
+                    result: None,
+                    _done: tx,
+                };
+                finish.result = Some(me.fetch(id));
+            });
+        if let Err(err) = spawned {
+            st.running = None;
+            return Err(Error::Transport {
+                what: "credential".into(),
+                message: format!("cannot start a thread to refresh it: {err}"),
+            });
+        }
+        Ok((id, done))
+    }
+
+    /// The refresh itself, with no lock held.
+    fn fetch(&self, id: u64) -> Result<Fetched, Error> {
+        match &self.auth {
+            Auth::TokenFile { path, .. } => read_token_file(path)
+                .map(Fetched::Token)
+                .map_err(|m| cfg_err(&path.display().to_string(), "", m)),
+            Auth::Exec(e) => run_exec(e, EXEC_TIMEOUT, self.stop.get(), &|g| {
+                if let Some(r) = self.lock().running.as_mut().filter(|r| r.id == id) {
+                    r.group = g;
                 }
-                Ok(st.token.as_ref().map(|t| format!("Bearer {t}")))
+            })
+            .map(Fetched::Exec),
+            _ => Err(Error::Transport {
+                what: "credential".into(),
+                message: "nothing to refresh".into(),
+            }),
+        }
+    }
+
+    /// Records refresh `id`'s result and ends it.
+    fn finish(&self, id: u64, result: Result<Fetched, Error>) {
+        let mut st = self.lock();
+        if st.running.as_ref().is_none_or(|r| r.id != id) {
+            return;
+        }
+        st.running = None;
+        match result {
+            Ok(Fetched::Token(t)) => {
+                st.token = Some(t);
+                st.read_at = Some(Instant::now());
             }
+            Ok(Fetched::Exec(cred)) => {
+                st.read_at = Some(Instant::now());
+                st.token = cred.token;
+                st.expires = cred.expires;
+                if let (Some(c), Some(k)) = (cred.client_cert_pem, cred.client_key_pem) {
+                    st.exec_identity = Some(Identity {
+                        cert_pem: c,
+                        key_pem: k,
+                    });
+                }
+            }
+            Err(e) if matches!(self.auth, Auth::TokenFile { .. }) && st.token.is_some() => {
+                // kubernetes#68164: a rewrite caught half-way; the old token is still good.
+                log::warn!("{e}; keeping the previous token");
+                st.read_at = Some(Instant::now());
+            }
+            Err(e) => st.failed = Some((id, e)),
+        }
+    }
+
+    /// Kills the running plugin's process group (at shutdown).
+    fn kill_running(&self) {
+        let st = self.lock();
+        if let Some(g) = st.running.as_ref().and_then(|r| r.group) {
+            let _ = kill_process_group(g, Signal::KILL);
         }
     }
 
     /// The client certificate an exec plugin returned (runs the plugin if it has not run yet).
-    pub(crate) fn exec_identity(&self) -> Result<Option<Identity>, Error> {
+    pub(crate) fn exec_identity(self: &Arc<Self>) -> Result<Option<Identity>, Error> {
         if !matches!(self.auth, Auth::Exec(_)) {
             return Ok(None);
         }
@@ -1515,6 +1801,267 @@ echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","s
         );
         assert!(parse_exec_credential(br#"{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{}}"#, v1).is_err());
         assert!(parse_exec_credential(br#"{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"t","expirationTimestamp":"soon"}}"#, v1).is_err());
+    }
+
+    // ---- bounded plugin runs and one refresh at a time (issue #25) ----
+
+    const CRED: &str = r#"{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"tok"}}"#;
+
+    /// An exec config running `body` as a shell script in `d`.
+    fn plugin(d: &TempDir, body: &str) -> ExecConfig {
+        let script = d.write("p.sh", format!("#!/bin/sh\n{body}\n").as_bytes());
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ExecConfig {
+            api_version: "client.authentication.k8s.io/v1".into(),
+            command: script.display().to_string(),
+            args: vec![],
+            env: vec![("D".into(), d.0.display().to_string())],
+            install_hint: String::new(),
+            cluster_info: None,
+            source: "kubeconfig k: users[u].user.exec".into(),
+        }
+    }
+
+    fn wait_until(within: Duration, cond: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        cond()
+    }
+
+    /// The pid a script wrote to `name`, once it has.
+    fn pid_in(d: &TempDir, name: &str) -> u32 {
+        let p = d.0.join(name);
+        assert!(
+            wait_until(Duration::from_secs(10), || std::fs::read_to_string(&p)
+                .is_ok_and(|s| s.ends_with('\n'))),
+            "{name} never written"
+        );
+        std::fs::read_to_string(&p).unwrap().trim().parse().unwrap()
+    }
+
+    /// Gone, or a zombie waiting for an init that does not reap: either way, not running.
+    fn dead(pid: u32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(s) => s
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z'),
+        }
+    }
+
+    /// `run_exec` on a thread: a run that never returns fails the test instead of hanging it.
+    fn run_bounded(e: &ExecConfig, bound: Duration) -> (Result<ExecCredential, String>, Duration) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let e = e.clone();
+        let start = Instant::now();
+        std::thread::spawn(move || {
+            let r = run_exec(&e, bound, None, &|_| {}).map_err(|e| e.to_string());
+            let _ = tx.send(r);
+        });
+        let r = rx
+            .recv_timeout(bound + Duration::from_secs(15))
+            .expect("the plugin run did not return");
+        (r, start.elapsed())
+    }
+
+    #[test]
+    fn a_plugin_that_never_exits_is_killed_with_its_children_at_the_bound() {
+        let d = TempDir::new("hang");
+        let e = plugin(
+            &d,
+            r#"echo $$ > "$D/pid"; sleep 600 & echo $! > "$D/child"; wait"#,
+        );
+        let (r, took) = run_bounded(&e, Duration::from_millis(300));
+        let err = r.unwrap_err();
+        assert!(err.contains("did not finish within 0.3s"), "{err}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        for f in ["pid", "child"] {
+            let pid = pid_in(&d, f);
+            assert!(
+                wait_until(Duration::from_secs(5), || dead(pid)),
+                "{f} {pid} still runs"
+            );
+        }
+    }
+
+    #[test]
+    fn output_held_open_by_a_grandchild_does_not_hold_the_run() {
+        // The plugin answers and exits, but a background process it started keeps its stdout:
+        // the answer is used after a short grace and that process is killed.
+        let d = TempDir::new("grandchild");
+        let e = plugin(
+            &d,
+            &format!(r#"sleep 600 & echo $! > "$D/child"; echo '{CRED}'"#),
+        );
+        let (r, took) = run_bounded(&e, Duration::from_secs(30));
+        assert_eq!(r.unwrap().token.as_deref(), Some("tok"));
+        assert!(took < Duration::from_secs(10), "{took:?}");
+        let pid = pid_in(&d, "child");
+        assert!(wait_until(Duration::from_secs(5), || dead(pid)));
+
+        // The same with the plugin still running: the bound ends both.
+        let e = plugin(&d, &format!(r#"sleep 600 & echo '{CRED}'; sleep 600"#));
+        let (r, _) = run_bounded(&e, Duration::from_millis(300));
+        assert!(r.unwrap_err().contains("did not finish within"));
+    }
+
+    #[test]
+    fn a_plugin_exiting_nonzero_is_an_error_naming_it() {
+        let d = TempDir::new("nonzero");
+        let e = plugin(&d, &format!("echo '{CRED}'; exit 3"));
+        let (r, _) = run_bounded(&e, Duration::from_secs(30));
+        let err = r.unwrap_err();
+        assert!(err.contains("users[u].user.exec: command:"), "{err}");
+        assert!(err.contains("exited with exit status: 3"), "{err}");
+        // Also when a child of it holds the output.
+        let e = plugin(&d, "sleep 600 & exit 4");
+        let (r, took) = run_bounded(&e, Duration::from_secs(30));
+        assert!(r.unwrap_err().contains("exit status: 4"));
+        assert!(took < Duration::from_secs(10), "{took:?}");
+    }
+
+    fn runs_in(d: &TempDir) -> usize {
+        std::fs::read_to_string(d.0.join("runs"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    /// Calls `authorization` from `n` threads at once; their answers.
+    fn at_once(creds: &Arc<Credentials>, n: usize) -> Vec<Result<Option<String>, String>> {
+        let gate = Arc::new(std::sync::Barrier::new(n));
+        let threads: Vec<_> = (0..n)
+            .map(|_| {
+                let (c, g) = (creds.clone(), gate.clone());
+                std::thread::spawn(move || {
+                    g.wait();
+                    c.authorization().map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn one_plugin_run_at_a_time_and_every_caller_gets_its_result() {
+        let d = TempDir::new("single");
+        let ok = plugin(
+            &d,
+            &format!(r#"echo run >> "$D/runs"; sleep 0.3; echo '{CRED}'"#),
+        );
+        let creds = Credentials::new(Auth::Exec(ok));
+        for r in at_once(&creds, 8) {
+            assert_eq!(r.unwrap().as_deref(), Some("Bearer tok"));
+        }
+        assert_eq!(runs_in(&d), 1);
+
+        // A failing run: each waiter gets its error, and it ran once.
+        let d = TempDir::new("single-fail");
+        let bad = plugin(&d, r#"echo run >> "$D/runs"; sleep 1; exit 7"#);
+        let creds = Credentials::new(Auth::Exec(bad));
+        for r in at_once(&creds, 8) {
+            assert!(r.unwrap_err().contains("exit status: 7"));
+        }
+        assert_eq!(runs_in(&d), 1);
+        // The next request tries again.
+        assert!(creds.authorization().is_err());
+        assert_eq!(runs_in(&d), 2);
+    }
+
+    #[test]
+    fn a_hung_plugin_holds_no_lock_a_deadline_or_shutdown_ends_the_wait() {
+        let d = TempDir::new("nolock");
+        let e = plugin(
+            &d,
+            r#"echo run >> "$D/runs"; sleep 600 & echo $! > "$D/child"; wait"#,
+        );
+        let creds = Credentials::new(Auth::Exec(e));
+        let stop = Shutdown::new();
+        creds.set_shutdown(stop.clone());
+        // A caller without a deadline starts the run and waits for it.
+        let (tx, waiting) = crossbeam_channel::bounded(1);
+        let c = creds.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(c.authorization().map_err(|e| e.to_string()));
+        });
+        let child = pid_in(&d, "child");
+        // A caller with a deadline joins that run and gives up at its deadline: no lock, no
+        // second run.
+        let start = Instant::now();
+        let err = creds
+            .authorization_until(Some(Instant::now() + Duration::from_millis(200)))
+            .unwrap_err()
+            .to_string();
+        let took = start.elapsed();
+        assert!(
+            err.contains("has not answered within the request's deadline"),
+            "{err}"
+        );
+        assert!(took >= Duration::from_millis(190), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        assert_eq!(runs_in(&d), 1);
+        // Shutdown ends the first wait and kills the plugin with its children.
+        stop.trigger();
+        let r = waiting
+            .recv_timeout(Duration::from_secs(5))
+            .expect("still waiting");
+        assert!(r.unwrap_err().contains("shutting down"));
+        assert!(wait_until(Duration::from_secs(5), || dead(child)));
+        // And no new run starts after it.
+        assert!(creds
+            .authorization()
+            .unwrap_err()
+            .to_string()
+            .contains("shutting down"));
+        assert_eq!(runs_in(&d), 1);
+    }
+
+    #[test]
+    fn a_token_file_read_that_blocks_holds_no_lock() {
+        // A FIFO without a writer blocks its reader, as a hung network file system would.
+        let d = TempDir::new("fifo");
+        let p = d.0.join("token");
+        let st = Command::new("mkfifo").arg(&p).status().unwrap();
+        assert!(st.success());
+        let creds = Credentials::with_refresh(
+            Auth::TokenFile {
+                path: p.clone(),
+                initial: Some("old".into()),
+            },
+            Duration::from_secs(3600),
+        );
+        assert_eq!(
+            creds.authorization().unwrap().as_deref(),
+            Some("Bearer old")
+        );
+        // A 401 makes the next request read the file again.
+        assert!(creds.invalidate());
+        for _ in 0..2 {
+            let start = Instant::now();
+            let err = creds
+                .authorization_until(Some(Instant::now() + Duration::from_millis(200)))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("the token file has not answered"), "{err}");
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{:?}",
+                start.elapsed()
+            );
+        }
+        // That read, started once, completes: its token is used.
+        std::fs::write(&p, "new\n").unwrap();
+        assert_eq!(
+            creds.authorization().unwrap().as_deref(),
+            Some("Bearer new")
+        );
     }
 
     #[test]

@@ -19,8 +19,9 @@ pub struct Status {
     pub retry_after: Option<Duration>,
 }
 
-/// Every way a Kubernetes API call can fail.
-#[derive(Debug)]
+/// Every way a Kubernetes API call can fail. `Clone`: one credential refresh's failure is
+/// the answer of every request that waited for it.
+#[derive(Debug, Clone)]
 pub enum Error {
     /// The server answered with a non-2xx status; `Status` carries code, reason and message.
     Api { what: String, status: Status },

@@ -1,8 +1,10 @@
 //! The client-side token bucket behind `--kube-api-qps` / `--kube-api-burst`, with client-go's
 //! semantics (`flowcontrol.NewTokenBucketRateLimiter` over `x/time/rate`): the bucket starts
 //! full with `burst` tokens, refills at `qps` per second, and a caller that finds it empty
-//! reserves the next token and sleeps until it is due (callers queue, none is refused).
+//! reserves the next token and sleeps until it is due (callers queue, none is refused). The
+//! sleep ends early on shutdown, so a long queue cannot hold the process after SIGTERM.
 
+use crate::shutdown::Shutdown;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -79,14 +81,24 @@ impl RateLimiter {
         }
     }
 
-    /// Block until a token is available.
-    pub fn acquire(&self) {
+    /// Block until a token is available or `stop` is triggered while waiting for one; returns
+    /// true in the second case (the token stays spent: the process is stopping anyway).
+    pub fn acquire(&self, stop: Option<&Shutdown>) -> bool {
         let wait = {
             let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
             b.reserve(self.origin.elapsed().as_secs_f64())
         };
-        if !wait.is_zero() {
-            std::thread::sleep(wait);
+        if wait.is_zero() {
+            // A free token is handed out even during shutdown: the Lease release and the
+            // in-flight event still go out.
+            return false;
+        }
+        match stop {
+            Some(s) => s.wait_timeout(wait),
+            None => {
+                std::thread::sleep(wait);
+                false
+            }
         }
     }
 }
@@ -156,13 +168,38 @@ mod tests {
     fn real_limiter_blocks() {
         let l = RateLimiter::new(20.0, 1);
         let start = Instant::now();
-        l.acquire();
-        l.acquire();
-        l.acquire();
+        assert!(!l.acquire(None));
+        assert!(!l.acquire(None));
+        let stop = Shutdown::new();
+        assert!(!l.acquire(Some(&stop)));
         assert!(
             start.elapsed() >= Duration::from_millis(95),
             "{:?}",
             start.elapsed()
         );
+    }
+
+    #[test]
+    fn shutdown_ends_a_queued_acquire() {
+        // One token, then one per 1000 s: the second caller would sleep for a quarter hour.
+        let l = RateLimiter::new(0.001, 1);
+        let stop = Shutdown::new();
+        assert!(!l.acquire(Some(&stop)), "the burst token is free");
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (l2, stop2) = (l.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let _ = tx.send(l2.acquire(Some(&stop2)));
+        });
+        // Still queued: it does not return by itself.
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        stop.trigger();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)),
+            Ok(true),
+            "a queued acquire must end on shutdown, saying so"
+        );
+        // A free token is still handed out after shutdown (the Lease release needs one).
+        let free = RateLimiter::new(-1.0, 1);
+        assert!(!free.acquire(Some(&stop)));
     }
 }

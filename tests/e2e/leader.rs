@@ -52,6 +52,12 @@ impl Replica {
 
 /// Spawns replica `name`: hostname `name`, token `name`, leader election on with `extra`.
 pub fn spawn_replica(env: &Env, name: &str, extra: &[&str]) -> Replica {
+    spawn_replica_as(env, name, &format!("    token: {name}\n"), extra)
+}
+
+/// Spawns replica `name` (hostname `name`) whose kubeconfig user is `user` (indented four
+/// spaces), leader election on with `extra`.
+pub fn spawn_replica_as(env: &Env, name: &str, user: &str, extra: &[&str]) -> Replica {
     let kubeconfig = env.dir.join(format!("kubeconfig-{name}"));
     let yaml = env.api.kubeconfig_yaml();
     assert!(
@@ -60,7 +66,7 @@ pub fn spawn_replica(env: &Env, name: &str, extra: &[&str]) -> Replica {
     );
     std::fs::write(
         &kubeconfig,
-        yaml.replace("  user: {}\n", &format!("  user:\n    token: {name}\n")),
+        yaml.replace("  user: {}\n", &format!("  user:\n{user}")),
     )
     .expect("write kubeconfig");
     let bin: PathBuf = sibling_binary("csi-external-health-monitor-controller");

@@ -7,6 +7,7 @@ mod kit;
 mod checkonce;
 mod cli;
 mod crash;
+mod credentials;
 mod docs;
 mod events;
 mod faults;
