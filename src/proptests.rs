@@ -374,7 +374,11 @@ proptest! {
     }
 
     #[test]
-    fn rfc3339_parser_never_panics(s in ".{0,40}", t in "[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9:.+-Zz]{0,24}", u in time()) {
+    fn rfc3339_parser_never_panics(
+        s in ".{0,40}",
+        t in "[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9:.+-Zz]{0,24}",
+        u in time(),
+    ) {
         let _ = parse_rfc3339(&s);
         let _ = parse_rfc3339(&t);
         let _ = parse_rfc3339(&u);
@@ -444,7 +448,10 @@ proptest! {
     /// PVs: every one decodes; the record exists exactly for a PV of our driver with a handle,
     /// keeps what was sent, and the monitor's decisions about it hold the API's limits.
     #[test]
-    fn pv_records_decode_and_feed_the_decisions(obj in pv_object(), conds in prop::collection::vec(driver_condition(), 0..4)) {
+    fn pv_records_decode_and_feed_the_decisions(
+        obj in pv_object(),
+        conds in prop::collection::vec(driver_condition(), 0..4),
+    ) {
         let rec = decode_pv(&obj)?;
         let ours = obj["spec"]["csi"]["driver"] == DRIVER
             && obj["spec"]["csi"]["volumeHandle"].as_str().is_some_and(|h| !h.is_empty());
@@ -488,7 +495,9 @@ proptest! {
             prop_assert_eq!(&h.conditions, &desired);
         }
         let message = health::event_message(&conds, &desired);
-        let event = Event::new("c", &ObjectRef::pvc(&pvc), EventType::Warning, decide::REASON_ABNORMAL, &message, SystemTime::now());
+        let object = ObjectRef::pvc(&pvc);
+        let now = SystemTime::now();
+        let event = Event::new("c", &object, EventType::Warning, decide::REASON_ABNORMAL, &message, now);
         let body = event.create_body();
         prop_assert_eq!(body["involvedObject"]["name"].as_str(), Some(pvc.name.as_str()));
         let _ = (event.event_key(), event.spam_key(), event.aggregate_key(), event.patch_body());
@@ -564,7 +573,8 @@ proptest! {
         let mut event = Event::from_server(&obj);
         prop_assert_eq!(event.reason.as_str(), obj["reason"].as_str().unwrap());
         prop_assert_eq!(event.message.as_str(), obj["message"].as_str().unwrap());
-        prop_assert_eq!(i64::from(event.count), obj["count"].as_i64().filter(|c| i32::try_from(*c).is_ok()).unwrap_or(0));
+        let count = obj["count"].as_i64().filter(|c| i32::try_from(*c).is_ok());
+        prop_assert_eq!(i64::from(event.count), count.unwrap_or(0));
         event.resource_version.clear();
         prop_assert_eq!(Event::from_server(&event.create_body()), event.clone());
         let _ = (event.event_key(), event.spam_key(), event.aggregate_key(), event.patch_body());
@@ -599,7 +609,10 @@ proptest! {
     /// `truncate` keeps what fits, cuts at a character boundary and says so with `…`, never
     /// going over the limit (any limit that holds the ellipsis).
     #[test]
-    fn truncation_cuts_at_a_char_boundary_within_the_limit(s in text(), max in prop_oneof![Just(health::MAX_REASON_BYTES), Just(health::MAX_MESSAGE_BYTES), 3usize..64]) {
+    fn truncation_cuts_at_a_char_boundary_within_the_limit(
+        s in text(),
+        max in prop_oneof![Just(health::MAX_REASON_BYTES), Just(health::MAX_MESSAGE_BYTES), 3usize..64],
+    ) {
         let (out, cut) = health::truncate(&s, max);
         prop_assert!(out.len() <= max, "{} > {}", out.len(), max);
         prop_assert_eq!(cut, s.len() > max);
@@ -618,7 +631,9 @@ proptest! {
     /// entry per (status, reason), sorted, strings within the limits, at most 16 kept (the most
     /// severe), and the counts of what was mended add up.
     #[test]
-    fn driver_conditions_map_to_what_the_api_accepts(conds in prop::collection::vec(driver_condition(), 0..40)) {
+    fn driver_conditions_map_to_what_the_api_accepts(
+        conds in prop::collection::vec(driver_condition(), 0..40),
+    ) {
         let (out, mended) = health::to_pvc(&conds);
         // What the mapping should hold: each typed condition's key, the last one winning.
         let mut keys: BTreeMap<(String, String), String> = BTreeMap::new();
@@ -634,16 +649,17 @@ proptest! {
         prop_assert_eq!(out.len(), keys.len().min(MAX_CONDITIONS));
         prop_assert_eq!(mended.dropped, keys.len().saturating_sub(MAX_CONDITIONS));
         prop_assert_eq!(mended.duplicates, typed - keys.len());
-        prop_assert!(out.windows(2).all(|w| (&w[0].status, &w[0].reason) < (&w[1].status, &w[1].reason)), "sorted, no duplicates: {:?}", out);
+        let key = |c: &PvcCondition| (c.status.clone(), c.reason.clone());
+        prop_assert!(out.windows(2).all(|w| key(&w[0]) < key(&w[1])), "sorted, no duplicates: {:?}", out);
         for c in &out {
             prop_assert!([health::DEGRADED, health::INACCESSIBLE, health::DATA_LOSS].contains(&c.status.as_str()));
             prop_assert!(!c.reason.is_empty() && c.reason.len() <= health::MAX_REASON_BYTES);
             prop_assert!(c.message.len() <= health::MAX_MESSAGE_BYTES);
-            prop_assert_eq!(keys.get(&(c.status.clone(), c.reason.clone())), Some(&c.message));
+            prop_assert_eq!(keys.get(&key(c)), Some(&c.message));
         }
         // The most severe are kept: nothing left out is more severe than anything kept.
         let worst_kept = out.iter().map(|c| rank(&c.status)).max().unwrap_or(0);
-        let dropped = keys.keys().filter(|(s, r)| !out.iter().any(|c: &PvcCondition| &c.status == s && &c.reason == r));
+        let dropped = keys.keys().filter(|k| !out.iter().any(|c| key(c) == **k));
         for (s, _) in dropped {
             prop_assert!(rank(s) >= worst_kept, "{} left out while {:?} kept", s, out);
         }
