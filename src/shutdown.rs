@@ -84,24 +84,48 @@ impl Shutdown {
 mod tests {
     use super::*;
 
+    /// How long a woken wait may take to return: far below the waits it cuts short, so a
+    /// broken wake-up fails the test instead of passing late.
+    const WAKE_BOUND: Duration = Duration::from_secs(5);
+
+    /// Runs `wait_timeout(d)` on a thread; the receiver gets its result.
+    fn waiting(s: &Shutdown, d: Duration) -> crossbeam_channel::Receiver<bool> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let s2 = s.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(s2.wait_timeout(d));
+        });
+        // Still waiting: nothing but a trigger ends a wait this long.
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+        rx
+    }
+
     #[test]
     fn wait_returns_early_on_trigger() {
         let s = Shutdown::new();
-        let s2 = s.clone();
-        let t = std::thread::spawn(move || s2.wait_timeout(Duration::from_secs(60)));
+        let rx = waiting(&s, Duration::from_secs(3600));
+        let asked = Instant::now();
         s.trigger();
-        assert!(t.join().unwrap());
+        let woken = rx
+            .recv_timeout(WAKE_BOUND)
+            .expect("the trigger wakes the wait at once");
+        assert!(woken);
+        assert!(asked.elapsed() < WAKE_BOUND);
     }
 
     #[test]
     fn an_endless_wait_does_not_overflow_and_still_ends_on_trigger() {
         let s = Shutdown::new();
-        let s2 = s.clone();
-        let t = std::thread::spawn(move || s2.wait_timeout(Duration::MAX));
-        std::thread::sleep(Duration::from_millis(50));
+        let rx = waiting(&s, Duration::MAX);
         s.trigger();
-        assert!(t.join().unwrap());
+        let woken = rx
+            .recv_timeout(WAKE_BOUND)
+            .expect("the trigger wakes an endless wait at once");
+        assert!(woken);
+        // Once triggered, a wait returns without waiting at all.
+        let started = Instant::now();
         assert!(s.wait_timeout(Duration::MAX));
+        assert!(started.elapsed() < WAKE_BOUND);
     }
 
     #[test]

@@ -869,4 +869,475 @@ mod tests {
             Err(SweepError::Rpc(_))
         ));
     }
+
+    /// The list loop itself, sweep by sweep: a fake driver behind `HealthSource`, the stores
+    /// filled by hand, Events caught by a fake API (nothing here reaches a server: every PVC is
+    /// cached, and no case makes a status write).
+    mod sweeps {
+        use super::*;
+        use crate::events::{EventSink, RecorderOptions, RecorderThread};
+        use crate::kube;
+        use crate::metrics::Metrics;
+        use crate::monitor::decide::{missing_message, Reported, REASON_ABNORMAL, REASON_NORMAL};
+        use crate::monitor::status::StatusWriter;
+        use crate::monitor::HealthOutput;
+        use crate::watch::{ClaimRef, PvStore, PvcRecord, PvcStore};
+        use serde_json::Value;
+
+        const DRIVER: &str = "d";
+        const INTERVAL: Duration = Duration::from_secs(300);
+
+        /// The API server's Events by name: what the monitor told.
+        #[derive(Clone, Default)]
+        struct Told(Arc<Mutex<HashMap<String, Value>>>);
+
+        impl EventSink for Told {
+            fn create(&self, _ns: &str, event: &Value) -> Result<Value, kube::Error> {
+                let name = event["metadata"]["name"].as_str().unwrap_or_default();
+                let mut all = self.0.lock().unwrap();
+                all.insert(name.to_string(), event.clone());
+                Ok(event.clone())
+            }
+            fn patch(&self, _ns: &str, name: &str, patch: &Value) -> Result<Value, kube::Error> {
+                let mut all = self.0.lock().unwrap();
+                let stored = all
+                    .get_mut(name)
+                    .expect("a patch of an Event created before");
+                for (k, v) in patch.as_object().into_iter().flatten() {
+                    stored[k] = v.clone();
+                }
+                Ok(stored.clone())
+            }
+        }
+
+        /// What the fake driver's per-volume call answers about a volume.
+        #[derive(Clone)]
+        enum Answer {
+            Conditions(Vec<Condition>),
+            NotFound,
+            Fails,
+        }
+
+        #[derive(Default)]
+        struct Driver {
+            /// Volume id → its conditions, as listed; a volume not here is absent.
+            listed: Mutex<HashMap<String, Vec<Condition>>>,
+            /// The listing fails (an incomplete sweep).
+            list_fails: Mutex<bool>,
+            /// Volume id → what the per-volume call answers (missing: NOT_FOUND).
+            answers: Mutex<HashMap<String, Answer>>,
+            /// Volume ids the per-volume call was asked about, in order.
+            asked: Mutex<Vec<String>>,
+        }
+
+        impl HealthSource for Driver {
+            fn list_method(&self) -> &'static str {
+                "ListVolumes"
+            }
+            fn get_method(&self) -> &'static str {
+                "ControllerGetVolume"
+            }
+            fn list_page(&self, _max: i32, _token: &str) -> Result<ListPage, CsiError> {
+                if *self.list_fails.lock().unwrap() {
+                    return Err(rpc_error("Unavailable"));
+                }
+                Ok(ListPage {
+                    entries: self.listed.lock().unwrap().clone().into_iter().collect(),
+                    skipped: 0,
+                    next_token: String::new(),
+                })
+            }
+            fn get(&self, id: &str) -> Result<Vec<Condition>, CsiError> {
+                self.asked.lock().unwrap().push(id.to_string());
+                match self.answers.lock().unwrap().get(id).cloned() {
+                    Some(Answer::Conditions(c)) => Ok(c),
+                    Some(Answer::Fails) => Err(rpc_error("Unavailable")),
+                    Some(Answer::NotFound) | None => Err(rpc_error("NotFound")),
+                }
+            }
+        }
+
+        fn rpc_error(code: &str) -> CsiError {
+            CsiError::Rpc {
+                method: "m",
+                code: code.into(),
+                message: "x".into(),
+            }
+        }
+
+        fn abnormal(message: &str) -> Vec<Condition> {
+            vec![Condition::legacy(message)]
+        }
+
+        struct Harness {
+            monitor: Arc<Monitor>,
+            driver: Arc<Driver>,
+            told: Told,
+            recorder: RecorderThread,
+            shutdown: Shutdown,
+        }
+
+        impl Drop for Harness {
+            fn drop(&mut self) {
+                self.shutdown.trigger();
+            }
+        }
+
+        /// PVs `pv-<id>` (handle `<id>`) bound to cached PVCs `ns/pvc-<id>`, all listed
+        /// healthy; `standing` stand reported abnormal from earlier Events. `health`: the v1.13
+        /// health listing (the status writer is there but never has anything to write).
+        fn harness(health: bool, ids: &[&str], standing: &[&str]) -> Harness {
+            let pvs = PvStore::new();
+            let pvcs = PvcStore::new(pvs.clone());
+            let driver = Arc::new(Driver::default());
+            for id in ids {
+                pvs.apply(
+                    format!("pv-{id}"),
+                    PvRecord {
+                        name: format!("pv-{id}"),
+                        uid: format!("pv-uid-{id}"),
+                        volume_handle: id.to_string(),
+                        phase: "Bound".into(),
+                        claim: Some(ClaimRef {
+                            namespace: "ns".into(),
+                            name: format!("pvc-{id}"),
+                            uid: format!("uid-{id}"),
+                        }),
+                        deleting: false,
+                    },
+                );
+                pvcs.store().apply(
+                    format!("ns/pvc-{id}"),
+                    PvcRecord {
+                        namespace: "ns".into(),
+                        name: format!("pvc-{id}"),
+                        uid: format!("uid-{id}"),
+                        resource_version: "1".into(),
+                        volume_name: format!("pv-{id}"),
+                        health: None,
+                    },
+                );
+                driver.listed.lock().unwrap().insert(id.to_string(), vec![]);
+            }
+            let seed = standing
+                .iter()
+                .map(|id| (format!("uid-{id}"), Reported::Abnormal))
+                .collect();
+            let shutdown = Shutdown::new();
+            let told = Told::default();
+            let (recorder, thread) = crate::events::spawn(
+                told.clone(),
+                RecorderOptions::new(crate::monitor::event_component(DRIVER)),
+                shutdown.clone(),
+            )
+            .unwrap();
+            let metrics = Arc::new(Metrics::new());
+            metrics.set_driver_name(DRIVER);
+            // Never reached: every PVC is cached and no case writes a status.
+            let client = crate::kube::client::tests::client("http://127.0.0.1:9");
+            let mut monitor = Monitor::new(
+                DRIVER.into(),
+                pvs,
+                pvcs,
+                client.clone(),
+                recorder,
+                metrics.clone(),
+                seed,
+            );
+            if health {
+                monitor = monitor.health_output(HealthOutput {
+                    writer: StatusWriter::new(client, metrics, INTERVAL),
+                    events: true,
+                });
+            }
+            Harness {
+                monitor: Arc::new(monitor),
+                driver,
+                told,
+                recorder: thread,
+                shutdown,
+            }
+        }
+
+        impl Harness {
+            fn list_loop(&self) -> ListLoop {
+                ListLoop::new(self.monitor.clone(), self.driver.clone(), INTERVAL, 0)
+            }
+
+            fn unlist(&self, ids: &[&str]) {
+                let mut listed = self.driver.listed.lock().unwrap();
+                for id in ids {
+                    listed.remove(*id);
+                }
+            }
+
+            fn list(&self, id: &str, conditions: Vec<Condition>) {
+                let mut listed = self.driver.listed.lock().unwrap();
+                listed.insert(id.to_string(), conditions);
+            }
+
+            fn answer(&self, id: &str, answer: Answer) {
+                let mut answers = self.driver.answers.lock().unwrap();
+                answers.insert(id.to_string(), answer);
+            }
+
+            fn asked(&self) -> Vec<String> {
+                self.driver.asked.lock().unwrap().clone()
+            }
+
+            /// (PVC, message, count) of every Event with `reason`, once all queued are written.
+            fn told(&self, reason: &str) -> Vec<(String, String, i64)> {
+                assert!(self.recorder.flush(Duration::from_secs(10)));
+                let all = self.told.0.lock().unwrap();
+                let mut out: Vec<(String, String, i64)> = all
+                    .values()
+                    .filter(|e| e["reason"] == reason)
+                    .map(|e| {
+                        (
+                            e["involvedObject"]["name"].as_str().unwrap().to_string(),
+                            e["message"].as_str().unwrap().to_string(),
+                            e["count"].as_i64().unwrap(),
+                        )
+                    })
+                    .collect();
+                out.sort();
+                out
+            }
+
+            /// PVCs told their volume is missing (each with its count).
+            fn missing(&self) -> Vec<(String, i64)> {
+                self.told(REASON_ABNORMAL)
+                    .into_iter()
+                    .filter(|(pvc, message, _)| {
+                        *message == missing_message(pvc.trim_start_matches("pvc-"), DRIVER)
+                    })
+                    .map(|(pvc, _, n)| (pvc, n))
+                    .collect()
+            }
+
+            fn suppressed(&self) -> String {
+                let text = self.monitor.metrics().encode();
+                text.lines()
+                    .find(|l| l.starts_with("csi_volume_health_missing_suppressed{"))
+                    .and_then(|l| l.rsplit(' ').next())
+                    .unwrap_or("unset")
+                    .to_string()
+            }
+        }
+
+        fn pvcs(ids: &[&str]) -> Vec<(String, i64)> {
+            ids.iter().map(|id| (format!("pvc-{id}"), 1)).collect()
+        }
+
+        #[test]
+        fn a_volume_is_missing_after_two_complete_sweeps_without_it() {
+            let h = harness(false, &["a", "b"], &[]);
+            let mut lp = h.list_loop();
+            lp.sweep();
+            h.unlist(&["a"]);
+            lp.sweep();
+            assert_eq!(h.missing(), vec![], "one absence can be a listing race");
+            lp.sweep();
+            assert_eq!(h.missing(), pvcs(&["a"]));
+            lp.sweep();
+            assert_eq!(
+                h.missing(),
+                vec![("pvc-a".to_string(), 2)],
+                "still missing: reported again (one Event, counted)"
+            );
+            assert!(h.asked().is_empty(), "no per-volume call in this mode");
+        }
+
+        #[test]
+        fn a_volume_listed_again_or_an_incomplete_sweep_does_not_make_it_missing() {
+            let h = harness(false, &["a"], &[]);
+            let mut lp = h.list_loop();
+            lp.sweep();
+            h.unlist(&["a"]);
+            lp.sweep();
+            h.list("a", vec![]);
+            lp.sweep();
+            h.unlist(&["a"]);
+            lp.sweep();
+            assert_eq!(
+                h.missing(),
+                vec![],
+                "listed in between: the count starts over"
+            );
+            // A failed listing says nothing: neither an absence nor a presence.
+            *h.driver.list_fails.lock().unwrap() = true;
+            lp.sweep();
+            lp.sweep();
+            assert_eq!(h.missing(), vec![]);
+            *h.driver.list_fails.lock().unwrap() = false;
+            lp.sweep();
+            assert_eq!(
+                h.missing(),
+                pvcs(&["a"]),
+                "second complete sweep without it"
+            );
+        }
+
+        #[test]
+        fn the_mass_absence_guard_holds_back_newly_missing_volumes_only() {
+            let ids: Vec<String> = (0..20).map(|i| format!("v{i:02}")).collect();
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let h = harness(false, &ids, &[]);
+            let mut lp = h.list_loop().missing_max_fraction(0.5);
+            // v00 stands abnormal before the listing loses anything.
+            h.list("v00", abnormal("disk slow"));
+            lp.sweep();
+            assert_eq!(h.told(REASON_ABNORMAL).len(), 1);
+            assert_eq!(h.suppressed(), "0");
+            // 12 of 20 absent (more than half): v00 is reported, the 11 newly missing are not.
+            h.unlist(&ids[..12]);
+            lp.sweep();
+            lp.sweep();
+            assert_eq!(h.missing(), pvcs(&["v00"]));
+            assert_eq!(h.suppressed(), "11");
+            lp.sweep();
+            assert_eq!(h.missing(), vec![("pvc-v00".to_string(), 2)]);
+            assert_eq!(h.suppressed(), "11");
+            // Most come back; the 3 still absent are too few to look like a partial view.
+            for id in &ids[3..12] {
+                h.list(id, vec![]);
+            }
+            lp.sweep();
+            assert_eq!(
+                h.missing(),
+                vec![
+                    ("pvc-v00".to_string(), 3),
+                    ("pvc-v01".to_string(), 1),
+                    ("pvc-v02".to_string(), 1),
+                ]
+            );
+            assert_eq!(h.suppressed(), "0");
+        }
+
+        #[test]
+        fn without_the_guard_a_mass_absence_is_reported() {
+            let ids: Vec<String> = (0..20).map(|i| format!("v{i:02}")).collect();
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let h = harness(false, &ids, &[]);
+            let mut lp = h.list_loop();
+            lp.sweep();
+            h.unlist(&ids[..12]);
+            lp.sweep();
+            lp.sweep();
+            assert_eq!(h.missing(), pvcs(&ids[..12]));
+            assert_eq!(h.suppressed(), "0");
+        }
+
+        #[test]
+        fn absent_volumes_are_confirmed_with_the_per_volume_call_before_being_missing() {
+            let h = harness(false, &["gone", "known", "back", "flaky", "stays"], &[]);
+            let mut lp = h.list_loop().confirm_missing_with_get(2);
+            h.answer("gone", Answer::NotFound);
+            h.answer("known", Answer::Conditions(abnormal("disk slow")));
+            h.answer("back", Answer::Conditions(vec![]));
+            h.answer("flaky", Answer::Fails);
+            lp.sweep();
+            h.unlist(&["gone", "known", "back", "flaky"]);
+            lp.sweep();
+            assert!(lp.to_confirm.is_empty(), "one absence is not asked about");
+            lp.sweep();
+            assert_eq!(
+                h.told(REASON_ABNORMAL),
+                vec![],
+                "nothing told before the answers"
+            );
+            let mut batch = std::mem::take(&mut lp.to_confirm);
+            batch.sort();
+            assert_eq!(batch, ["pv-back", "pv-flaky", "pv-gone", "pv-known"]);
+            let pool = ConfirmPool::start(2, h.monitor.clone(), h.driver.clone()).unwrap();
+            let answers = pool.confirm(&batch, Duration::ZERO, &h.shutdown).unwrap();
+            lp.confirmed(answers);
+            let mut asked = h.asked();
+            asked.sort();
+            assert_eq!(asked, ["back", "flaky", "gone", "known"]);
+            // NOT_FOUND: missing. An answer: the volume's own condition. An error: nothing.
+            assert_eq!(
+                h.told(REASON_ABNORMAL),
+                vec![
+                    ("pvc-gone".to_string(), missing_message("gone", DRIVER), 1),
+                    ("pvc-known".to_string(), "disk slow".to_string(), 1),
+                ]
+            );
+        }
+
+        #[test]
+        fn the_guard_also_holds_back_confirmed_missing_volumes() {
+            let ids: Vec<String> = (0..20).map(|i| format!("v{i:02}")).collect();
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let h = harness(false, &ids, &[]);
+            let mut lp = h
+                .list_loop()
+                .confirm_missing_with_get(1)
+                .missing_max_fraction(0.5);
+            lp.sweep();
+            h.unlist(&ids[..12]);
+            lp.sweep();
+            lp.sweep();
+            let batch = std::mem::take(&mut lp.to_confirm);
+            assert_eq!(batch.len(), 12);
+            let pool = ConfirmPool::start(1, h.monitor.clone(), h.driver.clone()).unwrap();
+            let answers = pool.confirm(&batch, Duration::ZERO, &h.shutdown).unwrap();
+            assert_eq!(answers.len(), 12);
+            lp.confirmed(answers);
+            assert_eq!(h.missing(), vec![]);
+            assert_eq!(h.suppressed(), "12");
+        }
+
+        #[test]
+        fn health_listing_an_absent_abnormal_volume_recovers_after_two_cycles() {
+            let h = harness(true, &["a", "h"], &["a"]);
+            // The health listing leaves healthy volumes out.
+            h.unlist(&["a", "h"]);
+            let mut lp = h.list_loop();
+            lp.sweep();
+            assert_eq!(
+                h.told(REASON_NORMAL),
+                vec![],
+                "one absence is not a recovery"
+            );
+            lp.sweep();
+            let recovered = vec![(
+                "pvc-a".to_string(),
+                crate::monitor::decide::MESSAGE_RECOVERED.to_string(),
+                1,
+            )];
+            assert_eq!(h.told(REASON_NORMAL), recovered);
+            lp.sweep();
+            lp.sweep();
+            assert_eq!(h.told(REASON_NORMAL), recovered, "told once");
+            assert_eq!(h.told(REASON_ABNORMAL), vec![]);
+            assert!(h.asked().is_empty());
+        }
+
+        #[test]
+        fn health_listing_an_absent_abnormal_volume_recovers_when_the_driver_confirms() {
+            let h = harness(true, &["a", "h"], &["a"]);
+            h.unlist(&["a", "h"]);
+            h.answer("a", Answer::Fails);
+            let mut lp = h.list_loop().confirm_with_get(true);
+            lp.sweep();
+            lp.sweep();
+            assert_eq!(
+                h.asked(),
+                ["a", "a"],
+                "only the abnormal one, on every cycle"
+            );
+            assert_eq!(
+                h.told(REASON_NORMAL),
+                vec![],
+                "an error is never a recovery"
+            );
+            h.answer("a", Answer::Conditions(vec![]));
+            lp.sweep();
+            assert_eq!(h.told(REASON_NORMAL).len(), 1);
+            lp.sweep();
+            assert_eq!(h.asked().len(), 3, "recovered: quiet, not asked again");
+            assert_eq!(h.told(REASON_NORMAL).len(), 1);
+        }
+    }
 }

@@ -286,8 +286,9 @@ fn invalid_utf8_and_deep_nesting_in_a_list_are_refused_and_the_sidecar_relists()
     no_panic(&sidecar);
 }
 
-/// A 429 whose Status asks for `retryAfterSeconds` of u64::MAX: the reflector's wait is bounded
-/// (it used to overflow `Instant`), the sidecar stays up, and SIGTERM still ends it at once.
+/// A 429 whose Status asks for `retryAfterSeconds` of u64::MAX: the reflector's wait before
+/// listing again is cut to the client's bound, a minute (it used to overflow `Instant`), the
+/// sidecar stays up, and SIGTERM still ends it at once.
 #[test]
 fn an_absurd_retry_after_seconds_in_a_status_is_bounded() {
     let env = Env::new();
@@ -298,13 +299,30 @@ fn an_absurd_retry_after_seconds_in_a_status_is_bounded() {
             .path(PV_REQUESTS)
             .times(1),
     );
-    let mut sidecar = env.spawn(FAST);
+    // -v=4: the reflector says how long it waits before listing again.
+    let mut sidecar = env.spawn(&["--list-volumes-interval=300ms", "-v=4"]);
     assert!(
         sidecar
             .stderr
             .wait_for("reflector-pv: list failed: API server", WAIT),
         "{}",
         sidecar.stderr.text()
+    );
+    let bound = healthmon::kube::client::MAX_SERVER_WAIT;
+    let retry = format!("reflector-pv: retrying in {bound:?}");
+    assert!(
+        sidecar.stderr.wait_for("reflector-pv: retrying in ", WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
+    let text = sidecar.stderr.text();
+    let waits: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("reflector-pv: retrying in "))
+        .collect();
+    assert!(
+        waits.len() == 1 && waits[0].ends_with(&retry),
+        "the wait the server asked for is cut to {bound:?}: {waits:#?}"
     );
     assert!(sidecar.still_running_after(Duration::from_millis(500)));
     let asked = std::time::Instant::now();
