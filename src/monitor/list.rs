@@ -1046,7 +1046,7 @@ mod tests {
             );
             if health {
                 monitor = monitor.health_output(HealthOutput {
-                    writer: StatusWriter::new(client, metrics, INTERVAL),
+                    writer: StatusWriter::new(client, metrics, INTERVAL, shutdown.clone()),
                     events: true,
                 });
             }
@@ -1250,7 +1250,9 @@ mod tests {
             batch.sort();
             assert_eq!(batch, ["pv-back", "pv-flaky", "pv-gone", "pv-known"]);
             let pool = ConfirmPool::start(2, h.monitor.clone(), h.driver.clone()).unwrap();
-            let answers = pool.confirm(&batch, Duration::ZERO, &h.shutdown).unwrap();
+            let answers = pool
+                .confirm(&batch, Duration::ZERO, CONFIRM_DRAIN, &h.shutdown)
+                .unwrap();
             lp.confirmed(answers);
             let mut asked = h.asked();
             asked.sort();
@@ -1281,7 +1283,9 @@ mod tests {
             let batch = std::mem::take(&mut lp.to_confirm);
             assert_eq!(batch.len(), 12);
             let pool = ConfirmPool::start(1, h.monitor.clone(), h.driver.clone()).unwrap();
-            let answers = pool.confirm(&batch, Duration::ZERO, &h.shutdown).unwrap();
+            let answers = pool
+                .confirm(&batch, Duration::ZERO, CONFIRM_DRAIN, &h.shutdown)
+                .unwrap();
             assert_eq!(answers.len(), 12);
             lp.confirmed(answers);
             assert_eq!(h.missing(), vec![]);
