@@ -94,6 +94,12 @@ pub fn main(args: &[String]) -> i32 {
                 crate::crash::install(termination_log);
                 match run(config) {
                     Ok(()) => 0,
+                    Err(e) if SIGNALLED_DURING_STARTUP.load(Ordering::SeqCst) => {
+                        log::info!(
+                            "Received SIGTERM or SIGINT signal during start-up, stopped err=\"{e}\""
+                        );
+                        0
+                    }
                     Err(e) => {
                         log::error!("{e}");
                         log::logger().flush();
@@ -144,19 +150,20 @@ pub fn run(cfg: Config) -> Result<(), Fatal> {
     let metrics = Arc::new(Metrics::new());
     let shutdown = Shutdown::new();
     let (app_tx, app_rx) = crossbeam_channel::unbounded::<AppEvent>();
-    let signals = spawn_signal_thread(app_tx.clone())
+    let starting = Arc::new(AtomicBool::new(true));
+    let signals = spawn_signal_thread(app_tx.clone(), shutdown.clone(), starting.clone())
         .map_err(|e| fatal("Failed to install signal handlers", e))?;
 
     let kube_cfg = kube::load_config(cfg.kubeconfig.as_deref())
         .map_err(|e| fatal("Failed to build a Kubernetes config", e))?;
-    let client = Client::new(
+    let client = Client::new_stoppable(
         kube_cfg,
         cfg.kube_api_qps,
         cfg.kube_api_burst,
         &user_agent(),
+        &shutdown,
     )
     .map_err(|e| fatal("Failed to create a Clientset", e))?;
-    client.set_shutdown(shutdown.clone());
     {
         let m = metrics.clone();
         let host = client.server().to_string();
@@ -285,6 +292,9 @@ pub fn run(cfg: Config) -> Result<(), Fatal> {
         }
     }
 
+    // From here the event loop reacts to signals (a signal that came during start-up is
+    // waiting in the channel).
+    starting.store(false, Ordering::SeqCst);
     let result = event_loop(&app_rx, &shared, &app_tx, &shutdown, &mut controller);
 
     // Orderly stop: loops first, then what they queued, then the lease.
@@ -611,12 +621,28 @@ fn seed_with_retry(
     HashMap::new()
 }
 
-fn spawn_signal_thread(tx: Sender<AppEvent>) -> std::io::Result<signal_hook::iterator::Handle> {
+/// Set when SIGTERM or SIGINT came before the event loop ran: start-up was cut short on
+/// purpose, and whatever error that made is no failure (exit 0).
+static SIGNALLED_DURING_STARTUP: AtomicBool = AtomicBool::new(false);
+
+/// Signals become `AppEvent::Signal`. During start-up (`starting`) nobody reads that yet, so
+/// the signal also triggers `shutdown` at once: every start-up wait (the driver's socket, a
+/// credential plugin, a cache sync) watches it, and SIGTERM stops a starting process as fast
+/// as a running one.
+fn spawn_signal_thread(
+    tx: Sender<AppEvent>,
+    shutdown: Shutdown,
+    starting: Arc<AtomicBool>,
+) -> std::io::Result<signal_hook::iterator::Handle> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     let handle = signals.handle();
     spawn_named("signals", move || {
         for _ in signals.forever() {
+            if starting.load(Ordering::SeqCst) {
+                SIGNALLED_DURING_STARTUP.store(true, Ordering::SeqCst);
+                shutdown.trigger();
+            }
             if tx.send(AppEvent::Signal).is_err() {
                 return;
             }

@@ -139,7 +139,33 @@ impl Client {
     /// Build the agent. Runs an exec credential plugin once when it may supply the client
     /// certificate. `qps`/`burst` as client-go (`qps < 0` = unlimited, 0 = defaults).
     pub fn new(cfg: ClientConfig, qps: f64, burst: u32, user_agent: &str) -> Result<Client, Error> {
+        Client::build(cfg, qps, burst, user_agent, None)
+    }
+
+    /// [`Client::new`] with [`Client::set_shutdown`] in force from the start, so a credential
+    /// plugin run while building (it may supply the client certificate) ends on `shutdown`
+    /// too: SIGTERM during start-up.
+    pub fn new_stoppable(
+        cfg: ClientConfig,
+        qps: f64,
+        burst: u32,
+        user_agent: &str,
+        shutdown: &crate::shutdown::Shutdown,
+    ) -> Result<Client, Error> {
+        Client::build(cfg, qps, burst, user_agent, Some(shutdown))
+    }
+
+    fn build(
+        cfg: ClientConfig,
+        qps: f64,
+        burst: u32,
+        user_agent: &str,
+        shutdown: Option<&crate::shutdown::Shutdown>,
+    ) -> Result<Client, Error> {
         let creds = Credentials::new(cfg.auth.clone());
+        if let Some(s) = shutdown {
+            creds.set_shutdown(s.clone());
+        }
         let mut identity = cfg.identity.clone();
         if identity.is_none() {
             identity = creds.exec_identity()?;
@@ -177,7 +203,7 @@ impl Client {
             .build();
         let agent = ureq::Agent::new_with_config(agent_cfg);
         let host = host_of(&cfg.server);
-        Ok(Client {
+        let client = Client {
             shared: Arc::new(Shared {
                 agent,
                 server: cfg.server,
@@ -188,7 +214,11 @@ impl Client {
             }),
             limiter: RateLimiter::new(qps, burst),
             deadline: None,
-        })
+        };
+        if let Some(s) = shutdown {
+            client.set_shutdown(s.clone());
+        }
+        Ok(client)
     }
 
     /// Same agent and credentials, a separate limiter: the lease loop must not starve.

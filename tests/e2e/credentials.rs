@@ -210,3 +210,38 @@ fn sigterm_stops_a_process_whose_credential_plugin_hangs() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The same during start-up: the first credential is fetched while the client is built,
+/// before the event loop reads signals; SIGTERM still ends the plugin and the process.
+#[test]
+fn sigterm_during_start_up_stops_a_process_whose_credential_plugin_hangs() {
+    let env = Env::new();
+    let dir = temp_dir("hung-plugin-start");
+    let plugin = write_plugin(&dir);
+    std::fs::write(dir.join("hang"), "").unwrap();
+    let mut a = spawn_replica_as(&env, "rep-a", &exec_user(&plugin, "rep-a"), &[]);
+    let [p, g] = hung_pids(&dir);
+    a.sidecar.terminate();
+    let status = a.sidecar.wait_exit(Duration::from_secs(5));
+    let text = a.sidecar.stderr.text();
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("Received SIGTERM or SIGINT signal during start-up"),
+        "{text}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || dead(p) && dead(g)),
+        "plugin {p} or its child {g} still runs"
+    );
+    let sent: Vec<String> = env
+        .api
+        .requests()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(
+        sent.is_empty(),
+        "nothing is sent without a credential: {sent:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
