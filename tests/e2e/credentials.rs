@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::kit::csidriver::temp_dir;
 use crate::leader::{lease_writes, spawn_replica, spawn_replica_as, Replica};
-use crate::support::Env;
+use crate::support::{poll, Env};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -69,14 +69,7 @@ fn dead(pid: u32) -> bool {
 }
 
 fn wait_until(within: Duration, cond: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    cond()
+    poll(within, || cond().then_some(())).is_some()
 }
 
 /// The plugin's hung processes, once it has started hanging.

@@ -500,20 +500,24 @@ fn rule_test_inputs_are_shaped_like(s: &Scrape) {
     assert!(checked.len() >= 6, "{checked:?}");
 }
 
-#[test]
-fn prometheusrule_embeds_the_rules_file_verbatim() {
-    let rules = repo_file("deploy/monitoring/rules.yaml");
-    let groups = &rules[rules.find("\ngroups:").expect("rules.yaml has groups:") + 1..];
-    let indented: String = groups
-        .lines()
+/// `text` as a YAML block scalar's body: each line behind `prefix`, empty lines left empty.
+fn indent(text: &str, prefix: &str) -> String {
+    text.lines()
         .map(|l| {
             if l.is_empty() {
                 "\n".to_string()
             } else {
-                format!("  {l}\n")
+                format!("{prefix}{l}\n")
             }
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn prometheusrule_embeds_the_rules_file_verbatim() {
+    let rules = repo_file("deploy/monitoring/rules.yaml");
+    let groups = &rules[rules.find("\ngroups:").expect("rules.yaml has groups:") + 1..];
+    let indented = indent(groups, "  ");
     let rel = "deploy/monitoring/prometheusrule.yaml";
     let current = repo_file(rel);
     let head = &current[..current.find("\nspec:\n").expect("PrometheusRule has spec:") + 7];
@@ -804,16 +808,7 @@ fn grafana_dashboard_is_well_formed_and_its_configmap_embeds_it_verbatim() {
     let current = repo_file(rel);
     let marker = "\ndata:\n  csi-external-health-monitor-controller.json: |\n";
     let head = &current[..current.find(marker).expect("the ConfigMap's data key") + marker.len()];
-    let body: String = json
-        .lines()
-        .map(|l| {
-            if l.is_empty() {
-                "\n".to_string()
-            } else {
-                format!("    {l}\n")
-            }
-        })
-        .collect();
+    let body = indent(&json, "    ");
     let want = format!("{head}{body}");
     let current = bless(rel, current, &want);
     assert!(
