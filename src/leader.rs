@@ -409,17 +409,17 @@ pub const MAX_LEASE_DURATION: Duration = Duration::from_secs(3600);
 
 /// The record we last saw and when (our monotonic clock) we first saw it in that form.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observation {
+pub struct ObservedLease {
     pub record: LeaseRecord,
     pub at: Instant,
 }
 
 /// Folds a freshly read record into what we had: the observation time only moves when the
 /// record changed, so a holder that stopped renewing ages out.
-pub fn observe(prev: Option<&Observation>, fresh: LeaseRecord, now: Instant) -> Observation {
+pub fn observe(prev: Option<&ObservedLease>, fresh: LeaseRecord, now: Instant) -> ObservedLease {
     match prev {
         Some(p) if p.record == fresh => p.clone(),
-        _ => Observation {
+        _ => ObservedLease {
             record: fresh,
             at: now,
         },
@@ -429,7 +429,7 @@ pub fn observe(prev: Option<&Observation>, fresh: LeaseRecord, now: Instant) -> 
 /// client-go's `isLeaseValid`: the holder's own duration (at most [`MAX_LEASE_DURATION`]),
 /// counted from our observation. Written as "time since observed < duration" so no holder's
 /// value can overflow `Instant`.
-pub fn lease_valid(obs: &Observation, now: Instant) -> bool {
+pub fn lease_valid(obs: &ObservedLease, now: Instant) -> bool {
     now.saturating_duration_since(obs.at) < obs.record.lease_duration()
 }
 
@@ -447,7 +447,7 @@ pub enum Decision {
 
 /// The heart of client-go's `tryAcquireOrRenew` after the GET: `observed` already includes
 /// the record just read (`None` when the Lease does not exist).
-pub fn decide(observed: Option<&Observation>, now: Instant, me: &str) -> Decision {
+pub fn decide(observed: Option<&ObservedLease>, now: Instant, me: &str) -> Decision {
     let Some(obs) = observed else {
         return Decision::Create;
     };
@@ -616,7 +616,7 @@ impl LeaderStatus {
 
     /// Our monotonic time of the last successful acquire or renew.
     pub fn last_renew(&self) -> Option<Instant> {
-        *self.last_renew.lock().unwrap_or_else(|p| p.into_inner())
+        *crate::sync::lock(&self.last_renew)
     }
 
     pub fn mark_leading(&self, at: Instant) {
@@ -626,7 +626,7 @@ impl LeaderStatus {
     }
 
     pub fn mark_renewed(&self, at: Instant) {
-        *self.last_renew.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+        *crate::sync::lock(&self.last_renew) = Some(at);
     }
 
     /// Lost (renewal failed) or released (shutdown): the gauge says so as well.
@@ -673,7 +673,7 @@ struct Elector<A: LeaseApi> {
     s: LeaderSettings,
     status: Arc<LeaderStatus>,
     events: Sender<LeaderEvent>,
-    observed: Option<Observation>,
+    observed: Option<ObservedLease>,
     /// The Lease object as last read or written: the base of the next PUT.
     lease: Option<Lease>,
     reported_leader: String,
@@ -914,7 +914,7 @@ impl<A: LeaseApi> Elector<A> {
     /// After a successful create or update: we observe what we wrote, now.
     fn wrote(&mut self, response: Lease, rec: LeaseRecord, now: Instant) {
         self.lease = Some(response);
-        self.observed = Some(Observation {
+        self.observed = Some(ObservedLease {
             record: rec,
             at: now,
         });
@@ -1093,11 +1093,11 @@ mod tests {
     fn decide_table() {
         let t0 = Instant::now();
         let s = Duration::from_secs;
-        let obs = |holder: &str, secs: i64, at: Instant| Observation {
+        let obs = |holder: &str, secs: i64, at: Instant| ObservedLease {
             record: rec(holder, secs, "r", 3),
             at,
         };
-        let cases: Vec<(Option<Observation>, Instant, &str, Decision)> = vec![
+        let cases: Vec<(Option<ObservedLease>, Instant, &str, Decision)> = vec![
             (None, t0, "me", Decision::Create),
             (Some(obs("other", 15, t0)), t0 + s(14), "me", Decision::Wait),
             (

@@ -16,8 +16,8 @@ mod correlator;
 mod event;
 
 pub use correlator::{
-    Correlator, Decision, Lru, TokenBucket, AGGREGATE_INTERVAL, AGGREGATE_MAX_EVENTS,
-    AGGREGATE_PREFIX, LRU_CAPACITY, SPAM_BURST,
+    Correlator, Decision, Lru, AGGREGATE_INTERVAL, AGGREGATE_MAX_EVENTS, AGGREGATE_PREFIX,
+    LRU_CAPACITY, SPAM_BURST,
 };
 pub use event::{generate_event_name, is_dns_subdomain, Event, Involved};
 
@@ -190,14 +190,10 @@ impl Pending {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, PendingState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Reserve a slot; false once the thread has stopped.
     #[cfg(test)]
     fn begin(&self) -> bool {
-        let mut s = self.lock();
+        let mut s = crate::sync::lock(&self.state);
         if s.closed {
             return false;
         }
@@ -206,7 +202,7 @@ impl Pending {
     }
 
     fn done(&self, n: usize) {
-        let mut s = self.lock();
+        let mut s = crate::sync::lock(&self.state);
         s.count = s.count.saturating_sub(n);
         if s.count == 0 {
             self.cond.notify_all();
@@ -214,7 +210,7 @@ impl Pending {
     }
 
     fn close(&self, discarded: bool) {
-        let mut s = self.lock();
+        let mut s = crate::sync::lock(&self.state);
         s.closed = true;
         s.discarded |= discarded;
         s.count = 0;
@@ -223,7 +219,7 @@ impl Pending {
 
     fn wait_empty(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut s = self.lock();
+        let mut s = crate::sync::lock(&self.state);
         loop {
             if s.count == 0 {
                 return !s.discarded;
@@ -232,10 +228,7 @@ impl Pending {
             if now >= deadline {
                 return false;
             }
-            s = match self.cond.wait_timeout(s, deadline - now) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
+            s = crate::sync::wait_timeout(&self.cond, s, deadline - now);
         }
     }
 }
@@ -318,7 +311,7 @@ impl Recorder {
 
     fn enqueue_with(&self, event: Event, priority: Priority) -> bool {
         let displaced = {
-            let mut s = self.pending.lock();
+            let mut s = crate::sync::lock(&self.pending.state);
             if s.closed {
                 drop(s);
                 log::debug!(

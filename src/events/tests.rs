@@ -402,7 +402,10 @@ fn full_queue_drops_and_counts() {
     recorder.event(&pvc(), EventType::Normal, "R", "also dropped");
     assert_eq!(recorder.dropped(), 2);
     assert_eq!(rx.len(), QUEUE_CAPACITY);
-    assert_eq!(recorder.pending.lock().count, QUEUE_CAPACITY);
+    assert_eq!(
+        crate::sync::lock(&recorder.pending.state).count,
+        QUEUE_CAPACITY
+    );
     // Taking one frees one slot.
     assert!(rx.try_recv().is_some());
     recorder.pending.done(1);
@@ -514,7 +517,7 @@ fn a_full_queue_drops_repeats_before_transitions() {
         [("queue_full", 2), ("repeat_displaced", 3)]
     );
     assert_eq!(recorder.dropped(), 5);
-    assert_eq!(recorder.pending.lock().count, 4);
+    assert_eq!(crate::sync::lock(&recorder.pending.state).count, 4);
     // Transitions are written first, in order.
     let order: Vec<String> = std::iter::from_fn(|| rx.try_recv())
         .map(|e| e.message)

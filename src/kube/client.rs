@@ -100,7 +100,8 @@ pub enum WatchEvent {
     Error(Status),
 }
 
-struct Shared {
+/// What every clone of a [`Client`] shares.
+struct ClientInner {
     agent: ureq::Agent,
     server: String,
     host: String,
@@ -113,7 +114,7 @@ struct Shared {
 /// A cheap-to-clone handle; clones share the connection pool, credentials, observer and limiter.
 #[derive(Clone)]
 pub struct Client {
-    shared: Arc<Shared>,
+    inner: Arc<ClientInner>,
     limiter: RateLimiter,
     /// When set, no normal request of this handle runs past it (the lease loop's renew
     /// deadline, as client-go's context does); watches are not affected.
@@ -123,7 +124,7 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("server", &self.shared.server)
+            .field("server", &self.inner.server)
             .finish()
     }
 }
@@ -204,7 +205,7 @@ impl Client {
         let agent = ureq::Agent::new_with_config(agent_cfg);
         let host = host_of(&cfg.server);
         let client = Client {
-            shared: Arc::new(Shared {
+            inner: Arc::new(ClientInner {
                 agent,
                 server: cfg.server,
                 host,
@@ -224,7 +225,7 @@ impl Client {
     /// Same agent and credentials, a separate limiter: the lease loop must not starve.
     pub fn with_own_limiter(&self, qps: f64, burst: u32) -> Client {
         Client {
-            shared: self.shared.clone(),
+            inner: self.inner.clone(),
             limiter: RateLimiter::new(qps, burst),
             deadline: None,
         }
@@ -237,37 +238,28 @@ impl Client {
     }
 
     pub fn server(&self) -> &str {
-        &self.shared.server
+        &self.inner.server
     }
 
     /// `host[:port]` of the server, for the `host` label of request metrics.
     pub fn host(&self) -> &str {
-        &self.shared.host
+        &self.inner.host
     }
 
     /// Retry-After, rate limiter and credential waits of this client and its clones end
     /// early, with an error, once `shutdown` is triggered (a running credential plugin is
     /// killed). Set once; later calls are ignored.
     pub fn set_shutdown(&self, shutdown: crate::shutdown::Shutdown) {
-        self.shared.creds.set_shutdown(shutdown.clone());
-        let _ = self.shared.stop.set(shutdown);
+        self.inner.creds.set_shutdown(shutdown.clone());
+        let _ = self.inner.stop.set(shutdown);
     }
 
     pub fn set_request_observer(&self, f: RequestObserver) {
-        *self
-            .shared
-            .observer
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Some(f);
+        *crate::sync::write(&self.inner.observer) = Some(f);
     }
 
     fn observe(&self, method: &str, code: &str) {
-        let obs = self
-            .shared
-            .observer
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let obs = crate::sync::read(&self.inner.observer).clone();
         if let Some(f) = obs {
             f(method, code);
         }
@@ -304,7 +296,7 @@ impl Client {
         read_timeout: Option<Duration>,
     ) -> Result<http::Response<ureq::Body>, Error> {
         let what = format!("{method} {path}");
-        let url = format!("{}{}", self.shared.server, path);
+        let url = format!("{}{}", self.inner.server, path);
         let mut retried = false;
         let mut throttled = 0;
         // The deadline (the lease loop's) also bounds the wait for a credential; watches
@@ -315,10 +307,10 @@ impl Client {
             None
         };
         loop {
-            if self.limiter.acquire(self.shared.stop.get()) {
+            if self.limiter.acquire(self.inner.stop.get()) {
                 return Err(transport(&what, "shutting down"));
             }
-            let auth = self.shared.creds.authorization_until(auth_deadline)?;
+            let auth = self.inner.creds.authorization_until(auth_deadline)?;
             let budget = match (self.deadline, read_timeout) {
                 (Some(d), None) => {
                     let left = d.saturating_duration_since(Instant::now());
@@ -349,13 +341,13 @@ impl Client {
                             // Watches: no overall budget (a healthy watch lasts minutes), but
                             // a bound on each read so a silent dead connection is noticed.
                             let req = self
-                                .shared
+                                .inner
                                 .agent
                                 .configure_request(req)
                                 .timeout_global(None)
                                 .timeout_per_read(Some(t))
                                 .build();
-                            self.shared.agent.run(req)
+                            self.inner.agent.run(req)
                         }
                         None => self.run_within(req, budget),
                     }
@@ -370,7 +362,7 @@ impl Client {
             };
             let code = resp.status().as_u16();
             self.observe(method, &code.to_string());
-            if code == 401 && !retried && self.shared.creds.invalidate() {
+            if code == 401 && !retried && self.inner.creds.invalidate() {
                 retried = true;
                 continue;
             }
@@ -397,7 +389,7 @@ impl Client {
                         "{what}: the API server answered {code} with Retry-After, sending again in {wait:?} (retry {throttled})"
                     );
                     drop(resp);
-                    match self.shared.stop.get() {
+                    match self.inner.stop.get() {
                         Some(stop) => {
                             if stop.wait_timeout(wait) {
                                 return Err(transport(&what, "shutting down"));
@@ -557,14 +549,14 @@ impl Client {
         budget: Option<Duration>,
     ) -> Result<http::Response<ureq::Body>, ureq::Error> {
         match budget {
-            Some(t) => self.shared.agent.run(
-                self.shared
+            Some(t) => self.inner.agent.run(
+                self.inner
                     .agent
                     .configure_request(req)
                     .timeout_global(Some(t))
                     .build(),
             ),
-            None => self.shared.agent.run(req),
+            None => self.inner.agent.run(req),
         }
     }
 }

@@ -1098,10 +1098,6 @@ impl Credentials {
         let _ = self.stop.set(stop);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, CredState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The header value to send, waiting for a refresh when one is due (see
     /// [`Credentials::authorization_until`]) with no deadline of the caller's own.
     pub(crate) fn authorization(self: &Arc<Self>) -> Result<Option<String>, Error> {
@@ -1129,7 +1125,7 @@ impl Credentials {
         };
         let stop = self.stop.get();
         let (id, done) = {
-            let mut st = self.lock();
+            let mut st = crate::sync::lock(&self.state);
             if !self.due(&st) {
                 return Ok(st.token.as_deref().map(bearer));
             }
@@ -1164,7 +1160,7 @@ impl Credentials {
                 });
             }
         }
-        let st = self.lock();
+        let st = crate::sync::lock(&self.state);
         match &st.failed {
             Some((failed, e)) if *failed == id => Err(e.clone()),
             // The refresh we waited for worked: its credential, even if already stale (a
@@ -1223,7 +1219,11 @@ impl Credentials {
                 .map(Fetched::Token)
                 .map_err(|m| cfg_err(&path.display().to_string(), "", m)),
             Auth::Exec(e) => run_exec(e, EXEC_TIMEOUT, self.stop.get(), &|g| {
-                if let Some(r) = self.lock().running.as_mut().filter(|r| r.id == id) {
+                if let Some(r) = crate::sync::lock(&self.state)
+                    .running
+                    .as_mut()
+                    .filter(|r| r.id == id)
+                {
                     r.group = g;
                 }
             })
@@ -1237,7 +1237,7 @@ impl Credentials {
 
     /// Records refresh `id`'s result and ends it.
     fn finish(&self, id: u64, result: Result<Fetched, Error>) {
-        let mut st = self.lock();
+        let mut st = crate::sync::lock(&self.state);
         if st.running.as_ref().is_none_or(|r| r.id != id) {
             return;
         }
@@ -1269,7 +1269,7 @@ impl Credentials {
 
     /// Kills the running plugin's process group (at shutdown).
     fn kill_running(&self) {
-        let st = self.lock();
+        let st = crate::sync::lock(&self.state);
         if let Some(g) = st.running.as_ref().and_then(|r| r.group) {
             let _ = kill_process_group(g, Signal::KILL);
         }
@@ -1281,7 +1281,7 @@ impl Credentials {
             return Ok(None);
         }
         self.authorization()?;
-        Ok(self.lock().exec_identity.clone())
+        Ok(crate::sync::lock(&self.state).exec_identity.clone())
     }
 
     /// After a 401: forget a cached exec credential / re-read the token file on the next request.
@@ -1289,7 +1289,7 @@ impl Credentials {
     pub(crate) fn invalidate(&self) -> bool {
         match &self.auth {
             Auth::Exec(_) | Auth::TokenFile { .. } => {
-                self.lock().read_at = None;
+                crate::sync::lock(&self.state).read_at = None;
                 true
             }
             _ => false,
