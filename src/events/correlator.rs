@@ -2,10 +2,9 @@
 //! into a rising `count`, and the per source+object+type spam filter, each over an LRU cache.
 //! No I/O and no clock of its own: the caller passes `now`.
 
-use super::event::Event;
+use super::event::{Event, EventPatch};
 use crate::kube::ratelimit::TokenBucket;
 use crate::timeutil;
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, SystemTime};
 
@@ -34,7 +33,7 @@ pub enum Decision {
     /// A new Event object: POST it.
     Create(Event),
     /// A repeat: strategic-merge PATCH `patch` onto `event.name`; on 404 POST `event` instead.
-    Patch { event: Event, patch: Value },
+    Patch { event: Event, patch: EventPatch },
 }
 
 /// A least-recently-used map with groupcache's semantics: a lookup refreshes an entry, adding a
@@ -329,7 +328,7 @@ mod tests {
                     assert_eq!(event.count, i as i32 + 1);
                     assert_eq!(event.first_timestamp, first.first_timestamp);
                     assert_eq!(
-                        *patch,
+                        serde_json::to_value(patch).unwrap(),
                         json!({"count": i + 1, "lastTimestamp": "2026-01-02T03:04:05Z", "message": "bad"})
                     );
                 }
@@ -364,6 +363,7 @@ mod tests {
             Decision::Patch { event, patch } => {
                 assert_eq!(event.count, 32);
                 assert_eq!(event.name, first.name);
+                let patch = serde_json::to_value(patch).unwrap();
                 assert_eq!(patch["lastTimestamp"], "2026-01-02T03:09:05Z");
             }
             other => panic!("{other:?}"),
@@ -449,7 +449,7 @@ mod tests {
         assert_eq!(combined.reason, "NodeFailed");
         assert_eq!(combined.event_type, "Warning");
         assert_eq!(combined.involved, decisions[0].clone().event().involved);
-        let body = combined.create_body();
+        let body = serde_json::to_value(combined.create_body()).unwrap();
         assert_eq!(body["reportingComponent"], "");
         assert_eq!(body["source"]["component"], "comp");
         written(&mut c, &d, 100);
@@ -464,6 +464,7 @@ mod tests {
                 assert_eq!(event.name, combined.name);
                 assert_eq!(event.count, 2);
                 assert_eq!(event.first_timestamp, combined.first_timestamp);
+                let patch = serde_json::to_value(patch).unwrap();
                 assert_eq!(patch["message"], "(combined from similar events): msg 10");
             }
             other => panic!("{other:?}"),

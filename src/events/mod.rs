@@ -19,13 +19,14 @@ pub use correlator::{
     Correlator, Decision, Lru, AGGREGATE_INTERVAL, AGGREGATE_MAX_EVENTS, AGGREGATE_PREFIX,
     LRU_CAPACITY, SPAM_BURST,
 };
-pub use event::{generate_event_name, is_dns_subdomain, Event, Involved};
+pub use event::{
+    generate_event_name, is_dns_subdomain, Event, EventAnswer, EventBody, EventPatch, Involved,
+};
 
 use crate::kube;
 use crate::shutdown::Shutdown;
 use crate::timeutil::{self, Clock, SystemClock};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -72,26 +73,32 @@ impl DropReason {
     }
 }
 
-/// Where events are written: the API server in production, a recording fake in tests.
+/// Where events are written: the API server in production, a recording fake in tests. Each
+/// call answers with the Event as the server stored it.
 pub trait EventSink: Send + 'static {
     /// `POST /api/v1/namespaces/<namespace>/events`.
-    fn create(&self, namespace: &str, event: &Value) -> Result<Value, kube::Error>;
+    fn create(&self, namespace: &str, event: &EventBody<'_>) -> Result<Event, kube::Error>;
     /// `PATCH /api/v1/namespaces/<namespace>/events/<name>`, strategic merge.
-    fn patch(&self, namespace: &str, name: &str, patch: &Value) -> Result<Value, kube::Error>;
+    fn patch(&self, namespace: &str, name: &str, patch: &EventPatch) -> Result<Event, kube::Error>;
 }
 
 impl EventSink for kube::Client {
-    fn create(&self, namespace: &str, event: &Value) -> Result<Value, kube::Error> {
-        self.post(&format!("/api/v1/namespaces/{namespace}/events"), event)
+    fn create(&self, namespace: &str, event: &EventBody<'_>) -> Result<Event, kube::Error> {
+        self.send_as::<_, EventAnswer>(
+            "POST",
+            &format!("/api/v1/namespaces/{namespace}/events"),
+            event,
+        )
+        .map(Event::from)
     }
 
-    fn patch(&self, namespace: &str, name: &str, patch: &Value) -> Result<Value, kube::Error> {
-        kube::Client::patch(
-            self,
+    fn patch(&self, namespace: &str, name: &str, patch: &EventPatch) -> Result<Event, kube::Error> {
+        self.patch_as::<_, EventAnswer>(
             &format!("/api/v1/namespaces/{namespace}/events/{name}"),
             kube::PatchKind::StrategicMerge,
             patch,
         )
+        .map(Event::from)
     }
 }
 
@@ -598,7 +605,7 @@ impl<S: EventSink> Writer<S> {
     }
 
     /// client-go `recordEvent`: one try; `None` means retry after sleeping.
-    fn attempt(&mut self, event: &mut Event, patch: Option<&Value>) -> Option<Outcome> {
+    fn attempt(&mut self, event: &mut Event, patch: Option<&EventPatch>) -> Option<Outcome> {
         let result = match patch {
             Some(p) => match self.sink.patch(&event.namespace, &event.name, p) {
                 // The repeated Event was deleted (or never written): create it afresh, keeping
@@ -610,7 +617,7 @@ impl<S: EventSink> Writer<S> {
         };
         let err = match result {
             Ok(answer) => {
-                self.correlator.update_state(&Event::from_server(&answer));
+                self.correlator.update_state(&answer);
                 log::debug!("Event written {}", describe(event));
                 return Some(Outcome::Written);
             }
@@ -648,7 +655,7 @@ impl<S: EventSink> Writer<S> {
         }
     }
 
-    fn create(&self, event: &mut Event) -> Result<Value, kube::Error> {
+    fn create(&self, event: &mut Event) -> Result<Event, kube::Error> {
         event.resource_version.clear();
         self.sink.create(&event.namespace, &event.create_body())
     }

@@ -1,7 +1,7 @@
 //! Recorder and writer tests against a recording fake sink and a manual clock.
 
 use super::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -124,18 +124,20 @@ impl FakeSink {
 }
 
 impl EventSink for FakeSink {
-    fn create(&self, namespace: &str, event: &Value) -> Result<Value, kube::Error> {
+    fn create(&self, namespace: &str, event: &EventBody<'_>) -> Result<Event, kube::Error> {
         self.call(Call::Create {
             namespace: namespace.into(),
-            body: event.clone(),
+            body: serde_json::to_value(event).unwrap(),
         })
+        .map(|answer| Event::from_server(&answer))
     }
-    fn patch(&self, namespace: &str, name: &str, patch: &Value) -> Result<Value, kube::Error> {
+    fn patch(&self, namespace: &str, name: &str, patch: &EventPatch) -> Result<Event, kube::Error> {
         self.call(Call::Patch {
             namespace: namespace.into(),
             name: name.into(),
-            body: patch.clone(),
+            body: serde_json::to_value(patch).unwrap(),
         })
+        .map(|answer| Event::from_server(&answer))
     }
 }
 

@@ -11,7 +11,6 @@ use super::ratelimit::RateLimiter;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
@@ -72,8 +71,6 @@ pub enum PatchKind {
     Merge,
     /// `application/strategic-merge-patch+json` (built-in types only).
     StrategicMerge,
-    /// `application/json-patch+json` (RFC 6902).
-    Json,
 }
 
 impl PatchKind {
@@ -81,7 +78,6 @@ impl PatchKind {
         match self {
             PatchKind::Merge => "application/merge-patch+json",
             PatchKind::StrategicMerge => "application/strategic-merge-patch+json",
-            PatchKind::Json => "application/json-patch+json",
         }
     }
 }
@@ -265,26 +261,6 @@ impl Client {
         }
     }
 
-    pub fn get(&self, path: &str) -> Result<Value, Error> {
-        self.request("GET", path, None)
-    }
-
-    pub fn post(&self, path: &str, body: &Value) -> Result<Value, Error> {
-        self.request("POST", path, Some(("application/json", body)))
-    }
-
-    pub fn put(&self, path: &str, body: &Value) -> Result<Value, Error> {
-        self.request("PUT", path, Some(("application/json", body)))
-    }
-
-    pub fn patch(&self, path: &str, kind: PatchKind, body: &Value) -> Result<Value, Error> {
-        self.request("PATCH", path, Some((kind.content_type(), body)))
-    }
-
-    pub fn delete(&self, path: &str) -> Result<Value, Error> {
-        self.request("DELETE", path, None)
-    }
-
     /// Send one request (after a limiter token) and return the response; a 401 with a
     /// refreshable credential is retried once with a fresh one (client-go's exec authenticator
     /// refreshes on 401 too), a 429/5xx with `Retry-After` after that wait, as client-go does.
@@ -404,23 +380,6 @@ impl Client {
         }
     }
 
-    fn request(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<(&str, &Value)>,
-    ) -> Result<Value, Error> {
-        let what = format!("{method} {path}");
-        let buf = self.request_body(method, path, body)?;
-        if buf.iter().all(|b| b.is_ascii_whitespace()) {
-            return Ok(Value::Null);
-        }
-        serde_json::from_slice(&buf).map_err(|e| Error::Decode {
-            what,
-            message: e.to_string(),
-        })
-    }
-
     /// The body of a successful answer, whole.
     fn request_body<B: Serialize + ?Sized>(
         &self,
@@ -454,7 +413,7 @@ impl Client {
 
     /// GET one object decoded straight into `T` (a record's wire form), no tree in between.
     pub fn get_as<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
-        let buf = self.request_body("GET", path, None::<(&str, &Value)>)?;
+        let buf = self.request_body("GET", path, None::<(&str, &())>)?;
         serde_json::from_slice(&buf).map_err(|e| Error::Decode {
             what: format!("GET {path}"),
             message: e.to_string(),
@@ -649,11 +608,35 @@ fn api_error(what: &str, resp: http::Response<ureq::Body>) -> Error {
     }
 }
 
+/// A `metav1.Status` body, the fields the client reads. A field of the wrong type reads as its
+/// zero value, so the fallbacks below apply to it.
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct StatusWire {
+    #[serde(deserialize_with = "object::zero_if_malformed")]
+    kind: String,
+    #[serde(deserialize_with = "object::zero_if_malformed")]
+    code: u64,
+    #[serde(deserialize_with = "object::zero_if_malformed")]
+    reason: String,
+    #[serde(deserialize_with = "object::zero_if_malformed")]
+    message: String,
+    #[serde(deserialize_with = "object::zero_if_malformed")]
+    details: StatusDetails,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct StatusDetails {
+    #[serde(deserialize_with = "object::zero_if_malformed")]
+    retry_after_seconds: u64,
+}
+
 /// A `metav1.Status` from a body, or a synthesised one (code, HTTP reason, body excerpt).
 pub fn status_from_body(code: u16, body: &[u8], canonical: &str) -> Status {
-    if let Ok(v) = serde_json::from_slice::<Value>(body) {
-        if v.get("kind").and_then(Value::as_str) == Some("Status") {
-            return status_from_value(&v, code);
+    if let Ok(w) = serde_json::from_slice::<StatusWire>(body) {
+        if w.kind == "Status" {
+            return status_from_wire(w, code);
         }
     }
     let text = String::from_utf8_lossy(body);
@@ -675,36 +658,23 @@ pub fn status_from_body(code: u16, body: &[u8], canonical: &str) -> Status {
     }
 }
 
-fn status_from_value(v: &Value, fallback_code: u16) -> Status {
-    let code = v
-        .get("code")
-        .and_then(Value::as_u64)
-        .and_then(|c| u16::try_from(c).ok())
+fn status_from_wire(w: StatusWire, fallback_code: u16) -> Status {
+    let code = u16::try_from(w.code)
+        .ok()
         .filter(|c| *c != 0)
         .unwrap_or(fallback_code);
-    let reason = v
-        .get("reason")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let reason = if reason.is_empty() {
+    let reason = if w.reason.is_empty() {
         super::error::reason_for(code).to_string()
     } else {
-        reason
+        w.reason
     };
-    let retry_after = v
-        .pointer("/details/retryAfterSeconds")
-        .and_then(Value::as_u64)
+    let retry_after = Some(w.details.retry_after_seconds)
         .filter(|s| *s > 0)
         .map(server_wait_secs);
     Status {
         code,
         reason,
-        message: v
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string(),
+        message: w.message,
         retry_after,
     }
 }
@@ -838,9 +808,8 @@ pub fn parse_watch_line(line: &[u8]) -> Result<WatchEvent, String> {
                 .resource_version()
                 .to_string(),
         },
-        // A Status is small and rare: a tree is fine here.
-        "ERROR" => WatchEvent::Error(status_from_value(
-            &serde_json::from_str(object.get()).map_err(|e| e.to_string())?,
+        "ERROR" => WatchEvent::Error(status_from_wire(
+            serde_json::from_str(object.get()).map_err(|e| e.to_string())?,
             500,
         )),
         other => return Err(format!("unknown watch event type {other:?}")),
@@ -1008,6 +977,49 @@ pub(crate) mod tests {
     use std::io::Write;
     use std::net::{TcpListener, TcpStream};
     use std::sync::Mutex;
+
+    use serde_json::Value;
+
+    /// Requests answered as a tree, for the tests of the request machinery (production code
+    /// decodes every answer into its own wire type).
+    impl Client {
+        fn get(&self, path: &str) -> Result<Value, Error> {
+            self.request("GET", path, None)
+        }
+
+        fn post(&self, path: &str, body: &Value) -> Result<Value, Error> {
+            self.request("POST", path, Some(("application/json", body)))
+        }
+
+        fn put(&self, path: &str, body: &Value) -> Result<Value, Error> {
+            self.request("PUT", path, Some(("application/json", body)))
+        }
+
+        fn patch(&self, path: &str, kind: PatchKind, body: &Value) -> Result<Value, Error> {
+            self.request("PATCH", path, Some((kind.content_type(), body)))
+        }
+
+        fn delete(&self, path: &str) -> Result<Value, Error> {
+            self.request("DELETE", path, None)
+        }
+
+        fn request(
+            &self,
+            method: &str,
+            path: &str,
+            body: Option<(&str, &Value)>,
+        ) -> Result<Value, Error> {
+            let what = format!("{method} {path}");
+            let buf = self.request_body(method, path, body)?;
+            if buf.iter().all(|b| b.is_ascii_whitespace()) {
+                return Ok(Value::Null);
+            }
+            serde_json::from_slice(&buf).map_err(|e| Error::Decode {
+                what,
+                message: e.to_string(),
+            })
+        }
+    }
 
     /// A canned HTTP/1.1 server: each accepted connection reads one request, records its
     /// request line and headers, and gets the next scripted raw response.

@@ -272,6 +272,38 @@ impl<'de> de::Visitor<'de> for ItemsSeed<'_> {
     }
 }
 
+/// A value of the wrong type reads as its zero value, for the fields read leniently: a Lease
+/// spec (one the API server would never have stored must not wedge the election for good:
+/// with no holder it is free to take, and the takeover writes a sound spec), the API server's
+/// answer to an Event write (only read back for the correlator) and a Status body (its
+/// fallbacks apply). (The untagged enum buffers the one value it is given, never the whole
+/// object.)
+pub fn zero_if_malformed<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OrNot<T> {
+        Is(T),
+        Not(IgnoredAny),
+    }
+    Ok(match OrNot::<T>::deserialize(d)? {
+        OrNot::Is(v) => v,
+        OrNot::Not(_) => T::default(),
+    })
+}
+
+/// `null` for a map or list is an empty one, as Go's decoder reads it.
+pub fn null_as_empty<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
