@@ -6,6 +6,7 @@
 //! bounded and killed with its process group.
 
 use super::error::Error;
+use super::object::zero_if_malformed;
 use crate::shutdown::Shutdown;
 use crate::timeutil;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
@@ -14,6 +15,7 @@ use base64::{alphabet, DecodeError, Engine};
 use crossbeam_channel::{Receiver, Sender};
 use rustix::process::{kill_process_group, waitid, Pid, Signal, WaitId, WaitIdOptions};
 use saphyr_parser::{Event, Marker, Parser, ScalarStyle, Tag};
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -961,39 +963,69 @@ pub(crate) fn run_exec(
         .map_err(|m| fail("command", format!("{}: {m}", e.command)))
 }
 
+/// An exec plugin's output, the fields read. Anything of the wrong type reads as absent or
+/// empty (the whole output included), so the checks below name what is missing.
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct ExecCredentialOutput(#[serde(deserialize_with = "zero_if_malformed")] ExecCredentialWire);
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct ExecCredentialWire {
+    #[serde(deserialize_with = "zero_if_malformed")]
+    kind: String,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    api_version: String,
+    /// `None` only when the key is absent; a `status` of the wrong type is an empty one.
+    #[serde(deserialize_with = "present")]
+    status: Option<ExecCredentialStatus>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct ExecCredentialStatus {
+    #[serde(deserialize_with = "zero_if_malformed")]
+    token: String,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    client_certificate_data: String,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    client_key_data: String,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    expiration_timestamp: String,
+}
+
+/// A key that is there, whatever its value (a value of the wrong shape reads as empty).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ExecCredentialStatus>, D::Error> {
+    zero_if_malformed(d).map(Some)
+}
+
 pub(crate) fn parse_exec_credential(
     out: &[u8],
     api_version: &str,
 ) -> Result<ExecCredential, String> {
-    let v: Value = serde_json::from_slice(out)
+    let ExecCredentialOutput(v) = serde_json::from_slice(out)
         .map_err(|err| format!("output is not an ExecCredential: {err}"))?;
-    if v.get("kind").and_then(Value::as_str) != Some("ExecCredential") {
+    if v.kind != "ExecCredential" {
         return Err("output is not an ExecCredential (kind)".to_string());
     }
-    let got = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let got = v.api_version;
     if got != api_version {
         return Err(format!(
             "output has apiVersion {got:?}, expected {api_version:?}"
         ));
     }
-    let status = v.get("status").ok_or("output has no status")?;
-    let s = |k: &str| {
-        status
-            .get(k)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-    };
-    let expires = match s("expirationTimestamp") {
+    let status = v.status.ok_or("output has no status")?;
+    let s = |s: String| Some(s).filter(|s| !s.is_empty());
+    let expires = match s(status.expiration_timestamp) {
         Some(t) => {
             Some(timeutil::parse_rfc3339(&t).ok_or(format!("bad expirationTimestamp {t:?}"))?)
         }
         None => None,
     };
     let cred = ExecCredential {
-        token: s("token"),
-        client_cert_pem: s("clientCertificateData").map(String::into_bytes),
-        client_key_pem: s("clientKeyData").map(String::into_bytes),
+        token: s(status.token),
+        client_cert_pem: s(status.client_certificate_data).map(String::into_bytes),
+        client_key_pem: s(status.client_key_data).map(String::into_bytes),
         expires,
     };
     if cred.client_cert_pem.is_some() != cred.client_key_pem.is_some() {
