@@ -272,23 +272,25 @@ impl<'de> de::Visitor<'de> for ItemsSeed<'_> {
     }
 }
 
+/// One value, decoded as a `T` when it is one, else skipped (the untagged enum buffers the one
+/// value it is given, never the whole object).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum OrNot<T> {
+    Is(T),
+    Not(IgnoredAny),
+}
+
 /// A value of the wrong type reads as its zero value, for the fields read leniently: a Lease
 /// spec (one the API server would never have stored must not wedge the election for good:
 /// with no holder it is free to take, and the takeover writes a sound spec), the API server's
-/// answer to an Event write (only read back for the correlator) and a Status body (its
-/// fallbacks apply). (The untagged enum buffers the one value it is given, never the whole
-/// object.)
+/// answer to an Event write (only read back for the correlator), a Status body (its
+/// fallbacks apply) and an exec plugin's output (the checks name what is missing).
 pub fn zero_if_malformed<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de> + Default,
 {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OrNot<T> {
-        Is(T),
-        Not(IgnoredAny),
-    }
     Ok(match OrNot::<T>::deserialize(d)? {
         OrNot::Is(v) => v,
         OrNot::Not(_) => T::default(),
