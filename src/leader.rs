@@ -16,11 +16,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::Sender;
-use serde::de::IgnoredAny;
-use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 
-use crate::events::{Event, EventType, ObjectRef};
+use crate::events::{Event, EventBody, EventSink, EventType, ObjectRef};
 use crate::kube;
 use crate::shutdown::Shutdown;
 use crate::timeutil::{jitter, rfc3339_micros};
@@ -56,7 +54,7 @@ pub struct Lease {
     #[serde(default)]
     pub metadata: LeaseMeta,
     /// Lenient: see [`zero_if_malformed`].
-    #[serde(default, deserialize_with = "zero_if_malformed")]
+    #[serde(default, deserialize_with = "kube::object::zero_if_malformed")]
     pub spec: LeaseSpec,
 }
 
@@ -79,7 +77,7 @@ pub struct Lease {
 pub struct LeaseMeta {
     #[serde(
         default,
-        deserialize_with = "null_as_empty",
+        deserialize_with = "kube::object::null_as_empty",
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub annotations: BTreeMap<String, String>,
@@ -91,7 +89,7 @@ pub struct LeaseMeta {
     pub deletion_timestamp: Option<String>,
     #[serde(
         default,
-        deserialize_with = "null_as_empty",
+        deserialize_with = "kube::object::null_as_empty",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub finalizers: Vec<String>,
@@ -101,7 +99,7 @@ pub struct LeaseMeta {
     pub generation: Option<i64>,
     #[serde(
         default,
-        deserialize_with = "null_as_empty",
+        deserialize_with = "kube::object::null_as_empty",
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub labels: BTreeMap<String, String>,
@@ -111,7 +109,7 @@ pub struct LeaseMeta {
     pub namespace: Option<String>,
     #[serde(
         default,
-        deserialize_with = "null_as_empty",
+        deserialize_with = "kube::object::null_as_empty",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub owner_references: Vec<OwnerReference>,
@@ -146,58 +144,28 @@ pub struct OwnerReference {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaseSpec {
-    #[serde(default, deserialize_with = "zero_if_malformed")]
+    #[serde(default, deserialize_with = "kube::object::zero_if_malformed")]
     pub acquire_time: Option<String>,
-    #[serde(default, deserialize_with = "zero_if_malformed")]
+    #[serde(default, deserialize_with = "kube::object::zero_if_malformed")]
     pub holder_identity: Option<String>,
-    #[serde(default, deserialize_with = "zero_if_malformed")]
+    #[serde(default, deserialize_with = "kube::object::zero_if_malformed")]
     pub lease_duration_seconds: Option<i64>,
-    #[serde(default, deserialize_with = "zero_if_malformed")]
+    #[serde(default, deserialize_with = "kube::object::zero_if_malformed")]
     pub lease_transitions: Option<i64>,
     #[serde(
         default,
-        deserialize_with = "zero_if_malformed",
+        deserialize_with = "kube::object::zero_if_malformed",
         skip_serializing_if = "Option::is_none"
     )]
     pub preferred_holder: Option<String>,
-    #[serde(default, deserialize_with = "zero_if_malformed")]
+    #[serde(default, deserialize_with = "kube::object::zero_if_malformed")]
     pub renew_time: Option<String>,
     #[serde(
         default,
-        deserialize_with = "zero_if_malformed",
+        deserialize_with = "kube::object::zero_if_malformed",
         skip_serializing_if = "Option::is_none"
     )]
     pub strategy: Option<String>,
-}
-
-/// A spec value of the wrong type reads as its zero value, as the loop always has read it: a
-/// Lease the API server would never have stored (it validates the spec) must not wedge the
-/// election for good; with no holder it is free to take, and the takeover writes a sound spec.
-/// (The untagged enum buffers the one value it is given, never the whole object.)
-fn zero_if_malformed<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OrNot<T> {
-        Is(T),
-        Not(IgnoredAny),
-    }
-    Ok(match OrNot::<T>::deserialize(d)? {
-        OrNot::Is(v) => v,
-        OrNot::Not(_) => T::default(),
-    })
-}
-
-/// `null` for a map or list is an empty one, as Go's decoder reads it.
-fn null_as_empty<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// A Lease the server sent that does not decode (not an object, metadata of the wrong shape):
@@ -219,7 +187,7 @@ pub trait LeaseApi: Send + 'static {
     fn create(&self, namespace: &str, lease: &Lease) -> Result<Lease, kube::Error>;
     /// PUT; 409 when `metadata.resourceVersion` is stale.
     fn update(&self, namespace: &str, name: &str, lease: &Lease) -> Result<Lease, kube::Error>;
-    fn create_event(&self, namespace: &str, event: &Value) -> Result<Value, kube::Error>;
+    fn create_event(&self, namespace: &str, event: &EventBody<'_>) -> Result<(), kube::Error>;
     /// Bounds the calls that follow by `deadline` (None lifts it), as client-go's renew context
     /// does: a hanging request must not keep a leader leading past its renew deadline.
     fn set_deadline(&mut self, _deadline: Option<Instant>) {}
@@ -247,8 +215,8 @@ impl LeaseApi for kube::Client {
         self.send_as("PUT", &path, lease)
             .map_err(|e| malformed(namespace, name, e))
     }
-    fn create_event(&self, namespace: &str, event: &Value) -> Result<Value, kube::Error> {
-        self.post(&format!("/api/v1/namespaces/{namespace}/events"), event)
+    fn create_event(&self, namespace: &str, event: &EventBody<'_>) -> Result<(), kube::Error> {
+        EventSink::create(self, namespace, event).map(drop)
     }
     fn set_deadline(&mut self, deadline: Option<Instant>) {
         kube::Client::set_deadline(self, deadline)
@@ -409,17 +377,17 @@ pub const MAX_LEASE_DURATION: Duration = Duration::from_secs(3600);
 
 /// The record we last saw and when (our monotonic clock) we first saw it in that form.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observation {
+pub struct ObservedLease {
     pub record: LeaseRecord,
     pub at: Instant,
 }
 
 /// Folds a freshly read record into what we had: the observation time only moves when the
 /// record changed, so a holder that stopped renewing ages out.
-pub fn observe(prev: Option<&Observation>, fresh: LeaseRecord, now: Instant) -> Observation {
+pub fn observe(prev: Option<&ObservedLease>, fresh: LeaseRecord, now: Instant) -> ObservedLease {
     match prev {
         Some(p) if p.record == fresh => p.clone(),
-        _ => Observation {
+        _ => ObservedLease {
             record: fresh,
             at: now,
         },
@@ -429,7 +397,7 @@ pub fn observe(prev: Option<&Observation>, fresh: LeaseRecord, now: Instant) -> 
 /// client-go's `isLeaseValid`: the holder's own duration (at most [`MAX_LEASE_DURATION`]),
 /// counted from our observation. Written as "time since observed < duration" so no holder's
 /// value can overflow `Instant`.
-pub fn lease_valid(obs: &Observation, now: Instant) -> bool {
+pub fn lease_valid(obs: &ObservedLease, now: Instant) -> bool {
     now.saturating_duration_since(obs.at) < obs.record.lease_duration()
 }
 
@@ -447,7 +415,7 @@ pub enum Decision {
 
 /// The heart of client-go's `tryAcquireOrRenew` after the GET: `observed` already includes
 /// the record just read (`None` when the Lease does not exist).
-pub fn decide(observed: Option<&Observation>, now: Instant, me: &str) -> Decision {
+pub fn decide(observed: Option<&ObservedLease>, now: Instant, me: &str) -> Decision {
     let Some(obs) = observed else {
         return Decision::Create;
     };
@@ -559,7 +527,7 @@ pub fn leader_event(
     identity: &str,
     message: &str,
     now: SystemTime,
-) -> Value {
+) -> Event {
     let meta = &lease.metadata;
     let object = ObjectRef {
         kind: "Lease".to_string(),
@@ -578,7 +546,6 @@ pub fn leader_event(
         message,
         now,
     )
-    .create_body()
 }
 
 /// Leadership state shared with the HTTP server's `/healthz/leader-election`, and mirrored in
@@ -616,7 +583,7 @@ impl LeaderStatus {
 
     /// Our monotonic time of the last successful acquire or renew.
     pub fn last_renew(&self) -> Option<Instant> {
-        *self.last_renew.lock().unwrap_or_else(|p| p.into_inner())
+        *crate::sync::lock(&self.last_renew)
     }
 
     pub fn mark_leading(&self, at: Instant) {
@@ -626,7 +593,7 @@ impl LeaderStatus {
     }
 
     pub fn mark_renewed(&self, at: Instant) {
-        *self.last_renew.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+        *crate::sync::lock(&self.last_renew) = Some(at);
     }
 
     /// Lost (renewal failed) or released (shutdown): the gauge says so as well.
@@ -673,7 +640,7 @@ struct Elector<A: LeaseApi> {
     s: LeaderSettings,
     status: Arc<LeaderStatus>,
     events: Sender<LeaderEvent>,
-    observed: Option<Observation>,
+    observed: Option<ObservedLease>,
     /// The Lease object as last read or written: the base of the next PUT.
     lease: Option<Lease>,
     reported_leader: String,
@@ -914,7 +881,7 @@ impl<A: LeaseApi> Elector<A> {
     /// After a successful create or update: we observe what we wrote, now.
     fn wrote(&mut self, response: Lease, rec: LeaseRecord, now: Instant) {
         self.lease = Some(response);
-        self.observed = Some(Observation {
+        self.observed = Some(ObservedLease {
             record: rec,
             at: now,
         });
@@ -945,7 +912,7 @@ impl<A: LeaseApi> Elector<A> {
             &format!("{} {what}", self.me),
             SystemTime::now(),
         );
-        if let Err(e) = self.api.create_event(&self.s.namespace, &ev) {
+        if let Err(e) = self.api.create_event(&self.s.namespace, &ev.create_body()) {
             log::error!(
                 "Server rejected event (will not retry!) reason=\"LeaderElection\" lease=\"{}\" err=\"{e}\"",
                 self.describe()
@@ -1004,7 +971,7 @@ impl<A: LeaseApi> Elector<A> {
 mod tests {
     use super::*;
     use crossbeam_channel::Receiver;
-    use serde_json::json;
+    use serde_json::{json, Value};
     use std::collections::HashMap;
     use std::sync::atomic::AtomicUsize;
     use std::time::UNIX_EPOCH;
@@ -1093,11 +1060,11 @@ mod tests {
     fn decide_table() {
         let t0 = Instant::now();
         let s = Duration::from_secs;
-        let obs = |holder: &str, secs: i64, at: Instant| Observation {
+        let obs = |holder: &str, secs: i64, at: Instant| ObservedLease {
             record: rec(holder, secs, "r", 3),
             at,
         };
-        let cases: Vec<(Option<Observation>, Instant, &str, Decision)> = vec![
+        let cases: Vec<(Option<ObservedLease>, Instant, &str, Decision)> = vec![
             (None, t0, "me", Decision::Create),
             (Some(obs("other", 15, t0)), t0 + s(14), "me", Decision::Wait),
             (
@@ -1370,6 +1337,7 @@ mod tests {
         );
         let now = UNIX_EPOCH + Duration::new(1_767_323_045, 5);
         let ev = leader_event(&lease, "lease-a", "ns", "pod.a", "pod-a became leader", now);
+        let ev = serde_json::to_value(ev.create_body()).unwrap();
         assert_eq!(
             ev["involvedObject"],
             json!({"kind": "Lease", "namespace": "ns", "name": "lease-a", "uid": "u1", "apiVersion": "coordination.k8s.io/v1", "resourceVersion": "7"})
@@ -1398,6 +1366,7 @@ mod tests {
         // Not a DNS subdomain (uppercase): client-go's GenerateEventName gives a random UUID.
         let lease = lease(json!({"metadata": {"name": "Lease-A", "namespace": "ns"}}));
         let ev = leader_event(&lease, "Lease-A", "ns", "pod", "m", SystemTime::now());
+        let ev = serde_json::to_value(ev.create_body()).unwrap();
         let name = ev["metadata"]["name"].as_str().unwrap();
         assert!(!name.starts_with("Lease-A."), "{name}");
         assert_eq!(name.len(), 36, "{name}");
@@ -1599,11 +1568,11 @@ mod tests {
             }
             self.store(&mut st, lease, "update")
         }
-        fn create_event(&self, _ns: &str, event: &Value) -> Result<Value, kube::Error> {
+        fn create_event(&self, _ns: &str, event: &EventBody<'_>) -> Result<(), kube::Error> {
             self.check("event")?;
             let mut st = self.state.lock().unwrap();
-            st.events.push(event.clone());
-            Ok(event.clone())
+            st.events.push(serde_json::to_value(event).unwrap());
+            Ok(())
         }
     }
 

@@ -20,5 +20,6 @@ pub mod paging;
 #[cfg(test)]
 mod proptests;
 pub mod shutdown;
+pub mod sync;
 pub mod timeutil;
 pub mod watch;

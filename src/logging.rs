@@ -374,7 +374,7 @@ impl Throttle {
     /// Count one occurrence at `now`. `Some(n)`: write the line now, for `n` occurrences (this
     /// one and those held back since the last line); `None`: counted, not logged.
     pub fn hit(&self, now: std::time::Instant) -> Option<u64> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = crate::sync::lock(&self.state);
         s.since += 1;
         if s.last_line
             .is_some_and(|t| now.saturating_duration_since(t) < self.period)

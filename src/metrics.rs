@@ -124,7 +124,7 @@ impl Collector for VolumeStatusCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let volumes = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
+        let volumes = crate::sync::lock(&self.volumes);
         let status = volumes
             .iter()
             .map(|(pv, s)| {
@@ -397,15 +397,12 @@ impl Metrics {
     /// The driver label of every later observation; earlier ones keep `unknown-driver`, as
     /// csi-lib-utils does.
     pub fn set_driver_name(&self, name: &str) {
-        let mut d = self.driver.write().unwrap_or_else(|p| p.into_inner());
+        let mut d = crate::sync::write(&self.driver);
         *d = Arc::from(name);
     }
 
     fn driver(&self) -> Arc<str> {
-        self.driver
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        crate::sync::read(&self.driver).clone()
     }
 
     /// One CSI RPC: `method` is the full gRPC method (`/csi.v1.Identity/Probe`), `grpc_code` the
@@ -421,7 +418,7 @@ impl Metrics {
     /// a previous claim, should the PV have been re-bound).
     pub fn set_volume_status(&self, namespace: &str, pvc: &str, pv: &str, status: VolumeStatus) {
         let driver = self.driver();
-        let mut volumes = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut volumes = crate::sync::lock(&self.volumes);
         match volumes.get_mut(pv) {
             Some(s) => {
                 if *s.driver != *driver || s.namespace != namespace || s.pvc != pvc {
@@ -456,7 +453,7 @@ impl Metrics {
     ///
     /// [`set_volume_status`]: Metrics::set_volume_status
     pub fn set_volume_conditions(&self, pv: &str, conditions: Vec<(String, String)>) {
-        let mut volumes = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut volumes = crate::sync::lock(&self.volumes);
         if let Some(s) = volumes.get_mut(pv) {
             s.conditions = conditions;
         }
@@ -499,10 +496,7 @@ impl Metrics {
     /// Keeps the series of the PVs `keep` accepts and drops the rest (deleted, or no longer
     /// ours), so a volume's series disappears with its PV.
     pub fn retain_volumes(&self, keep: impl Fn(&str) -> bool) {
-        self.volumes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|pv, _| keep(pv));
+        crate::sync::lock(&self.volumes).retain(|pv, _| keep(pv));
     }
 
     /// One health check: `method` is a listing (`ListVolumes`, `ControllerListVolumeHealth`:

@@ -44,7 +44,7 @@ impl Shutdown {
     /// Ask every thread to stop. Safe to call more than once and from any thread.
     pub fn trigger(&self) {
         self.inner.flag.store(true, Ordering::SeqCst);
-        let mut guard = self.inner.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = crate::sync::lock(&self.inner.lock);
         guard.take();
         self.inner.cond.notify_all();
     }
@@ -58,7 +58,7 @@ impl Shutdown {
     pub fn wait_timeout(&self, d: Duration) -> bool {
         // `d` may come from a server (Retry-After): saturate rather than overflow.
         let deadline = crate::timeutil::saturating_deadline(Instant::now(), d);
-        let mut guard = self.inner.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = crate::sync::lock(&self.inner.lock);
         loop {
             if self.is_triggered() {
                 return true;
@@ -67,10 +67,7 @@ impl Shutdown {
             if now >= deadline {
                 return false;
             }
-            guard = match self.inner.cond.wait_timeout(guard, deadline - now) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
+            guard = crate::sync::wait_timeout(&self.inner.cond, guard, deadline - now);
         }
     }
 

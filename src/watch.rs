@@ -17,6 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+#[cfg(test)]
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -137,7 +138,9 @@ impl PvRecord {
         })
     }
 
-    /// From a tree (tests, and callers that already hold one); a malformed object is `None`.
+    /// From a tree (tests only: production decodes the wire struct straight from the response);
+    /// a malformed object is `None`.
+    #[cfg(test)]
     pub fn from_object(obj: &Value, driver: &str) -> Option<PvRecord> {
         PvWire::deserialize(obj)
             .ok()
@@ -239,7 +242,9 @@ impl PvcRecord {
         })
     }
 
-    /// From a tree (tests, and callers that already hold one); a malformed object is `None`.
+    /// From a tree (tests only: production decodes the wire struct straight from the response);
+    /// a malformed object is `None`.
+    #[cfg(test)]
     pub fn from_object(obj: &Value) -> Option<PvcRecord> {
         PvcWire::deserialize(obj)
             .ok()
@@ -263,7 +268,8 @@ pub trait Resource: Sized + Clone + Send + Sync + 'static {
     fn from_wire(wire: Self::Wire) -> Option<Self>;
 }
 
-/// The store key of any object: `namespace/name` or `name`.
+/// The store key of any object: `namespace/name` or `name` (tests only).
+#[cfg(test)]
 pub fn object_key(obj: &Value) -> Option<String> {
     ObjectMeta::deserialize(obj.get("metadata")?).ok()?.key()
 }
@@ -336,37 +342,20 @@ impl<T: Clone> Store<T> {
     }
 
     pub fn snapshot(&self) -> Arc<HashMap<String, T>> {
-        self.inner
-            .map
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        crate::sync::read(&self.inner.map).clone()
     }
 
     pub fn get(&self, key: &str) -> Option<T> {
-        self.inner
-            .map
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .cloned()
+        crate::sync::read(&self.inner.map).get(key).cloned()
     }
 
     /// Whether `key` is cached, without cloning its record.
     pub fn contains_key(&self, key: &str) -> bool {
-        self.inner
-            .map
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(key)
+        crate::sync::read(&self.inner.map).contains_key(key)
     }
 
     pub fn len(&self) -> usize {
-        self.inner
-            .map
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        crate::sync::read(&self.inner.map).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -406,32 +395,19 @@ impl<T: Clone> Store<T> {
     /// when done (the store then forgets it).
     pub fn subscribe(&self) -> Receiver<Change<T>> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        self.inner
-            .subscribers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(tx);
+        crate::sync::lock(&self.inner.subscribers).push(tx);
         rx
     }
 
     fn has_subscribers(&self) -> bool {
-        !self
-            .inner
-            .subscribers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+        !crate::sync::lock(&self.inner.subscribers).is_empty()
     }
 
     fn notify(&self, changes: Vec<Change<T>>) {
         if changes.is_empty() {
             return;
         }
-        let mut subs = self
-            .inner
-            .subscribers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut subs = crate::sync::lock(&self.inner.subscribers);
         subs.retain(|tx| changes.iter().all(|c| tx.send(c.clone()).is_ok()));
     }
 
@@ -439,7 +415,7 @@ impl<T: Clone> Store<T> {
     /// directly, as Go tests fill informer stores).
     pub fn apply(&self, key: String, rec: T) {
         let old = {
-            let mut m = self.inner.map.write().unwrap_or_else(|p| p.into_inner());
+            let mut m = crate::sync::write(&self.inner.map);
             Arc::make_mut(&mut m).insert(key.clone(), rec.clone())
         };
         self.changed();
@@ -452,7 +428,7 @@ impl<T: Clone> Store<T> {
     /// atomically with the reflector's writes.
     pub fn replace_if(&self, key: String, rec: T, still: impl FnOnce(&T) -> bool) -> bool {
         let old = {
-            let mut m = self.inner.map.write().unwrap_or_else(|p| p.into_inner());
+            let mut m = crate::sync::write(&self.inner.map);
             match m.get(&key) {
                 Some(current) if still(current) => {}
                 _ => return false,
@@ -469,7 +445,7 @@ impl<T: Clone> Store<T> {
     /// Insert only when absent (a GET fallback must not overwrite a newer watch update).
     pub fn insert_if_absent(&self, key: String, rec: T) -> bool {
         {
-            let mut m = self.inner.map.write().unwrap_or_else(|p| p.into_inner());
+            let mut m = crate::sync::write(&self.inner.map);
             if m.contains_key(&key) {
                 return false;
             }
@@ -488,7 +464,7 @@ impl<T: Clone> Store<T> {
 
     pub fn remove(&self, key: &str) {
         let old = {
-            let mut m = self.inner.map.write().unwrap_or_else(|p| p.into_inner());
+            let mut m = crate::sync::write(&self.inner.map);
             if !m.contains_key(key) {
                 return;
             }
@@ -508,17 +484,10 @@ impl<T: Clone> Store<T> {
     /// Swap in the result of a complete list and mark the store synced.
     pub fn replace(&self, new: HashMap<String, T>) {
         let new = Arc::new(new);
-        let old = std::mem::replace(
-            &mut *self.inner.map.write().unwrap_or_else(|p| p.into_inner()),
-            new.clone(),
-        );
+        let old = std::mem::replace(&mut *crate::sync::write(&self.inner.map), new.clone());
         self.changed();
         self.inner.synced.store(true, Ordering::SeqCst);
-        self.inner
-            .synced_tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        crate::sync::lock(&self.inner.synced_tx).take();
         if self.has_subscribers() {
             let mut changes: Vec<Change<T>> = old
                 .iter()

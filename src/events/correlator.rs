@@ -2,9 +2,9 @@
 //! into a rising `count`, and the per source+object+type spam filter, each over an LRU cache.
 //! No I/O and no clock of its own: the caller passes `now`.
 
-use super::event::Event;
+use super::event::{Event, EventPatch};
+use crate::kube::ratelimit::TokenBucket;
 use crate::timeutil;
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, SystemTime};
 
@@ -33,7 +33,7 @@ pub enum Decision {
     /// A new Event object: POST it.
     Create(Event),
     /// A repeat: strategic-merge PATCH `patch` onto `event.name`; on 404 POST `event` instead.
-    Patch { event: Event, patch: Value },
+    Patch { event: Event, patch: EventPatch },
 }
 
 /// A least-recently-used map with groupcache's semantics: a lookup refreshes an entry, adding a
@@ -100,45 +100,6 @@ impl<V> Lru<V> {
     }
 }
 
-/// x/time/rate's token bucket as client-go's spam filter uses it (`TryAccept` = `AllowN(now, 1)`).
-#[derive(Clone, Debug)]
-pub struct TokenBucket {
-    tokens: f64,
-    last: Option<SystemTime>,
-    burst: f64,
-    qps: f64,
-}
-
-impl TokenBucket {
-    /// Starts full.
-    pub fn new(burst: u32, qps: f64) -> TokenBucket {
-        TokenBucket {
-            tokens: f64::from(burst),
-            last: None,
-            burst: f64::from(burst),
-            qps,
-        }
-    }
-
-    pub fn try_accept(&mut self, now: SystemTime) -> bool {
-        let elapsed = match self.last {
-            // A clock that went backwards refills nothing.
-            Some(last) => now.duration_since(last).unwrap_or(Duration::ZERO),
-            None => Duration::MAX,
-        };
-        // Go's Duration.Seconds(): whole seconds plus the fraction, as float64.
-        let secs = elapsed.as_secs() as f64 + f64::from(elapsed.subsec_nanos()) / 1e9;
-        let tokens = (self.tokens + secs * self.qps).min(self.burst) - 1.0;
-        // x/time/rate accepts when the wait for the deficit truncates to zero nanoseconds.
-        let ok = tokens >= 0.0 || ((-tokens / self.qps) * 1e9) as i64 <= 0;
-        if ok {
-            self.tokens = tokens;
-            self.last = Some(now);
-        }
-        ok
-    }
-}
-
 #[derive(Debug, Default)]
 struct AggregateRecord {
     messages: BTreeSet<String>,
@@ -147,7 +108,7 @@ struct AggregateRecord {
 
 /// What the dedup cache remembers of the last write of an event key.
 #[derive(Clone, Debug)]
-struct Observation {
+struct LastWrite {
     count: i32,
     first_timestamp: String,
     name: String,
@@ -158,7 +119,7 @@ struct Observation {
 #[derive(Debug)]
 pub struct Correlator {
     aggregates: Lru<AggregateRecord>,
-    observations: Lru<Observation>,
+    last_writes: Lru<LastWrite>,
     spam: Lru<TokenBucket>,
 }
 
@@ -172,7 +133,7 @@ impl Correlator {
     pub fn new() -> Correlator {
         Correlator {
             aggregates: Lru::new(LRU_CAPACITY),
-            observations: Lru::new(LRU_CAPACITY),
+            last_writes: Lru::new(LRU_CAPACITY),
             spam: Lru::new(LRU_CAPACITY),
         }
     }
@@ -197,9 +158,9 @@ impl Correlator {
     /// for a combined event that is not the aggregate key its repeats are looked up under, so
     /// those keep the locally recorded name and count.
     pub fn update_state(&mut self, server: &Event) {
-        self.observations.put(
+        self.last_writes.put(
             server.event_key(),
-            Observation {
+            LastWrite {
                 count: server.count,
                 first_timestamp: server.first_timestamp.clone(),
                 name: server.name.clone(),
@@ -255,7 +216,7 @@ impl Correlator {
     }
 
     fn observe(&mut self, mut event: Event, key: String) -> (Event, bool) {
-        let last = self.observations.get(&key).cloned();
+        let last = self.last_writes.get(&key).cloned();
         let is_repeat = matches!(&last, Some(o) if o.count > 0);
         if let (true, Some(o)) = (is_repeat, last) {
             event.name = o.name;
@@ -263,9 +224,9 @@ impl Correlator {
             event.first_timestamp = o.first_timestamp;
             event.count = o.count.saturating_add(1);
         }
-        self.observations.put(
+        self.last_writes.put(
             key,
-            Observation {
+            LastWrite {
                 count: event.count,
                 first_timestamp: event.first_timestamp.clone(),
                 name: event.name.clone(),
@@ -292,7 +253,7 @@ impl Correlator {
     fn cache_sizes(&self) -> (usize, usize, usize) {
         (
             self.aggregates.len(),
-            self.observations.len(),
+            self.last_writes.len(),
             self.spam.len(),
         )
     }
@@ -367,7 +328,7 @@ mod tests {
                     assert_eq!(event.count, i as i32 + 1);
                     assert_eq!(event.first_timestamp, first.first_timestamp);
                     assert_eq!(
-                        *patch,
+                        serde_json::to_value(patch).unwrap(),
                         json!({"count": i + 1, "lastTimestamp": "2026-01-02T03:04:05Z", "message": "bad"})
                     );
                 }
@@ -402,6 +363,7 @@ mod tests {
             Decision::Patch { event, patch } => {
                 assert_eq!(event.count, 32);
                 assert_eq!(event.name, first.name);
+                let patch = serde_json::to_value(patch).unwrap();
                 assert_eq!(patch["lastTimestamp"], "2026-01-02T03:09:05Z");
             }
             other => panic!("{other:?}"),
@@ -487,7 +449,7 @@ mod tests {
         assert_eq!(combined.reason, "NodeFailed");
         assert_eq!(combined.event_type, "Warning");
         assert_eq!(combined.involved, decisions[0].clone().event().involved);
-        let body = combined.create_body();
+        let body = serde_json::to_value(combined.create_body()).unwrap();
         assert_eq!(body["reportingComponent"], "");
         assert_eq!(body["source"]["component"], "comp");
         written(&mut c, &d, 100);
@@ -502,6 +464,7 @@ mod tests {
                 assert_eq!(event.name, combined.name);
                 assert_eq!(event.count, 2);
                 assert_eq!(event.first_timestamp, combined.first_timestamp);
+                let patch = serde_json::to_value(patch).unwrap();
                 assert_eq!(patch["message"], "(combined from similar events): msg 10");
             }
             other => panic!("{other:?}"),

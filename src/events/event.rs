@@ -1,8 +1,9 @@
 //! The core/v1 Event as client-go's legacy recorder builds it: construction, the correlation
 //! keys, and the exact JSON it puts on the wire (create body and strategic-merge patch).
 
+use crate::kube::object::zero_if_malformed;
 use crate::timeutil;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 
 /// The wire form of a zero `metav1.Time`-typed `lastTimestamp` in client-go's patch base: the
@@ -145,126 +146,250 @@ impl Event {
         .collect()
     }
 
-    /// The POST body, as Go's `encoding/json` renders a `v1.Event` (field order of the Go
-    /// struct; `omitempty` honoured where the Go tags have it; zero times and `eventTime` as
-    /// `null`; `reportingComponent`/`reportingInstance` always present). resourceVersion is
-    /// never sent: client-go clears it before every create.
-    pub fn create_body(&self) -> Value {
-        let mut metadata = Map::new();
-        put_nonempty(&mut metadata, "name", &self.name);
-        put_nonempty(&mut metadata, "namespace", &self.namespace);
-
+    /// The POST body: what Go's `encoding/json` renders of a `v1.Event` (`omitempty` honoured
+    /// where the Go tags have it; zero times and `eventTime` as `null`;
+    /// `reportingComponent`/`reportingInstance` always present), keys in sorted order as this
+    /// sidecar has always written them. resourceVersion is never sent: client-go clears it
+    /// before every create.
+    pub fn create_body(&self) -> EventBody<'_> {
         let i = &self.involved;
-        let mut involved = Map::new();
-        put_nonempty(&mut involved, "kind", &i.kind);
-        put_nonempty(&mut involved, "namespace", &i.namespace);
-        put_nonempty(&mut involved, "name", &i.name);
-        put_nonempty(&mut involved, "uid", &i.uid);
-        put_nonempty(&mut involved, "apiVersion", &i.api_version);
-        put_nonempty(&mut involved, "resourceVersion", &i.resource_version);
-        put_nonempty(&mut involved, "fieldPath", &i.field_path);
-
-        let mut source = Map::new();
-        put_nonempty(&mut source, "component", &self.source_component);
-        put_nonempty(&mut source, "host", &self.source_host);
-
-        let mut body = Map::new();
-        body.insert("kind".into(), json!("Event"));
-        body.insert("apiVersion".into(), json!("v1"));
-        body.insert("metadata".into(), Value::Object(metadata));
-        body.insert("involvedObject".into(), Value::Object(involved));
-        put_nonempty(&mut body, "reason", &self.reason);
-        put_nonempty(&mut body, "message", &self.message);
-        body.insert("source".into(), Value::Object(source));
-        body.insert("firstTimestamp".into(), time_or_null(&self.first_timestamp));
-        body.insert("lastTimestamp".into(), time_or_null(&self.last_timestamp));
-        if self.count != 0 {
-            body.insert("count".into(), json!(self.count));
+        EventBody {
+            api_version: "v1",
+            count: self.count,
+            event_time: (),
+            first_timestamp: time_or_null(&self.first_timestamp),
+            involved_object: InvolvedBody {
+                api_version: &i.api_version,
+                field_path: &i.field_path,
+                kind: &i.kind,
+                name: &i.name,
+                namespace: &i.namespace,
+                resource_version: &i.resource_version,
+                uid: &i.uid,
+            },
+            kind: "Event",
+            last_timestamp: time_or_null(&self.last_timestamp),
+            message: &self.message,
+            metadata: MetaBody {
+                name: &self.name,
+                namespace: &self.namespace,
+            },
+            reason: &self.reason,
+            reporting_component: &self.reporting_controller,
+            reporting_instance: &self.reporting_instance,
+            source: SourceBody {
+                component: &self.source_component,
+                host: &self.source_host,
+            },
+            event_type: &self.event_type,
         }
-        put_nonempty(&mut body, "type", &self.event_type);
-        body.insert("eventTime".into(), Value::Null);
-        body.insert(
-            "reportingComponent".into(),
-            json!(self.reporting_controller),
-        );
-        body.insert("reportingInstance".into(), json!(self.reporting_instance));
-        Value::Object(body)
     }
 
     /// The strategic-merge patch client-go computes for a repeat: the two-way diff between this
     /// event and a copy with `count` 0, `lastTimestamp` at the Unix epoch and `message` empty.
     /// Keys in the order Go marshals a map (sorted).
-    pub fn patch_body(&self) -> Value {
-        let mut patch = Map::new();
-        if self.count != 0 {
-            patch.insert("count".into(), json!(self.count));
+    pub fn patch_body(&self) -> EventPatch {
+        EventPatch {
+            count: self.count,
+            last_timestamp: (self.last_timestamp != EPOCH)
+                .then(|| time_or_null(&self.last_timestamp).map(str::to_string)),
+            message: self.message.clone(),
         }
-        if self.last_timestamp != EPOCH {
-            patch.insert("lastTimestamp".into(), time_or_null(&self.last_timestamp));
-        }
-        if !self.message.is_empty() {
-            patch.insert("message".into(), json!(self.message));
-        }
-        Value::Object(patch)
     }
 
-    /// Read back what the API server answered. Missing or mistyped fields read as their zero
-    /// value, like Go decoding into the struct; never fails.
-    pub fn from_server(v: &Value) -> Event {
-        let s = |v: &Value, path: &[&str]| -> String {
-            let mut cur = v;
-            for p in path {
-                match cur.get(p) {
-                    Some(next) => cur = next,
-                    None => return String::new(),
-                }
-            }
-            cur.as_str().unwrap_or_default().to_string()
-        };
-        let count = v
-            .get("count")
-            .and_then(Value::as_i64)
-            .and_then(|c| i32::try_from(c).ok())
-            .unwrap_or(0);
+    /// Read back what the API server answered (tests: the tree a fake sink keeps). Missing or
+    /// mistyped fields read as their zero value, like Go decoding into the struct; never fails.
+    #[cfg(test)]
+    pub fn from_server(v: &serde_json::Value) -> Event {
+        EventAnswer::deserialize(v)
+            .map(Event::from)
+            .unwrap_or_default()
+    }
+}
+
+/// [`Event::create_body`]'s wire form. The fields are in sorted order: serialized in
+/// declaration order, that gives the bytes the API server has always received from us.
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct EventBody<'a> {
+    api_version: &'static str,
+    #[serde(skip_serializing_if = "is_zero")]
+    count: i32,
+    /// Always `null` (a zero `metav1.MicroTime`).
+    event_time: (),
+    first_timestamp: Option<&'a str>,
+    involved_object: InvolvedBody<'a>,
+    kind: &'static str,
+    last_timestamp: Option<&'a str>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    message: &'a str,
+    metadata: MetaBody<'a>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    reason: &'a str,
+    reporting_component: &'a str,
+    reporting_instance: &'a str,
+    source: SourceBody<'a>,
+    #[serde(rename = "type", skip_serializing_if = "str::is_empty")]
+    event_type: &'a str,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+struct InvolvedBody<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    api_version: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    field_path: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    namespace: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    resource_version: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    uid: &'a str,
+}
+
+#[derive(Serialize, Debug)]
+struct MetaBody<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    namespace: &'a str,
+}
+
+#[derive(Serialize, Debug)]
+struct SourceBody<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    component: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    host: &'a str,
+}
+
+/// [`Event::patch_body`]'s wire form: only what changed against client-go's patch base.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct EventPatch {
+    #[serde(skip_serializing_if = "is_zero")]
+    count: i32,
+    /// `None`: unchanged (left out); `Some(None)`: a zero time (`null`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_timestamp: Option<Option<String>>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    message: String,
+}
+
+/// The API server's answer to an Event write, the fields [`Event`] keeps. Anything of the wrong
+/// shape, the whole answer included, reads as its zero value: the answer only feeds the
+/// correlator's memory, and a write that succeeded is never retried over it.
+#[derive(Deserialize, Default)]
+#[serde(transparent)]
+pub struct EventAnswer(#[serde(deserialize_with = "zero_if_malformed")] AnswerFields);
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct AnswerFields {
+    #[serde(deserialize_with = "zero_if_malformed")]
+    metadata: AnswerMeta,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    involved_object: AnswerInvolved,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    reason: String,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    message: String,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    source: AnswerSource,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    first_timestamp: String,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    last_timestamp: String,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    count: i32,
+    #[serde(rename = "type", deserialize_with = "zero_if_malformed")]
+    event_type: String,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    reporting_component: String,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    reporting_instance: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct AnswerMeta {
+    #[serde(deserialize_with = "zero_if_malformed")]
+    name: String,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    namespace: String,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    resource_version: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct AnswerInvolved {
+    #[serde(deserialize_with = "zero_if_malformed")]
+    kind: String,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    namespace: String,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    name: String,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    uid: String,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    api_version: String,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    resource_version: String,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    field_path: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AnswerSource {
+    #[serde(deserialize_with = "zero_if_malformed")]
+    component: String,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    host: String,
+}
+
+impl From<EventAnswer> for Event {
+    fn from(EventAnswer(a): EventAnswer) -> Event {
         Event {
-            name: s(v, &["metadata", "name"]),
-            namespace: s(v, &["metadata", "namespace"]),
-            resource_version: s(v, &["metadata", "resourceVersion"]),
+            name: a.metadata.name,
+            namespace: a.metadata.namespace,
+            resource_version: a.metadata.resource_version,
             involved: Involved {
-                kind: s(v, &["involvedObject", "kind"]),
-                namespace: s(v, &["involvedObject", "namespace"]),
-                name: s(v, &["involvedObject", "name"]),
-                uid: s(v, &["involvedObject", "uid"]),
-                api_version: s(v, &["involvedObject", "apiVersion"]),
-                resource_version: s(v, &["involvedObject", "resourceVersion"]),
-                field_path: s(v, &["involvedObject", "fieldPath"]),
+                kind: a.involved_object.kind,
+                namespace: a.involved_object.namespace,
+                name: a.involved_object.name,
+                uid: a.involved_object.uid,
+                api_version: a.involved_object.api_version,
+                resource_version: a.involved_object.resource_version,
+                field_path: a.involved_object.field_path,
             },
-            reason: s(v, &["reason"]),
-            message: s(v, &["message"]),
-            source_component: s(v, &["source", "component"]),
-            source_host: s(v, &["source", "host"]),
-            first_timestamp: s(v, &["firstTimestamp"]),
-            last_timestamp: s(v, &["lastTimestamp"]),
-            count,
-            event_type: s(v, &["type"]),
-            reporting_controller: s(v, &["reportingComponent"]),
-            reporting_instance: s(v, &["reportingInstance"]),
+            reason: a.reason,
+            message: a.message,
+            source_component: a.source.component,
+            source_host: a.source.host,
+            first_timestamp: a.first_timestamp,
+            last_timestamp: a.last_timestamp,
+            count: a.count,
+            event_type: a.event_type,
+            reporting_controller: a.reporting_component,
+            reporting_instance: a.reporting_instance,
         }
     }
 }
 
-fn put_nonempty(m: &mut Map<String, Value>, key: &str, value: &str) {
-    if !value.is_empty() {
-        m.insert(key.to_string(), json!(value));
-    }
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
-fn time_or_null(t: &str) -> Value {
-    if t.is_empty() {
-        Value::Null
-    } else {
-        json!(t)
-    }
+/// An empty time is a zero `metav1.Time`: `null` on the wire.
+fn time_or_null(t: &str) -> Option<&str> {
+    Some(t).filter(|t| !t.is_empty())
 }
 
 /// `<name>.<lowercase hex nanos>`, or a random UUID when that is not a valid DNS subdomain
@@ -314,6 +439,7 @@ fn random_uuid() -> String {
 mod tests {
     use super::super::{EventType, ObjectRef};
     use super::*;
+    use serde_json::{json, Value};
     use std::time::{Duration, UNIX_EPOCH};
 
     pub(crate) fn pvc() -> ObjectRef {
@@ -365,7 +491,13 @@ mod tests {
             format!("{:x}", 1_767_323_045_123_456_789u128),
             "1886caf223f1ff15"
         );
-        assert_eq!(e.create_body(), expected);
+        assert_eq!(serde_json::to_value(e.create_body()).unwrap(), expected);
+        // Byte for byte what the API server received when the body was a `serde_json::Map`
+        // (keys sorted).
+        assert_eq!(
+            serde_json::to_string(&e.create_body()).unwrap(),
+            serde_json::to_string(&expected).unwrap()
+        );
     }
 
     #[test]
@@ -380,7 +512,7 @@ mod tests {
             "",
             UNIX_EPOCH + Duration::from_secs(10),
         );
-        let body = e.create_body();
+        let body = serde_json::to_value(e.create_body()).unwrap();
         assert_eq!(body["metadata"]["namespace"], "default");
         assert!(body["involvedObject"].get("namespace").is_none());
         assert!(body.get("message").is_none());
@@ -388,7 +520,7 @@ mod tests {
         let mut repeat = e.clone();
         repeat.count = 3;
         assert_eq!(
-            repeat.patch_body(),
+            serde_json::to_value(repeat.patch_body()).unwrap(),
             json!({"count": 3, "lastTimestamp": "1970-01-01T00:00:10Z"})
         );
     }
@@ -463,7 +595,7 @@ mod tests {
             "msg",
             UNIX_EPOCH + Duration::from_secs(5),
         );
-        let mut answer = e.create_body();
+        let mut answer: Value = serde_json::to_value(e.create_body()).unwrap();
         answer["metadata"]["resourceVersion"] = json!("99");
         let back = Event::from_server(&answer);
         assert_eq!(back.resource_version, "99");

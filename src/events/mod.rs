@@ -16,16 +16,17 @@ mod correlator;
 mod event;
 
 pub use correlator::{
-    Correlator, Decision, Lru, TokenBucket, AGGREGATE_INTERVAL, AGGREGATE_MAX_EVENTS,
-    AGGREGATE_PREFIX, LRU_CAPACITY, SPAM_BURST,
+    Correlator, Decision, Lru, AGGREGATE_INTERVAL, AGGREGATE_MAX_EVENTS, AGGREGATE_PREFIX,
+    LRU_CAPACITY, SPAM_BURST,
 };
-pub use event::{generate_event_name, is_dns_subdomain, Event, Involved};
+pub use event::{
+    generate_event_name, is_dns_subdomain, Event, EventAnswer, EventBody, EventPatch, Involved,
+};
 
 use crate::kube;
 use crate::shutdown::Shutdown;
 use crate::timeutil::{self, Clock, SystemClock};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -72,26 +73,32 @@ impl DropReason {
     }
 }
 
-/// Where events are written: the API server in production, a recording fake in tests.
+/// Where events are written: the API server in production, a recording fake in tests. Each
+/// call answers with the Event as the server stored it.
 pub trait EventSink: Send + 'static {
     /// `POST /api/v1/namespaces/<namespace>/events`.
-    fn create(&self, namespace: &str, event: &Value) -> Result<Value, kube::Error>;
+    fn create(&self, namespace: &str, event: &EventBody<'_>) -> Result<Event, kube::Error>;
     /// `PATCH /api/v1/namespaces/<namespace>/events/<name>`, strategic merge.
-    fn patch(&self, namespace: &str, name: &str, patch: &Value) -> Result<Value, kube::Error>;
+    fn patch(&self, namespace: &str, name: &str, patch: &EventPatch) -> Result<Event, kube::Error>;
 }
 
 impl EventSink for kube::Client {
-    fn create(&self, namespace: &str, event: &Value) -> Result<Value, kube::Error> {
-        self.post(&format!("/api/v1/namespaces/{namespace}/events"), event)
+    fn create(&self, namespace: &str, event: &EventBody<'_>) -> Result<Event, kube::Error> {
+        self.send_as::<_, EventAnswer>(
+            "POST",
+            &format!("/api/v1/namespaces/{namespace}/events"),
+            event,
+        )
+        .map(Event::from)
     }
 
-    fn patch(&self, namespace: &str, name: &str, patch: &Value) -> Result<Value, kube::Error> {
-        kube::Client::patch(
-            self,
+    fn patch(&self, namespace: &str, name: &str, patch: &EventPatch) -> Result<Event, kube::Error> {
+        self.patch_as::<_, EventAnswer>(
             &format!("/api/v1/namespaces/{namespace}/events/{name}"),
             kube::PatchKind::StrategicMerge,
             patch,
         )
+        .map(Event::from)
     }
 }
 
@@ -190,14 +197,10 @@ impl Pending {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, PendingState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Reserve a slot; false once the thread has stopped.
     #[cfg(test)]
     fn begin(&self) -> bool {
-        let mut s = self.lock();
+        let mut s = crate::sync::lock(&self.state);
         if s.closed {
             return false;
         }
@@ -206,7 +209,7 @@ impl Pending {
     }
 
     fn done(&self, n: usize) {
-        let mut s = self.lock();
+        let mut s = crate::sync::lock(&self.state);
         s.count = s.count.saturating_sub(n);
         if s.count == 0 {
             self.cond.notify_all();
@@ -214,7 +217,7 @@ impl Pending {
     }
 
     fn close(&self, discarded: bool) {
-        let mut s = self.lock();
+        let mut s = crate::sync::lock(&self.state);
         s.closed = true;
         s.discarded |= discarded;
         s.count = 0;
@@ -223,7 +226,7 @@ impl Pending {
 
     fn wait_empty(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut s = self.lock();
+        let mut s = crate::sync::lock(&self.state);
         loop {
             if s.count == 0 {
                 return !s.discarded;
@@ -232,10 +235,7 @@ impl Pending {
             if now >= deadline {
                 return false;
             }
-            s = match self.cond.wait_timeout(s, deadline - now) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
+            s = crate::sync::wait_timeout(&self.cond, s, deadline - now);
         }
     }
 }
@@ -318,7 +318,7 @@ impl Recorder {
 
     fn enqueue_with(&self, event: Event, priority: Priority) -> bool {
         let displaced = {
-            let mut s = self.pending.lock();
+            let mut s = crate::sync::lock(&self.pending.state);
             if s.closed {
                 drop(s);
                 log::debug!(
@@ -605,7 +605,7 @@ impl<S: EventSink> Writer<S> {
     }
 
     /// client-go `recordEvent`: one try; `None` means retry after sleeping.
-    fn attempt(&mut self, event: &mut Event, patch: Option<&Value>) -> Option<Outcome> {
+    fn attempt(&mut self, event: &mut Event, patch: Option<&EventPatch>) -> Option<Outcome> {
         let result = match patch {
             Some(p) => match self.sink.patch(&event.namespace, &event.name, p) {
                 // The repeated Event was deleted (or never written): create it afresh, keeping
@@ -617,7 +617,7 @@ impl<S: EventSink> Writer<S> {
         };
         let err = match result {
             Ok(answer) => {
-                self.correlator.update_state(&Event::from_server(&answer));
+                self.correlator.update_state(&answer);
                 log::debug!("Event written {}", describe(event));
                 return Some(Outcome::Written);
             }
@@ -655,7 +655,7 @@ impl<S: EventSink> Writer<S> {
         }
     }
 
-    fn create(&self, event: &mut Event) -> Result<Value, kube::Error> {
+    fn create(&self, event: &mut Event) -> Result<Event, kube::Error> {
         event.resource_version.clear();
         self.sink.create(&event.namespace, &event.create_body())
     }

@@ -1,7 +1,7 @@
 //! Recorder and writer tests against a recording fake sink and a manual clock.
 
 use super::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -124,18 +124,20 @@ impl FakeSink {
 }
 
 impl EventSink for FakeSink {
-    fn create(&self, namespace: &str, event: &Value) -> Result<Value, kube::Error> {
+    fn create(&self, namespace: &str, event: &EventBody<'_>) -> Result<Event, kube::Error> {
         self.call(Call::Create {
             namespace: namespace.into(),
-            body: event.clone(),
+            body: serde_json::to_value(event).unwrap(),
         })
+        .map(|answer| Event::from_server(&answer))
     }
-    fn patch(&self, namespace: &str, name: &str, patch: &Value) -> Result<Value, kube::Error> {
+    fn patch(&self, namespace: &str, name: &str, patch: &EventPatch) -> Result<Event, kube::Error> {
         self.call(Call::Patch {
             namespace: namespace.into(),
             name: name.into(),
-            body: patch.clone(),
+            body: serde_json::to_value(patch).unwrap(),
         })
+        .map(|answer| Event::from_server(&answer))
     }
 }
 
@@ -402,7 +404,10 @@ fn full_queue_drops_and_counts() {
     recorder.event(&pvc(), EventType::Normal, "R", "also dropped");
     assert_eq!(recorder.dropped(), 2);
     assert_eq!(rx.len(), QUEUE_CAPACITY);
-    assert_eq!(recorder.pending.lock().count, QUEUE_CAPACITY);
+    assert_eq!(
+        crate::sync::lock(&recorder.pending.state).count,
+        QUEUE_CAPACITY
+    );
     // Taking one frees one slot.
     assert!(rx.try_recv().is_some());
     recorder.pending.done(1);
@@ -514,7 +519,7 @@ fn a_full_queue_drops_repeats_before_transitions() {
         [("queue_full", 2), ("repeat_displaced", 3)]
     );
     assert_eq!(recorder.dropped(), 5);
-    assert_eq!(recorder.pending.lock().count, 4);
+    assert_eq!(crate::sync::lock(&recorder.pending.state).count, 4);
     // Transitions are written first, in order.
     let order: Vec<String> = std::iter::from_fn(|| rx.try_recv())
         .map(|e| e.message)

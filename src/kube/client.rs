@@ -11,7 +11,6 @@ use super::ratelimit::RateLimiter;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
@@ -72,8 +71,6 @@ pub enum PatchKind {
     Merge,
     /// `application/strategic-merge-patch+json` (built-in types only).
     StrategicMerge,
-    /// `application/json-patch+json` (RFC 6902).
-    Json,
 }
 
 impl PatchKind {
@@ -81,7 +78,6 @@ impl PatchKind {
         match self {
             PatchKind::Merge => "application/merge-patch+json",
             PatchKind::StrategicMerge => "application/strategic-merge-patch+json",
-            PatchKind::Json => "application/json-patch+json",
         }
     }
 }
@@ -100,7 +96,8 @@ pub enum WatchEvent {
     Error(Status),
 }
 
-struct Shared {
+/// What every clone of a [`Client`] shares.
+struct ClientInner {
     agent: ureq::Agent,
     server: String,
     host: String,
@@ -113,7 +110,7 @@ struct Shared {
 /// A cheap-to-clone handle; clones share the connection pool, credentials, observer and limiter.
 #[derive(Clone)]
 pub struct Client {
-    shared: Arc<Shared>,
+    inner: Arc<ClientInner>,
     limiter: RateLimiter,
     /// When set, no normal request of this handle runs past it (the lease loop's renew
     /// deadline, as client-go's context does); watches are not affected.
@@ -123,7 +120,7 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("server", &self.shared.server)
+            .field("server", &self.inner.server)
             .finish()
     }
 }
@@ -204,7 +201,7 @@ impl Client {
         let agent = ureq::Agent::new_with_config(agent_cfg);
         let host = host_of(&cfg.server);
         let client = Client {
-            shared: Arc::new(Shared {
+            inner: Arc::new(ClientInner {
                 agent,
                 server: cfg.server,
                 host,
@@ -224,7 +221,7 @@ impl Client {
     /// Same agent and credentials, a separate limiter: the lease loop must not starve.
     pub fn with_own_limiter(&self, qps: f64, burst: u32) -> Client {
         Client {
-            shared: self.shared.clone(),
+            inner: self.inner.clone(),
             limiter: RateLimiter::new(qps, burst),
             deadline: None,
         }
@@ -237,60 +234,31 @@ impl Client {
     }
 
     pub fn server(&self) -> &str {
-        &self.shared.server
+        &self.inner.server
     }
 
     /// `host[:port]` of the server, for the `host` label of request metrics.
     pub fn host(&self) -> &str {
-        &self.shared.host
+        &self.inner.host
     }
 
     /// Retry-After, rate limiter and credential waits of this client and its clones end
     /// early, with an error, once `shutdown` is triggered (a running credential plugin is
     /// killed). Set once; later calls are ignored.
     pub fn set_shutdown(&self, shutdown: crate::shutdown::Shutdown) {
-        self.shared.creds.set_shutdown(shutdown.clone());
-        let _ = self.shared.stop.set(shutdown);
+        self.inner.creds.set_shutdown(shutdown.clone());
+        let _ = self.inner.stop.set(shutdown);
     }
 
     pub fn set_request_observer(&self, f: RequestObserver) {
-        *self
-            .shared
-            .observer
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Some(f);
+        *crate::sync::write(&self.inner.observer) = Some(f);
     }
 
     fn observe(&self, method: &str, code: &str) {
-        let obs = self
-            .shared
-            .observer
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let obs = crate::sync::read(&self.inner.observer).clone();
         if let Some(f) = obs {
             f(method, code);
         }
-    }
-
-    pub fn get(&self, path: &str) -> Result<Value, Error> {
-        self.request("GET", path, None)
-    }
-
-    pub fn post(&self, path: &str, body: &Value) -> Result<Value, Error> {
-        self.request("POST", path, Some(("application/json", body)))
-    }
-
-    pub fn put(&self, path: &str, body: &Value) -> Result<Value, Error> {
-        self.request("PUT", path, Some(("application/json", body)))
-    }
-
-    pub fn patch(&self, path: &str, kind: PatchKind, body: &Value) -> Result<Value, Error> {
-        self.request("PATCH", path, Some((kind.content_type(), body)))
-    }
-
-    pub fn delete(&self, path: &str) -> Result<Value, Error> {
-        self.request("DELETE", path, None)
     }
 
     /// Send one request (after a limiter token) and return the response; a 401 with a
@@ -304,7 +272,7 @@ impl Client {
         read_timeout: Option<Duration>,
     ) -> Result<http::Response<ureq::Body>, Error> {
         let what = format!("{method} {path}");
-        let url = format!("{}{}", self.shared.server, path);
+        let url = format!("{}{}", self.inner.server, path);
         let mut retried = false;
         let mut throttled = 0;
         // The deadline (the lease loop's) also bounds the wait for a credential; watches
@@ -315,10 +283,10 @@ impl Client {
             None
         };
         loop {
-            if self.limiter.acquire(self.shared.stop.get()) {
+            if self.limiter.acquire(self.inner.stop.get()) {
                 return Err(transport(&what, "shutting down"));
             }
-            let auth = self.shared.creds.authorization_until(auth_deadline)?;
+            let auth = self.inner.creds.authorization_until(auth_deadline)?;
             let budget = match (self.deadline, read_timeout) {
                 (Some(d), None) => {
                     let left = d.saturating_duration_since(Instant::now());
@@ -349,13 +317,13 @@ impl Client {
                             // Watches: no overall budget (a healthy watch lasts minutes), but
                             // a bound on each read so a silent dead connection is noticed.
                             let req = self
-                                .shared
+                                .inner
                                 .agent
                                 .configure_request(req)
                                 .timeout_global(None)
                                 .timeout_per_read(Some(t))
                                 .build();
-                            self.shared.agent.run(req)
+                            self.inner.agent.run(req)
                         }
                         None => self.run_within(req, budget),
                     }
@@ -370,7 +338,7 @@ impl Client {
             };
             let code = resp.status().as_u16();
             self.observe(method, &code.to_string());
-            if code == 401 && !retried && self.shared.creds.invalidate() {
+            if code == 401 && !retried && self.inner.creds.invalidate() {
                 retried = true;
                 continue;
             }
@@ -397,7 +365,7 @@ impl Client {
                         "{what}: the API server answered {code} with Retry-After, sending again in {wait:?} (retry {throttled})"
                     );
                     drop(resp);
-                    match self.shared.stop.get() {
+                    match self.inner.stop.get() {
                         Some(stop) => {
                             if stop.wait_timeout(wait) {
                                 return Err(transport(&what, "shutting down"));
@@ -410,23 +378,6 @@ impl Client {
             }
             return Ok(resp);
         }
-    }
-
-    fn request(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<(&str, &Value)>,
-    ) -> Result<Value, Error> {
-        let what = format!("{method} {path}");
-        let buf = self.request_body(method, path, body)?;
-        if buf.iter().all(|b| b.is_ascii_whitespace()) {
-            return Ok(Value::Null);
-        }
-        serde_json::from_slice(&buf).map_err(|e| Error::Decode {
-            what,
-            message: e.to_string(),
-        })
     }
 
     /// The body of a successful answer, whole.
@@ -462,7 +413,7 @@ impl Client {
 
     /// GET one object decoded straight into `T` (a record's wire form), no tree in between.
     pub fn get_as<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
-        let buf = self.request_body("GET", path, None::<(&str, &Value)>)?;
+        let buf = self.request_body("GET", path, None::<(&str, &())>)?;
         serde_json::from_slice(&buf).map_err(|e| Error::Decode {
             what: format!("GET {path}"),
             message: e.to_string(),
@@ -557,14 +508,14 @@ impl Client {
         budget: Option<Duration>,
     ) -> Result<http::Response<ureq::Body>, ureq::Error> {
         match budget {
-            Some(t) => self.shared.agent.run(
-                self.shared
+            Some(t) => self.inner.agent.run(
+                self.inner
                     .agent
                     .configure_request(req)
                     .timeout_global(Some(t))
                     .build(),
             ),
-            None => self.shared.agent.run(req),
+            None => self.inner.agent.run(req),
         }
     }
 }
@@ -657,11 +608,35 @@ fn api_error(what: &str, resp: http::Response<ureq::Body>) -> Error {
     }
 }
 
+/// A `metav1.Status` body, the fields the client reads. A field of the wrong type reads as its
+/// zero value, so the fallbacks below apply to it.
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct StatusWire {
+    #[serde(deserialize_with = "object::zero_if_malformed")]
+    kind: String,
+    #[serde(deserialize_with = "object::zero_if_malformed")]
+    code: u64,
+    #[serde(deserialize_with = "object::zero_if_malformed")]
+    reason: String,
+    #[serde(deserialize_with = "object::zero_if_malformed")]
+    message: String,
+    #[serde(deserialize_with = "object::zero_if_malformed")]
+    details: StatusDetails,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct StatusDetails {
+    #[serde(deserialize_with = "object::zero_if_malformed")]
+    retry_after_seconds: u64,
+}
+
 /// A `metav1.Status` from a body, or a synthesised one (code, HTTP reason, body excerpt).
 pub fn status_from_body(code: u16, body: &[u8], canonical: &str) -> Status {
-    if let Ok(v) = serde_json::from_slice::<Value>(body) {
-        if v.get("kind").and_then(Value::as_str) == Some("Status") {
-            return status_from_value(&v, code);
+    if let Ok(w) = serde_json::from_slice::<StatusWire>(body) {
+        if w.kind == "Status" {
+            return status_from_wire(w, code);
         }
     }
     let text = String::from_utf8_lossy(body);
@@ -683,36 +658,23 @@ pub fn status_from_body(code: u16, body: &[u8], canonical: &str) -> Status {
     }
 }
 
-fn status_from_value(v: &Value, fallback_code: u16) -> Status {
-    let code = v
-        .get("code")
-        .and_then(Value::as_u64)
-        .and_then(|c| u16::try_from(c).ok())
+fn status_from_wire(w: StatusWire, fallback_code: u16) -> Status {
+    let code = u16::try_from(w.code)
+        .ok()
         .filter(|c| *c != 0)
         .unwrap_or(fallback_code);
-    let reason = v
-        .get("reason")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let reason = if reason.is_empty() {
+    let reason = if w.reason.is_empty() {
         super::error::reason_for(code).to_string()
     } else {
-        reason
+        w.reason
     };
-    let retry_after = v
-        .pointer("/details/retryAfterSeconds")
-        .and_then(Value::as_u64)
+    let retry_after = Some(w.details.retry_after_seconds)
         .filter(|s| *s > 0)
         .map(server_wait_secs);
     Status {
         code,
         reason,
-        message: v
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string(),
+        message: w.message,
         retry_after,
     }
 }
@@ -846,9 +808,8 @@ pub fn parse_watch_line(line: &[u8]) -> Result<WatchEvent, String> {
                 .resource_version()
                 .to_string(),
         },
-        // A Status is small and rare: a tree is fine here.
-        "ERROR" => WatchEvent::Error(status_from_value(
-            &serde_json::from_str(object.get()).map_err(|e| e.to_string())?,
+        "ERROR" => WatchEvent::Error(status_from_wire(
+            serde_json::from_str(object.get()).map_err(|e| e.to_string())?,
             500,
         )),
         other => return Err(format!("unknown watch event type {other:?}")),
@@ -1016,6 +977,49 @@ pub(crate) mod tests {
     use std::io::Write;
     use std::net::{TcpListener, TcpStream};
     use std::sync::Mutex;
+
+    use serde_json::Value;
+
+    /// Requests answered as a tree, for the tests of the request machinery (production code
+    /// decodes every answer into its own wire type).
+    impl Client {
+        fn get(&self, path: &str) -> Result<Value, Error> {
+            self.request("GET", path, None)
+        }
+
+        fn post(&self, path: &str, body: &Value) -> Result<Value, Error> {
+            self.request("POST", path, Some(("application/json", body)))
+        }
+
+        fn put(&self, path: &str, body: &Value) -> Result<Value, Error> {
+            self.request("PUT", path, Some(("application/json", body)))
+        }
+
+        fn patch(&self, path: &str, kind: PatchKind, body: &Value) -> Result<Value, Error> {
+            self.request("PATCH", path, Some((kind.content_type(), body)))
+        }
+
+        fn delete(&self, path: &str) -> Result<Value, Error> {
+            self.request("DELETE", path, None)
+        }
+
+        fn request(
+            &self,
+            method: &str,
+            path: &str,
+            body: Option<(&str, &Value)>,
+        ) -> Result<Value, Error> {
+            let what = format!("{method} {path}");
+            let buf = self.request_body(method, path, body)?;
+            if buf.iter().all(|b| b.is_ascii_whitespace()) {
+                return Ok(Value::Null);
+            }
+            serde_json::from_slice(&buf).map_err(|e| Error::Decode {
+                what,
+                message: e.to_string(),
+            })
+        }
+    }
 
     /// A canned HTTP/1.1 server: each accepted connection reads one request, records its
     /// request line and headers, and gets the next scripted raw response.

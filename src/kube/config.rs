@@ -6,6 +6,7 @@
 //! bounded and killed with its process group.
 
 use super::error::Error;
+use super::object::{zero_if_malformed, OrNot};
 use crate::shutdown::Shutdown;
 use crate::timeutil;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
@@ -14,6 +15,8 @@ use base64::{alphabet, DecodeError, Engine};
 use crossbeam_channel::{Receiver, Sender};
 use rustix::process::{kill_process_group, waitid, Pid, Signal, WaitId, WaitIdOptions};
 use saphyr_parser::{Event, Marker, Parser, ScalarStyle, Tag};
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -469,61 +472,248 @@ fn plain(t: &str) -> Value {
     }
 }
 
-fn str_field<'a>(
-    v: &'a Value,
-    key: &str,
-    source: &str,
-    field: &str,
-) -> Result<Option<&'a str>, Error> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(cfg_err(
-            source,
-            &format!("{field}.{key}"),
-            "must be a string",
-        )),
+// ---------------------------------------------------------------------------------------------
+// The kubeconfig's shape: decoded from the YAML document into these types, each field kept as
+// written (`Field`) so that it is checked where it is used, in client-go's order, and a wrong
+// one is an error naming it only when the chosen context reaches it.
+
+/// A kubeconfig value as written: absent (or `null`), of the expected type, or of another.
+#[derive(Debug, Default)]
+enum Field<T> {
+    #[default]
+    Absent,
+    Is(T),
+    Wrong,
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Field<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match Option::<OrNot<T>>::deserialize(d)? {
+            None => Field::Absent,
+            Some(OrNot::Is(v)) => Field::Is(v),
+            Some(OrNot::Not(_)) => Field::Wrong,
+        })
     }
 }
 
-fn bool_field(v: &Value, key: &str, source: &str, field: &str) -> Result<bool, Error> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(Value::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
-        Some(_) => Err(cfg_err(
-            source,
-            &format!("{field}.{key}"),
-            "must be true or false",
-        )),
+impl Field<String> {
+    /// A string setting `key` of the map at `field`: `None` when absent, `null` or empty.
+    fn text(&self, source: &str, field: &str, key: &str) -> Result<Option<&str>, Error> {
+        match self {
+            Field::Absent => Ok(None),
+            Field::Is(s) if s.is_empty() => Ok(None),
+            Field::Is(s) => Ok(Some(s)),
+            Field::Wrong => Err(cfg_err(
+                source,
+                &format!("{field}.{key}"),
+                "must be a string",
+            )),
+        }
     }
 }
 
-/// Find `name` in the kubeconfig list `list` (`clusters`, `users`, `contexts`): its inner object.
-fn named<'a>(
-    doc: &'a Value,
-    list: &str,
-    inner: &str,
+impl<T: Default> Field<T> {
+    /// A map of settings: absent, `null` or not a map at all reads as an empty one (a
+    /// caller that must refuse a non-map checks first).
+    fn or_empty(self) -> T {
+        match self {
+            Field::Is(v) => v,
+            Field::Absent | Field::Wrong => T::default(),
+        }
+    }
+}
+
+/// A boolean setting, as client-go's YAML decoding accepts it: a bool or the words.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Flag {
+    Bool(bool),
+    Word(String),
+}
+
+impl Field<Flag> {
+    fn flag(&self, source: &str, field: &str, key: &str) -> Result<bool, Error> {
+        match self {
+            Field::Absent => Ok(false),
+            Field::Is(Flag::Bool(b)) => Ok(*b),
+            Field::Is(Flag::Word(w)) if w == "true" || w == "false" => Ok(w == "true"),
+            Field::Is(Flag::Word(_)) | Field::Wrong => Err(cfg_err(
+                source,
+                &format!("{field}.{key}"),
+                "must be true or false",
+            )),
+        }
+    }
+}
+
+/// A map only: the flattened rest makes serde read the type from a map, never from a list
+/// (whose items it would otherwise take for the fields in order).
+type Rest = HashMap<String, IgnoredAny>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct KubeconfigWire {
+    #[serde(rename = "current-context")]
+    current_context: Field<String>,
+    contexts: Field<Vec<Field<Named<ContextEntry>>>>,
+    clusters: Field<Vec<Field<Named<ClusterEntry>>>>,
+    users: Field<Vec<Field<Named<UserEntry>>>>,
+}
+
+/// An item of `contexts`, `clusters` or `users`: a name and its inner map.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Named<E> {
+    name: Field<String>,
+    #[serde(flatten)]
+    entry: E,
+}
+
+/// The inner map of one list item, by the list's name for it.
+trait Entry {
+    type Inner;
+    const LIST: &'static str;
+    const INNER: &'static str;
+    fn inner(self) -> Field<Self::Inner>;
+}
+
+/// The item type of one kubeconfig list: `entry!(Type, inner_key: Inner, "list")`.
+macro_rules! entry {
+    ($entry:ident, $key:ident: $inner:ty, $list:literal) => {
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(default)]
+        struct $entry {
+            $key: Field<$inner>,
+        }
+
+        impl Entry for $entry {
+            type Inner = $inner;
+            const LIST: &'static str = $list;
+            const INNER: &'static str = stringify!($key);
+            fn inner(self) -> Field<$inner> {
+                self.$key
+            }
+        }
+    };
+}
+
+entry!(ContextEntry, context: ContextWire, "contexts");
+entry!(ClusterEntry, cluster: ClusterWire, "clusters");
+entry!(UserEntry, user: UserWire, "users");
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ContextWire {
+    cluster: Field<String>,
+    user: Field<String>,
+    namespace: Field<String>,
+    #[serde(flatten)]
+    _rest: Rest,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+struct ClusterWire {
+    server: Field<String>,
+    insecure_skip_tls_verify: Field<Flag>,
+    certificate_authority: Field<String>,
+    certificate_authority_data: Field<String>,
+    tls_server_name: Field<String>,
+    proxy_url: Field<String>,
+    extensions: Field<Vec<Field<ExtensionWire>>>,
+    #[serde(flatten)]
+    _rest: Rest,
+}
+
+/// A named cluster extension; the exec one is handed to the plugin as it is written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ExtensionWire {
+    name: Field<String>,
+    extension: Value,
+    #[serde(flatten)]
+    _rest: Rest,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+struct UserWire {
+    client_certificate: Field<String>,
+    client_certificate_data: Field<String>,
+    client_key: Field<String>,
+    client_key_data: Field<String>,
+    /// Only whether one is set matters: it is refused.
+    auth_provider: Option<IgnoredAny>,
+    token: Field<String>,
+    #[serde(rename = "tokenFile")]
+    token_file: Field<String>,
+    username: Field<String>,
+    password: Field<String>,
+    exec: Field<ExecWire>,
+    #[serde(flatten)]
+    _rest: Rest,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct ExecWire {
+    api_version: Field<String>,
+    command: Field<String>,
+    args: Field<Vec<Field<ArgWire>>>,
+    env: Field<Vec<Field<EnvWire>>>,
+    interactive_mode: Field<String>,
+    install_hint: Field<String>,
+    provide_cluster_info: Field<bool>,
+    #[serde(flatten)]
+    _rest: Rest,
+}
+
+/// An exec argument: YAML numbers and booleans are taken as the text they were written as.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ArgWire {
+    Text(String),
+    Number(serde_json::Number),
+    Bool(bool),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct EnvWire {
+    name: Field<String>,
+    /// Text as written; any other value is taken as its JSON text.
+    value: Value,
+    #[serde(flatten)]
+    _rest: Rest,
+}
+
+/// Find `name` in the list `E::LIST` (`contexts`, `clusters`, `users`): its inner map, and the
+/// field path naming it.
+fn named<E: Entry>(
+    list: Field<Vec<Field<Named<E>>>>,
     name: &str,
     source: &str,
-) -> Result<(&'a Value, String), Error> {
-    let items = match doc.get(list) {
-        None | Some(Value::Null) => &[][..],
-        Some(Value::Array(a)) => &a[..],
-        Some(_) => return Err(cfg_err(source, list, "must be a list")),
+) -> Result<(E::Inner, String), Error>
+where
+    E::Inner: Default,
+{
+    let items = match list {
+        Field::Absent => Vec::new(),
+        Field::Is(items) => items,
+        Field::Wrong => return Err(cfg_err(source, E::LIST, "must be a list")),
     };
     for item in items {
-        if item.get("name").and_then(Value::as_str) == Some(name) {
-            let field = format!("{list}[{name}].{inner}");
-            return match item.get(inner) {
-                Some(v @ Value::Object(_)) => Ok((v, field)),
-                None | Some(Value::Null) => Ok((&Value::Null, field)),
-                Some(_) => Err(cfg_err(source, &field, "must be a map")),
+        let Field::Is(item) = item else { continue };
+        if matches!(&item.name, Field::Is(n) if n == name) {
+            let field = format!("{}[{name}].{}", E::LIST, E::INNER);
+            return match item.entry.inner() {
+                Field::Is(v) => Ok((v, field)),
+                Field::Absent => Ok((E::Inner::default(), field)),
+                Field::Wrong => Err(cfg_err(source, &field, "must be a map")),
             };
         }
     }
-    Err(cfg_err(source, list, format!("no entry named {name:?}")))
+    Err(cfg_err(source, E::LIST, format!("no entry named {name:?}")))
 }
 
 fn resolve(dir: &Path, p: &str) -> PathBuf {
@@ -537,19 +727,19 @@ fn resolve(dir: &Path, p: &str) -> PathBuf {
 
 /// `<key>-data` (base64) wins over `<key>` (a path), as in client-go.
 fn data_or_file(
-    v: &Value,
+    (data, path): (&Field<String>, &Field<String>),
     key: &str,
     dir: &Path,
     source: &str,
     field: &str,
 ) -> Result<Option<Vec<u8>>, Error> {
     let data_key = format!("{key}-data");
-    if let Some(d) = str_field(v, &data_key, source, field)? {
+    if let Some(d) = data.text(source, field, &data_key)? {
         let bytes =
             base64_decode(d).map_err(|m| cfg_err(source, &format!("{field}.{data_key}"), m))?;
         return Ok(Some(bytes));
     }
-    if let Some(p) = str_field(v, key, source, field)? {
+    if let Some(p) = path.text(source, field, key)? {
         let path = resolve(dir, p);
         let bytes = std::fs::read(&path).map_err(|e| {
             cfg_err(
@@ -575,19 +765,22 @@ pub(crate) fn kubeconfig_from_value(
             "not a kubeconfig (expected a map at the top level)",
         ));
     }
-    let Some(ctx_name) = str_field(doc, "current-context", source, "")? else {
+    // Every field reads as `Field`, so only a document that is no map at all fails here.
+    let kc = KubeconfigWire::deserialize(doc)
+        .map_err(|e| cfg_err(source, "", format!("not a kubeconfig: {e}")))?;
+    let Some(ctx_name) = kc.current_context.text(source, "", "current-context")? else {
         return Err(cfg_err(source, "current-context", "is not set"));
     };
-    let (ctx, ctx_field) = named(doc, "contexts", "context", ctx_name, source)?;
-    let Some(cluster_name) = str_field(ctx, "cluster", source, &ctx_field)? else {
+    let (ctx, ctx_field) = named::<ContextEntry>(kc.contexts, ctx_name, source)?;
+    let Some(cluster_name) = ctx.cluster.text(source, &ctx_field, "cluster")? else {
         return Err(cfg_err(
             source,
             &format!("{ctx_field}.cluster"),
             "is not set",
         ));
     };
-    let (cluster, cl_field) = named(doc, "clusters", "cluster", cluster_name, source)?;
-    let Some(server) = str_field(cluster, "server", source, &cl_field)? else {
+    let (cluster, cl_field) = named::<ClusterEntry>(kc.clusters, cluster_name, source)?;
+    let Some(server) = cluster.server.text(source, &cl_field, "server")? else {
         return Err(cfg_err(source, &format!("{cl_field}.server"), "is not set"));
     };
     if !(server.starts_with("https://") || server.starts_with("http://")) {
@@ -597,8 +790,20 @@ pub(crate) fn kubeconfig_from_value(
             format!("{server:?} is not an http(s) URL"),
         ));
     }
-    let insecure = bool_field(cluster, "insecure-skip-tls-verify", source, &cl_field)?;
-    let ca_pem = data_or_file(cluster, "certificate-authority", dir, source, &cl_field)?;
+    let insecure =
+        cluster
+            .insecure_skip_tls_verify
+            .flag(source, &cl_field, "insecure-skip-tls-verify")?;
+    let ca_pem = data_or_file(
+        (
+            &cluster.certificate_authority_data,
+            &cluster.certificate_authority,
+        ),
+        "certificate-authority",
+        dir,
+        source,
+        &cl_field,
+    )?;
     if let Some(ca) = &ca_pem {
         if insecure {
             return Err(cfg_err(
@@ -610,18 +815,40 @@ pub(crate) fn kubeconfig_from_value(
         check_ca(ca)
             .map_err(|m| cfg_err(source, &format!("{cl_field}.certificate-authority"), m))?;
     }
-    if str_field(cluster, "tls-server-name", source, &cl_field)?.is_some() {
+    if cluster
+        .tls_server_name
+        .text(source, &cl_field, "tls-server-name")?
+        .is_some()
+    {
         log::warn!("{source}: {cl_field}.tls-server-name is not supported and is ignored");
     }
-    let proxy_url = str_field(cluster, "proxy-url", source, &cl_field)?.map(str::to_string);
-    let namespace = str_field(ctx, "namespace", source, &ctx_field)?.map(str::to_string);
+    let proxy_url = cluster
+        .proxy_url
+        .text(source, &cl_field, "proxy-url")?
+        .map(str::to_string);
+    let namespace = ctx
+        .namespace
+        .text(source, &ctx_field, "namespace")?
+        .map(str::to_string);
 
-    let (user, user_field) = match str_field(ctx, "user", source, &ctx_field)? {
-        Some(u) => named(doc, "users", "user", u, source)?,
-        None => (&Value::Null, String::new()),
+    let (user, user_field) = match ctx.user.text(source, &ctx_field, "user")? {
+        Some(u) => named::<UserEntry>(kc.users, u, source)?,
+        None => (UserWire::default(), String::new()),
     };
-    let cert = data_or_file(user, "client-certificate", dir, source, &user_field)?;
-    let key = data_or_file(user, "client-key", dir, source, &user_field)?;
+    let cert = data_or_file(
+        (&user.client_certificate_data, &user.client_certificate),
+        "client-certificate",
+        dir,
+        source,
+        &user_field,
+    )?;
+    let key = data_or_file(
+        (&user.client_key_data, &user.client_key),
+        "client-key",
+        dir,
+        source,
+        &user_field,
+    )?;
     let identity = match (cert, key) {
         (None, None) => None,
         (Some(_), None) => {
@@ -644,21 +871,31 @@ pub(crate) fn kubeconfig_from_value(
             Some(Identity { cert_pem, key_pem })
         }
     };
-    if user.get("auth-provider").is_some_and(|v| !v.is_null()) {
+    if user.auth_provider.is_some() {
         return Err(cfg_err(
             source,
             &format!("{user_field}.auth-provider"),
             "auth-provider plugins are not supported (client-go removed them too); use an exec credential plugin",
         ));
     }
-    let token = str_field(user, "token", source, &user_field)?.map(str::to_string);
-    let auth = if let Some(exec) = user.get("exec").filter(|v| !v.is_null()) {
+    let token = user
+        .token
+        .text(source, &user_field, "token")?
+        .map(str::to_string);
+    let auth = if !matches!(user.exec, Field::Absent) {
+        let exec = user.exec.or_empty();
+        let provide_cluster_info = matches!(exec.provide_cluster_info, Field::Is(true));
         let mut e = exec_config(exec, source, &format!("{user_field}.exec"), dir)?;
-        if exec.get("provideClusterInfo").and_then(Value::as_bool) == Some(true) {
-            e.cluster_info = Some(cluster_info(server, cluster, ca_pem.as_deref(), insecure));
+        if provide_cluster_info {
+            e.cluster_info = Some(cluster_info(
+                server,
+                cluster.extensions,
+                ca_pem.as_deref(),
+                insecure,
+            ));
         }
         Auth::Exec(e)
-    } else if let Some(tf) = str_field(user, "tokenFile", source, &user_field)? {
+    } else if let Some(tf) = user.token_file.text(source, &user_field, "tokenFile")? {
         let path = resolve(dir, tf);
         // client-go falls back to `token` when the file cannot be read; a missing file with no
         // token is a configuration error worth failing on.
@@ -681,8 +918,10 @@ pub(crate) fn kubeconfig_from_value(
         }
     } else if let Some(t) = token {
         Auth::Token(t)
-    } else if let Some(u) = str_field(user, "username", source, &user_field)? {
-        let password = str_field(user, "password", source, &user_field)?
+    } else if let Some(u) = user.username.text(source, &user_field, "username")? {
+        let password = user
+            .password
+            .text(source, &user_field, "password")?
             .unwrap_or("")
             .to_string();
         Auth::Basic {
@@ -704,23 +943,39 @@ pub(crate) fn kubeconfig_from_value(
     })
 }
 
-fn cluster_info(server: &str, cluster: &Value, ca: Option<&[u8]>, insecure: bool) -> Value {
+/// `KUBERNETES_EXEC_INFO`'s `spec.cluster`. `config` is the cluster's exec extension as written:
+/// the plugin's own data, passed through untouched.
+fn cluster_info(
+    server: &str,
+    extensions: Field<Vec<Field<ExtensionWire>>>,
+    ca: Option<&[u8]>,
+    insecure: bool,
+) -> Value {
     let mut c = serde_json::json!({ "server": server, "insecure-skip-tls-verify": insecure });
     if let Some(ca) = ca {
         c["certificate-authority-data"] = Value::String(base64_encode(ca));
     }
-    if let Some(ext) = cluster.get("extensions").and_then(Value::as_array) {
-        if let Some(cfg) = ext.iter().find(|e| {
-            e.get("name").and_then(Value::as_str) == Some("client.authentication.k8s.io/exec")
-        }) {
-            c["config"] = cfg.get("extension").cloned().unwrap_or(Value::Null);
+    if let Field::Is(ext) = extensions {
+        let exec = ext.into_iter().find_map(|e| match e {
+            Field::Is(e)
+                if matches!(&e.name, Field::Is(n) if n == "client.authentication.k8s.io/exec") =>
+            {
+                Some(e.extension)
+            }
+            _ => None,
+        });
+        if let Some(cfg) = exec {
+            c["config"] = cfg;
         }
     }
     c
 }
 
-fn exec_config(v: &Value, source: &str, field: &str, dir: &Path) -> Result<ExecConfig, Error> {
-    let api_version = str_field(v, "apiVersion", source, field)?.unwrap_or("");
+fn exec_config(v: ExecWire, source: &str, field: &str, dir: &Path) -> Result<ExecConfig, Error> {
+    let api_version = v
+        .api_version
+        .text(source, field, "apiVersion")?
+        .unwrap_or("");
     if !matches!(
         api_version,
         "client.authentication.k8s.io/v1" | "client.authentication.k8s.io/v1beta1"
@@ -733,7 +988,7 @@ fn exec_config(v: &Value, source: &str, field: &str, dir: &Path) -> Result<ExecC
             ),
         ));
     }
-    let Some(command) = str_field(v, "command", source, field)? else {
+    let Some(command) = v.command.text(source, field, "command")? else {
         return Err(cfg_err(source, &format!("{field}.command"), "is not set"));
     };
     // client-go resolves a command with a path separator against the kubeconfig's directory;
@@ -744,15 +999,15 @@ fn exec_config(v: &Value, source: &str, field: &str, dir: &Path) -> Result<ExecC
         command.to_string()
     };
     let mut args = Vec::new();
-    match v.get("args") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(a)) => {
-            for (i, x) in a.iter().enumerate() {
+    match v.args {
+        Field::Absent => {}
+        Field::Is(a) => {
+            for (i, x) in a.into_iter().enumerate() {
                 match x {
-                    Value::String(s) => args.push(s.clone()),
-                    Value::Number(n) => args.push(n.to_string()),
-                    Value::Bool(b) => args.push(b.to_string()),
-                    _ => {
+                    Field::Is(ArgWire::Text(s)) => args.push(s),
+                    Field::Is(ArgWire::Number(n)) => args.push(n.to_string()),
+                    Field::Is(ArgWire::Bool(b)) => args.push(b.to_string()),
+                    Field::Absent | Field::Wrong => {
                         return Err(cfg_err(
                             source,
                             &format!("{field}.args[{i}]"),
@@ -762,27 +1017,30 @@ fn exec_config(v: &Value, source: &str, field: &str, dir: &Path) -> Result<ExecC
                 }
             }
         }
-        Some(_) => return Err(cfg_err(source, &format!("{field}.args"), "must be a list")),
+        Field::Wrong => return Err(cfg_err(source, &format!("{field}.args"), "must be a list")),
     }
     let mut env = Vec::new();
-    match v.get("env") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(a)) => {
-            for (i, e) in a.iter().enumerate() {
+    match v.env {
+        Field::Absent => {}
+        Field::Is(a) => {
+            for (i, e) in a.into_iter().enumerate() {
                 let f = format!("{field}.env[{i}]");
-                let name = str_field(e, "name", source, &f)?
+                let e = e.or_empty();
+                let name = e
+                    .name
+                    .text(source, &f, "name")?
                     .ok_or_else(|| cfg_err(source, &format!("{f}.name"), "is not set"))?;
-                let value = match e.get("value") {
-                    Some(Value::String(s)) => s.clone(),
-                    Some(Value::Null) | None => String::new(),
-                    Some(other) => other.to_string(),
+                let value = match e.value {
+                    Value::String(s) => s,
+                    Value::Null => String::new(),
+                    other => other.to_string(),
                 };
                 env.push((name.to_string(), value));
             }
         }
-        Some(_) => return Err(cfg_err(source, &format!("{field}.env"), "must be a list")),
+        Field::Wrong => return Err(cfg_err(source, &format!("{field}.env"), "must be a list")),
     }
-    if str_field(v, "interactiveMode", source, field)? == Some("Always") {
+    if v.interactive_mode.text(source, field, "interactiveMode")? == Some("Always") {
         return Err(cfg_err(
             source,
             &format!("{field}.interactiveMode"),
@@ -794,7 +1052,9 @@ fn exec_config(v: &Value, source: &str, field: &str, dir: &Path) -> Result<ExecC
         command,
         args,
         env,
-        install_hint: str_field(v, "installHint", source, field)?
+        install_hint: v
+            .install_hint
+            .text(source, field, "installHint")?
             .unwrap_or("")
             .to_string(),
         cluster_info: None,
@@ -961,39 +1221,69 @@ pub(crate) fn run_exec(
         .map_err(|m| fail("command", format!("{}: {m}", e.command)))
 }
 
+/// An exec plugin's output, the fields read. Anything of the wrong type reads as absent or
+/// empty (the whole output included), so the checks below name what is missing.
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct ExecCredentialOutput(#[serde(deserialize_with = "zero_if_malformed")] ExecCredentialWire);
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct ExecCredentialWire {
+    #[serde(deserialize_with = "zero_if_malformed")]
+    kind: String,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    api_version: String,
+    /// `None` only when the key is absent; a `status` of the wrong type is an empty one.
+    #[serde(deserialize_with = "present")]
+    status: Option<ExecCredentialStatus>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct ExecCredentialStatus {
+    #[serde(deserialize_with = "zero_if_malformed")]
+    token: String,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    client_certificate_data: String,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    client_key_data: String,
+    #[serde(deserialize_with = "zero_if_malformed")]
+    expiration_timestamp: String,
+}
+
+/// A key that is there, whatever its value (a value of the wrong shape reads as empty).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ExecCredentialStatus>, D::Error> {
+    zero_if_malformed(d).map(Some)
+}
+
 pub(crate) fn parse_exec_credential(
     out: &[u8],
     api_version: &str,
 ) -> Result<ExecCredential, String> {
-    let v: Value = serde_json::from_slice(out)
+    let ExecCredentialOutput(v) = serde_json::from_slice(out)
         .map_err(|err| format!("output is not an ExecCredential: {err}"))?;
-    if v.get("kind").and_then(Value::as_str) != Some("ExecCredential") {
+    if v.kind != "ExecCredential" {
         return Err("output is not an ExecCredential (kind)".to_string());
     }
-    let got = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let got = v.api_version;
     if got != api_version {
         return Err(format!(
             "output has apiVersion {got:?}, expected {api_version:?}"
         ));
     }
-    let status = v.get("status").ok_or("output has no status")?;
-    let s = |k: &str| {
-        status
-            .get(k)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-    };
-    let expires = match s("expirationTimestamp") {
+    let status = v.status.ok_or("output has no status")?;
+    let s = |s: String| Some(s).filter(|s| !s.is_empty());
+    let expires = match s(status.expiration_timestamp) {
         Some(t) => {
             Some(timeutil::parse_rfc3339(&t).ok_or(format!("bad expirationTimestamp {t:?}"))?)
         }
         None => None,
     };
     let cred = ExecCredential {
-        token: s("token"),
-        client_cert_pem: s("clientCertificateData").map(String::into_bytes),
-        client_key_pem: s("clientKeyData").map(String::into_bytes),
+        token: s(status.token),
+        client_cert_pem: s(status.client_certificate_data).map(String::into_bytes),
+        client_key_pem: s(status.client_key_data).map(String::into_bytes),
         expires,
     };
     if cred.client_cert_pem.is_some() != cred.client_key_pem.is_some() {
@@ -1098,10 +1388,6 @@ impl Credentials {
         let _ = self.stop.set(stop);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, CredState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The header value to send, waiting for a refresh when one is due (see
     /// [`Credentials::authorization_until`]) with no deadline of the caller's own.
     pub(crate) fn authorization(self: &Arc<Self>) -> Result<Option<String>, Error> {
@@ -1129,7 +1415,7 @@ impl Credentials {
         };
         let stop = self.stop.get();
         let (id, done) = {
-            let mut st = self.lock();
+            let mut st = crate::sync::lock(&self.state);
             if !self.due(&st) {
                 return Ok(st.token.as_deref().map(bearer));
             }
@@ -1164,7 +1450,7 @@ impl Credentials {
                 });
             }
         }
-        let st = self.lock();
+        let st = crate::sync::lock(&self.state);
         match &st.failed {
             Some((failed, e)) if *failed == id => Err(e.clone()),
             // The refresh we waited for worked: its credential, even if already stale (a
@@ -1223,7 +1509,11 @@ impl Credentials {
                 .map(Fetched::Token)
                 .map_err(|m| cfg_err(&path.display().to_string(), "", m)),
             Auth::Exec(e) => run_exec(e, EXEC_TIMEOUT, self.stop.get(), &|g| {
-                if let Some(r) = self.lock().running.as_mut().filter(|r| r.id == id) {
+                if let Some(r) = crate::sync::lock(&self.state)
+                    .running
+                    .as_mut()
+                    .filter(|r| r.id == id)
+                {
                     r.group = g;
                 }
             })
@@ -1237,7 +1527,7 @@ impl Credentials {
 
     /// Records refresh `id`'s result and ends it.
     fn finish(&self, id: u64, result: Result<Fetched, Error>) {
-        let mut st = self.lock();
+        let mut st = crate::sync::lock(&self.state);
         if st.running.as_ref().is_none_or(|r| r.id != id) {
             return;
         }
@@ -1269,7 +1559,7 @@ impl Credentials {
 
     /// Kills the running plugin's process group (at shutdown).
     fn kill_running(&self) {
-        let st = self.lock();
+        let st = crate::sync::lock(&self.state);
         if let Some(g) = st.running.as_ref().and_then(|r| r.group) {
             let _ = kill_process_group(g, Signal::KILL);
         }
@@ -1281,7 +1571,7 @@ impl Credentials {
             return Ok(None);
         }
         self.authorization()?;
-        Ok(self.lock().exec_identity.clone())
+        Ok(crate::sync::lock(&self.state).exec_identity.clone())
     }
 
     /// After a 401: forget a cached exec credential / re-read the token file on the next request.
@@ -1289,7 +1579,7 @@ impl Credentials {
     pub(crate) fn invalidate(&self) -> bool {
         match &self.auth {
             Auth::Exec(_) | Auth::TokenFile { .. } => {
-                self.lock().read_at = None;
+                crate::sync::lock(&self.state).read_at = None;
                 true
             }
             _ => false,
@@ -1711,6 +2001,50 @@ users:
             assert_eq!(f, field, "{text}: {m}");
             assert!(m.contains(msg), "{text}: {m:?} lacks {msg:?}");
         }
+    }
+
+    /// The typed kubeconfig reads what the tree walk read: a list where a map belongs is
+    /// refused (not read field by field), items of the wrong shape are skipped, YAML numbers
+    /// and booleans in `args` and `env` are taken as their text, the exec extension passes
+    /// through as written.
+    #[test]
+    fn kubeconfig_shapes_read_as_before() {
+        let d = TempDir::new("shapes");
+        let head =
+            "current-context: x\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\n";
+        let cases: Vec<(String, &str, &str)> = vec![
+            ("current-context: x\ncontexts: {a: b}\n".to_string(), "contexts", "must be a list"),
+            (format!("{head}clusters:\n- name: c\n  cluster: [https://h:1]\n"), "clusters[c].cluster", "must be a map"),
+            (format!("{head}clusters:\n- c\n- [name, c]\n- {{name: 7}}\n"), "clusters", "no entry named \"c\""),
+            (format!("{head}clusters:\n- name: c\n  cluster: {{server: 'https://h:1', insecure-skip-tls-verify: yes}}\n"), "clusters[c].cluster.insecure-skip-tls-verify", "must be true or false"),
+            (format!("{head}clusters:\n- name: c\n  cluster: {{server: 'https://h:1'}}\nusers:\n- name: u\n  user:\n    exec: {{apiVersion: client.authentication.k8s.io/v1, command: p, args: [a, null]}}\n"), "users[u].user.exec.args[1]", "must be a string"),
+            (format!("{head}clusters:\n- name: c\n  cluster: {{server: 'https://h:1'}}\nusers:\n- name: u\n  user:\n    exec: {{apiVersion: client.authentication.k8s.io/v1, command: p, env: [x]}}\n"), "users[u].user.exec.env[0].name", "is not set"),
+            (format!("{head}clusters:\n- name: c\n  cluster: {{server: 'https://h:1'}}\nusers:\n- name: u\n  user:\n    exec: nonsense\n"), "users[u].user.exec.apiVersion", "\"\" is not supported"),
+        ];
+        for (text, field, msg) in cases {
+            let (_, f, m) = config_err(load(&d, &text));
+            assert_eq!(f, field, "{text}: {m}");
+            assert!(m.contains(msg), "{text}: {m:?} lacks {msg:?}");
+        }
+        let text = format!(
+            "{head}clusters:\n- name: c\n  cluster:\n    server: https://h:1\n    insecure-skip-tls-verify: 'true'\n    extensions:\n    - nonsense\n    - name: client.authentication.k8s.io/exec\n      extension: {{a: [1, b]}}\nusers:\n- name: u\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: p\n      args: [8080, 1.5, true, s]\n      env: [{{name: A, value: 1}}, {{name: B, value: {{k: v}}}}, {{name: C}}]\n      provideClusterInfo: true\n"
+        );
+        let cfg = load(&d, &text).unwrap();
+        assert!(cfg.insecure_skip_tls_verify);
+        let Auth::Exec(e) = cfg.auth else {
+            panic!("not an exec user")
+        };
+        assert_eq!(e.args, ["8080", "1.5", "true", "s"]);
+        let env: Vec<(&str, &str)> = e
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(env, [("A", "1"), ("B", r#"{"k":"v"}"#), ("C", "")]);
+        assert_eq!(
+            e.cluster_info.unwrap(),
+            json!({"server": "https://h:1", "insecure-skip-tls-verify": true, "config": {"a": [1, "b"]}})
+        );
     }
 
     fn exec_kubeconfig(d: &TempDir, script_body: &str) -> ClientConfig {

@@ -875,7 +875,9 @@ mod tests {
     /// cached, and no case makes a status write).
     mod sweeps {
         use super::*;
-        use crate::events::{EventSink, RecorderOptions, RecorderThread};
+        use crate::events::{
+            Event, EventBody, EventPatch, EventSink, RecorderOptions, RecorderThread,
+        };
         use crate::kube;
         use crate::metrics::Metrics;
         use crate::monitor::decide::{missing_message, Reported, REASON_ABNORMAL, REASON_NORMAL};
@@ -892,13 +894,20 @@ mod tests {
         struct Told(Arc<Mutex<HashMap<String, Value>>>);
 
         impl EventSink for Told {
-            fn create(&self, _ns: &str, event: &Value) -> Result<Value, kube::Error> {
+            fn create(&self, _ns: &str, event: &EventBody<'_>) -> Result<Event, kube::Error> {
+                let event = serde_json::to_value(event).unwrap();
                 let name = event["metadata"]["name"].as_str().unwrap_or_default();
                 let mut all = self.0.lock().unwrap();
                 all.insert(name.to_string(), event.clone());
-                Ok(event.clone())
+                Ok(Event::from_server(&event))
             }
-            fn patch(&self, _ns: &str, name: &str, patch: &Value) -> Result<Value, kube::Error> {
+            fn patch(
+                &self,
+                _ns: &str,
+                name: &str,
+                patch: &EventPatch,
+            ) -> Result<Event, kube::Error> {
+                let patch = serde_json::to_value(patch).unwrap();
                 let mut all = self.0.lock().unwrap();
                 let stored = all
                     .get_mut(name)
@@ -906,7 +915,7 @@ mod tests {
                 for (k, v) in patch.as_object().into_iter().flatten() {
                     stored[k] = v.clone();
                 }
-                Ok(stored.clone())
+                Ok(Event::from_server(stored))
             }
         }
 

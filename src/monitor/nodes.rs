@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::de::IgnoredAny;
 use serde::Deserialize;
+#[cfg(test)]
 use serde_json::Value;
 
 use crate::events::{EventType, ObjectRef, Recorder};
@@ -121,7 +122,9 @@ impl NodeRecord {
         })
     }
 
-    /// From a tree (tests); a malformed object is `None`.
+    /// From a tree (tests only: production decodes the wire struct straight from the response);
+    /// a malformed object is `None`.
+    #[cfg(test)]
     pub fn from_object(obj: &Value) -> Option<NodeRecord> {
         NodeWire::deserialize(obj)
             .ok()
@@ -223,7 +226,9 @@ impl PodRecord {
         })
     }
 
-    /// From a tree (tests); a malformed object is `None`.
+    /// From a tree (tests only: production decodes the wire struct straight from the response);
+    /// a malformed object is `None`.
+    #[cfg(test)]
     pub fn from_object(obj: &Value) -> Option<PodRecord> {
         PodWire::deserialize(obj)
             .ok()
