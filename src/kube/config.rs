@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, Sender};
 use rustix::process::{kill_process_group, waitid, Pid, Signal, WaitId, WaitIdOptions};
 use saphyr_parser::{Event, Marker, Parser, ScalarStyle, Tag};
 use serde::de::IgnoredAny;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -101,7 +101,7 @@ pub struct ExecConfig {
     pub env: Vec<(String, String)>,
     pub install_hint: String,
     /// Cluster info passed in `KUBERNETES_EXEC_INFO` when `provideClusterInfo` is set.
-    pub cluster_info: Option<Value>,
+    pub cluster_info: Option<ClusterInfo>,
     /// For error messages: `kubeconfig /path: users[name].user.exec`.
     pub source: String,
 }
@@ -943,32 +943,74 @@ pub(crate) fn kubeconfig_from_value(
     })
 }
 
-/// `KUBERNETES_EXEC_INFO`'s `spec.cluster`. `config` is the cluster's exec extension as written:
-/// the plugin's own data, passed through untouched.
+/// `KUBERNETES_EXEC_INFO`: the ExecCredential handed to an exec plugin. The fields of these
+/// types are in sorted order: serialized in declaration order, that gives the bytes plugins
+/// have always received.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ExecInfo<'a> {
+    api_version: &'a str,
+    kind: &'static str,
+    spec: ExecInfoSpec<'a>,
+}
+
+#[derive(Serialize)]
+struct ExecInfoSpec<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<&'a ClusterInfo>,
+    interactive: bool,
+}
+
+/// `KUBERNETES_EXEC_INFO`'s `spec.cluster`, given when `provideClusterInfo` is set.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ClusterInfo {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certificate_authority_data: Option<String>,
+    /// The cluster's exec extension as written: the plugin's own data, passed through
+    /// untouched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config: Option<Value>,
+    insecure_skip_tls_verify: bool,
+    server: String,
+}
+
+/// The `KUBERNETES_EXEC_INFO` text for a run of `e`'s plugin.
+fn exec_info(e: &ExecConfig) -> String {
+    let info = ExecInfo {
+        api_version: &e.api_version,
+        kind: "ExecCredential",
+        spec: ExecInfoSpec {
+            cluster: e.cluster_info.as_ref(),
+            interactive: false,
+        },
+    };
+    serde_json::to_string(&info).unwrap_or_default()
+}
+
 fn cluster_info(
     server: &str,
     extensions: Field<Vec<Field<ExtensionWire>>>,
     ca: Option<&[u8]>,
     insecure: bool,
-) -> Value {
-    let mut c = serde_json::json!({ "server": server, "insecure-skip-tls-verify": insecure });
-    if let Some(ca) = ca {
-        c["certificate-authority-data"] = Value::String(base64_encode(ca));
-    }
-    if let Field::Is(ext) = extensions {
-        let exec = ext.into_iter().find_map(|e| match e {
+) -> ClusterInfo {
+    let config = match extensions {
+        Field::Is(ext) => ext.into_iter().find_map(|e| match e {
             Field::Is(e)
                 if matches!(&e.name, Field::Is(n) if n == "client.authentication.k8s.io/exec") =>
             {
                 Some(e.extension)
             }
             _ => None,
-        });
-        if let Some(cfg) = exec {
-            c["config"] = cfg;
-        }
+        }),
+        Field::Absent | Field::Wrong => None,
+    };
+    ClusterInfo {
+        certificate_authority_data: ca.map(base64_encode),
+        config,
+        insecure_skip_tls_verify: insecure,
+        server: server.to_string(),
     }
-    c
 }
 
 fn exec_config(v: ExecWire, source: &str, field: &str, dir: &Path) -> Result<ExecConfig, Error> {
@@ -1136,16 +1178,10 @@ pub(crate) fn run_exec(
         what: e.source.clone(),
         message: m,
     };
-    let mut info = serde_json::json!({
-        "apiVersion": e.api_version, "kind": "ExecCredential", "spec": { "interactive": false }
-    });
-    if let Some(c) = &e.cluster_info {
-        info["spec"]["cluster"] = c.clone();
-    }
     let mut cmd = Command::new(&e.command);
     cmd.args(&e.args)
         .envs(e.env.iter().map(|(k, v)| (k, v)))
-        .env("KUBERNETES_EXEC_INFO", info.to_string())
+        .env("KUBERNETES_EXEC_INFO", exec_info(e))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -2042,9 +2078,14 @@ users:
             .collect();
         assert_eq!(env, [("A", "1"), ("B", r#"{"k":"v"}"#), ("C", "")]);
         assert_eq!(
-            e.cluster_info.unwrap(),
+            serde_json::to_value(e.cluster_info.as_ref().unwrap()).unwrap(),
             json!({"server": "https://h:1", "insecure-skip-tls-verify": true, "config": {"a": [1, "b"]}})
         );
+        // Byte for byte what plugins received when this was a `serde_json::Value` (keys sorted).
+        let tree = json!({"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+            "spec": {"interactive": false, "cluster": {"server": "https://h:1",
+            "insecure-skip-tls-verify": true, "config": {"a": [1, "b"]}}}});
+        assert_eq!(exec_info(&e), tree.to_string());
     }
 
     fn exec_kubeconfig(d: &TempDir, script_body: &str) -> ClientConfig {
