@@ -56,8 +56,10 @@ enum AppEvent {
     ControllerExited(Result<(), String>),
 }
 
-/// Everything the controller (the leader's work) needs.
-struct Shared {
+/// Everything the controller (the leader's work) needs, made once at start and handed to each
+/// controller run (a new leader term starts a new one). Named after its use, not "Shared":
+/// the event correlator has its own shared state, and this is the controller's context.
+struct ControllerContext {
     cfg: Config,
     client: Client,
     driver: String,
@@ -231,7 +233,7 @@ pub fn run(cfg: Config) -> Result<(), Fatal> {
         metrics.set_events_dropped(Box::new(move || r.dropped_by_reason()));
     }
 
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(ControllerContext {
         cfg: cfg.clone(),
         client: client.clone(),
         driver: driver.clone(),
@@ -378,7 +380,7 @@ pub fn choose_mode(
 
 fn event_loop(
     app_rx: &Receiver<AppEvent>,
-    shared: &Arc<Shared>,
+    shared: &Arc<ControllerContext>,
     app_tx: &Sender<AppEvent>,
     shutdown: &Shutdown,
     controller: &mut Option<JoinHandle<()>>,
@@ -444,7 +446,7 @@ fn event_loop(
 }
 
 fn start_controller(
-    shared: Arc<Shared>,
+    shared: Arc<ControllerContext>,
     app_tx: Sender<AppEvent>,
     shutdown: Shutdown,
 ) -> Result<JoinHandle<()>, Fatal> {
@@ -456,7 +458,7 @@ fn start_controller(
 }
 
 /// The leader's work: caches, seeding, then the mode's loop until shutdown.
-fn run_controller(shared: &Shared, shutdown: &Shutdown) -> Result<(), String> {
+fn run_controller(shared: &ControllerContext, shutdown: &Shutdown) -> Result<(), String> {
     log::info!("Starting CSI External PV Health Monitor Controller");
     let (pvs, pv_thread) = watch::spawn_pv_reflector(
         shared.client.clone(),
@@ -503,6 +505,7 @@ fn run_controller(shared: &Shared, shutdown: &Shutdown) -> Result<(), String> {
     shared.ready.store(true, Ordering::SeqCst);
     let cfg = &shared.cfg;
     let mut mon = Monitor::new(
+        shared.mode.generation(),
         shared.driver.clone(),
         pvs,
         pvcs,
@@ -539,12 +542,9 @@ fn run_controller(shared: &Shared, shutdown: &Shutdown) -> Result<(), String> {
         )
         .confirm_with_get(shared.mode == Mode::HealthList { confirm: true })
         .confirm_missing_with_get(
-            if shared.mode == Mode::ListVolumes && shared.get_volume && cfg.report_missing_volumes {
-                cfg.worker_threads
-            } else {
-                0
-            },
+            shared.mode == Mode::ListVolumes && shared.get_volume && cfg.report_missing_volumes,
         )
+        .workers(cfg.worker_threads)
         // Nothing is reported missing without --report-missing-volumes: no guard to warn about.
         .missing_max_fraction(if cfg.report_missing_volumes {
             cfg.missing_volumes_max_fraction

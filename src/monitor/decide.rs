@@ -28,10 +28,12 @@ pub enum Reported {
     Recovered,
 }
 
-/// One look at a volume, in either generation: its adverse conditions (none: healthy; a v1.12
-/// abnormal `volume_condition` is one condition), or not known to the driver.
+/// What the driver's answers say about one volume, in either generation: its adverse
+/// conditions (none: healthy; a v1.12 abnormal `volume_condition` is one condition), or not
+/// known to the driver. Named a finding, not an observation: `leader.rs` and the event
+/// correlator observe other things, and this is the conclusion drawn from a call or listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Observation {
+pub enum Finding {
     Conditions(Vec<Condition>),
     /// The driver said NOT_FOUND, or the volume was absent from two complete ListVolumes sweeps.
     Missing,
@@ -89,10 +91,10 @@ pub struct Decision {
 /// Event with a rising count, as upstream). Recovery is reported once per abnormal→normal
 /// transition (DESIGN §2.4; upstream repeats it for up to an hour): in the v1.13 modes a volume
 /// was abnormal when we said so or the PVC's `status.healthStatus` says so.
-pub fn decide(f: &Facts<'_>, observation: &Observation) -> Decision {
+pub fn decide(f: &Facts<'_>, observation: &Finding) -> Decision {
     let missing;
     let (conditions, status) = match observation {
-        Observation::Missing if !f.report_missing => {
+        Finding::Missing if !f.report_missing => {
             return Decision {
                 emit: None,
                 next: f.previous,
@@ -101,7 +103,7 @@ pub fn decide(f: &Facts<'_>, observation: &Observation) -> Decision {
                 mended: Mended::default(),
             }
         }
-        Observation::Missing => {
+        Finding::Missing => {
             let message = missing_message(f.handle, f.driver);
             missing = match f.generation {
                 Generation::Condition => [Condition::legacy(message)],
@@ -110,8 +112,8 @@ pub fn decide(f: &Facts<'_>, observation: &Observation) -> Decision {
             };
             (&missing[..], VolumeStatus::NotFound)
         }
-        Observation::Conditions(c) if c.is_empty() => (&c[..], VolumeStatus::Normal),
-        Observation::Conditions(c) => (&c[..], VolumeStatus::Abnormal),
+        Finding::Conditions(c) if c.is_empty() => (&c[..], VolumeStatus::Normal),
+        Finding::Conditions(c) => (&c[..], VolumeStatus::Abnormal),
     };
     let (mapped, mended) = match f.generation {
         Generation::Condition => (Vec::new(), Mended::default()),
@@ -213,8 +215,8 @@ mod tests {
     use super::*;
     use crate::watch::ClaimRef;
 
-    fn cond(abnormal: bool, msg: &str) -> Observation {
-        Observation::Conditions(if abnormal {
+    fn cond(abnormal: bool, msg: &str) -> Finding {
+        Finding::Conditions(if abnormal {
             vec![Condition::legacy(msg)]
         } else {
             Vec::new()
@@ -235,7 +237,7 @@ mod tests {
 
     #[test]
     fn legacy_decisions() {
-        let cases: Vec<(Reported, Observation, bool, Option<Emit>, Reported)> = vec![
+        let cases: Vec<(Reported, Finding, bool, Option<Emit>, Reported)> = vec![
             (
                 Reported::Healthy,
                 cond(true, "Volume not found"),
@@ -275,7 +277,7 @@ mod tests {
             ),
             (
                 Reported::Healthy,
-                Observation::Missing,
+                Finding::Missing,
                 true,
                 Some(Emit::Warning {
                     reason: REASON_ABNORMAL,
@@ -285,14 +287,14 @@ mod tests {
             ),
             (
                 Reported::Healthy,
-                Observation::Missing,
+                Finding::Missing,
                 false,
                 None,
                 Reported::Healthy,
             ),
             (
                 Reported::Abnormal,
-                Observation::Missing,
+                Finding::Missing,
                 false,
                 None,
                 Reported::Abnormal,
@@ -332,7 +334,7 @@ mod tests {
     #[test]
     fn health_decisions() {
         let h = |prev| facts(Generation::Health, prev, true);
-        let bad = Observation::Conditions(vec![
+        let bad = Finding::Conditions(vec![
             typed(2, "DiskGone", "disk gone"),
             typed(1, "Slow", "slow"),
         ]);
@@ -357,7 +359,7 @@ mod tests {
         );
 
         // recovery: once, whether our memory or the PVC's status says it was abnormal
-        let healthy = Observation::Conditions(vec![]);
+        let healthy = Finding::Conditions(vec![]);
         let recovered = Some(Emit::Normal {
             reason: REASON_NORMAL,
             message: MESSAGE_RECOVERED.into(),
@@ -375,7 +377,7 @@ mod tests {
         assert_eq!(decide(&h(Reported::Healthy), &healthy).emit, None);
 
         // missing: an Inaccessible/VolumeNotFound condition
-        let d = decide(&h(Reported::Healthy), &Observation::Missing);
+        let d = decide(&h(Reported::Healthy), &Finding::Missing);
         assert_eq!(
             d.desired,
             Some(vec![pc(
@@ -387,7 +389,7 @@ mod tests {
         assert_eq!(d.status, VolumeStatus::NotFound);
         let d = decide(
             &facts(Generation::Health, Reported::Healthy, false),
-            &Observation::Missing,
+            &Finding::Missing,
         );
         assert_eq!((d.emit, d.desired), (None, None));
 
@@ -407,7 +409,7 @@ mod tests {
         // an unknown status value is never healthy
         let d = decide(
             &h(Reported::Healthy),
-            &Observation::Conditions(vec![typed(7, "New", "")]),
+            &Finding::Conditions(vec![typed(7, "New", "")]),
         );
         assert_eq!(d.status, VolumeStatus::Abnormal);
         assert_eq!(d.mended.unknown, vec![7]);
@@ -422,7 +424,7 @@ mod tests {
             conditions: vec![pc("Inaccessible", "DiskGone", "disk gone")],
             last_transition_time: "2026-12-01T00:00:00Z".into(),
         };
-        let healthy = Observation::Conditions(vec![]);
+        let healthy = Finding::Conditions(vec![]);
         let normal = Some(Emit::Normal {
             reason: REASON_NORMAL,
             message: MESSAGE_RECOVERED.into(),
@@ -457,7 +459,7 @@ mod tests {
             assert_eq!(d.status, VolumeStatus::Normal);
         }
         // Abnormal again after a recovery (clear pending or not) is news again.
-        let bad = Observation::Conditions(vec![typed(2, "DiskGone", "gone again")]);
+        let bad = Finding::Conditions(vec![typed(2, "DiskGone", "gone again")]);
         for holds in [true, false] {
             let mut f = facts(Generation::Health, Reported::Recovered, true);
             f.held = holds.then_some(&held);

@@ -4,6 +4,9 @@
 //! in what an absent volume means (volume-health-v1.13.md §3.3): for ListVolumes, missing after
 //! two complete sweeps; for the health listing, which leaves healthy volumes out, recovered
 //! once a `ControllerGetVolumeHealth` confirms it (or after two cycles without that RPC).
+//! Every per-volume call that confirms an absence runs on the check engine (`engine.rs`): the
+//! loop hands it the names and reads the answers, so the health listing's confirmations of a
+//! mass recovery run in parallel, not one by one on this thread.
 //!
 //! A sweep in which nothing changed costs a hash lookup per PV: volumes last seen healthy are
 //! remembered ("quiet") and not reported again while they stay so.
@@ -12,9 +15,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, Sender};
-
-use super::decide::{absent_after, checkable, mass_absence, Observation, Reported};
+use super::decide::{absent_after, checkable, mass_absence, Finding, Reported};
+use super::engine::{Engine, Name};
 use super::Monitor;
 use crate::csi::{Condition, Error as CsiError, Generation, HealthSource};
 use crate::paging::{PageGuard, PageLoop};
@@ -142,7 +144,8 @@ pub struct ListLoop {
     pub max_entries: i32,
     /// v1.13: the driver has `GET_VOLUME_HEALTH` to confirm recoveries.
     confirm: bool,
-    /// Consecutive complete listings each PV's volume was absent from.
+    /// The one absence counter: consecutive complete listings each PV's volume was absent
+    /// from (written only by `absent_again`).
     absences: HashMap<String, u32>,
     /// PV name → claim uid, for volumes last reported healthy with that claim: nothing to do
     /// while they stay healthy.
@@ -150,8 +153,14 @@ pub struct ListLoop {
     /// The PV store's generation when `absences` and `quiet` were last pruned.
     pruned_at: Option<u64>,
     /// v1.12 ListVolumes with `GET_VOLUME`: a volume absent from two sweeps is asked about with
-    /// `ControllerGetVolume` on a pool of this many workers before it is called missing.
-    get_workers: usize,
+    /// `ControllerGetVolume` before it is called missing.
+    confirm_missing: bool,
+    /// `--worker-threads`: the size of the check engine the confirmations run on.
+    workers: usize,
+    /// The check engine, started at the first confirmation.
+    engine: Option<Engine>,
+    /// The daemon's shutdown (set by `run`): a confirmation batch gives up on it.
+    shutdown: Shutdown,
     /// PVs absent long enough to be missing, to be asked about during the wait after the sweep.
     to_confirm: Vec<String>,
     /// `--missing-volumes-max-fraction`.
@@ -187,7 +196,10 @@ impl ListLoop {
             absences: HashMap::new(),
             quiet: HashMap::new(),
             pruned_at: None,
-            get_workers: 0,
+            confirm_missing: false,
+            workers: 1,
+            engine: None,
+            shutdown: Shutdown::new(),
             to_confirm: Vec::new(),
             max_fraction: 1.0,
             suppressed: 0,
@@ -215,9 +227,15 @@ impl ListLoop {
 
     /// v1.12 ListVolumes, driver with `GET_VOLUME`: confirm each volume absent from two
     /// complete sweeps with `ControllerGetVolume` (NOT_FOUND: missing; an answer: its
-    /// condition) on `workers` threads, spread over the interval (DESIGN §3.6). 0: off.
-    pub fn confirm_missing_with_get(mut self, workers: usize) -> Self {
-        self.get_workers = workers;
+    /// condition), the calls spread over the interval (DESIGN §3.6).
+    pub fn confirm_missing_with_get(mut self, on: bool) -> Self {
+        self.confirm_missing = on;
+        self
+    }
+
+    /// `--worker-threads`: how many confirmations may run at once (the engine's size).
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
         self
     }
 
@@ -235,33 +253,51 @@ impl ListLoop {
     }
 
     pub fn run(mut self, shutdown: Shutdown) {
-        let pool = if self.get_workers > 0 {
-            match ConfirmPool::start(self.get_workers, self.monitor.clone(), self.source.clone()) {
-                Ok(pool) => Some(pool),
-                Err(e) => {
-                    log::error!(
-                        "Cannot start the ControllerGetVolume workers, volumes absent from ListVolumes are not confirmed err=\"{e}\""
-                    );
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        self.shutdown = shutdown.clone();
         loop {
             self.sweep();
             let next = Instant::now() + self.interval;
             let batch = std::mem::take(&mut self.to_confirm);
-            if let (Some(pool), false) = (&pool, batch.is_empty()) {
-                match pool.confirm(&batch, self.interval, CONFIRM_DRAIN, &shutdown) {
-                    Some(answers) => self.confirmed(answers),
-                    None => return,
+            if !batch.is_empty() {
+                let interval = self.interval;
+                let answers = self
+                    .engine()
+                    .map(|e| e.confirm(&batch, interval, CONFIRM_DRAIN, &shutdown));
+                match answers {
+                    Some(Some(answers)) => self.confirmed(answers),
+                    Some(None) => break,
+                    None => {}
                 }
             }
             if shutdown.wait_timeout(next.saturating_duration_since(Instant::now())) {
-                return;
+                break;
             }
         }
+        if let Some(engine) = self.engine.take() {
+            engine.drain(CONFIRM_DRAIN);
+        }
+    }
+
+    /// The check engine, started on first use (an error is logged; the confirmations wait
+    /// for a later sweep).
+    fn engine(&mut self) -> Option<&Engine> {
+        if self.engine.is_none() {
+            match Engine::start(
+                self.workers,
+                self.interval,
+                self.monitor.clone(),
+                self.source.clone(),
+            ) {
+                Ok(engine) => self.engine = Some(engine),
+                Err(e) => {
+                    log::error!(
+                        "Cannot start the check engine, absent volumes are not confirmed err=\"{e}\""
+                    );
+                    return None;
+                }
+            }
+        }
+        self.engine.as_ref()
     }
 
     fn is_quiet(&self, pv: &PvRecord) -> bool {
@@ -272,8 +308,8 @@ impl ListLoop {
     }
 
     /// Report, and remember whether the volume is now quiet.
-    fn observe(&mut self, pv: &PvRecord, observation: Observation) {
-        let healthy = matches!(&observation, Observation::Conditions(c) if c.is_empty());
+    fn observe(&mut self, pv: &PvRecord, observation: Finding) {
+        let healthy = matches!(&observation, Finding::Conditions(c) if c.is_empty());
         if !healthy {
             self.abnormal_seen += 1;
         }
@@ -320,6 +356,8 @@ impl ListLoop {
         let mut checked = 0usize;
         self.abnormal_seen = 0;
         let mut missing = Vec::new();
+        // v1.13: abnormal volumes absent from the listing, to confirm on the engine.
+        let mut to_ask: Vec<String> = Vec::new();
         // Start each sweep at a different PV: with a full event queue, a fixed order would let
         // the same PVCs take the free places sweep after sweep.
         let skip = if snapshot.is_empty() {
@@ -353,7 +391,7 @@ impl ListLoop {
                     if conds.is_empty() && self.is_quiet(pv) {
                         continue;
                     }
-                    self.observe(pv, Observation::Conditions(conds.clone()));
+                    self.observe(pv, Finding::Conditions(conds.clone()));
                 }
                 None => match generation {
                     Generation::Condition => {
@@ -361,11 +399,28 @@ impl ListLoop {
                             missing.push(pv);
                         }
                     }
-                    Generation::Health => self.absent_from_health_list(pv),
+                    Generation::Health => {
+                        if self.absent_from_health_list(pv) {
+                            to_ask.push(pv.name.clone());
+                        }
+                    }
                 },
             }
         }
-        if self.get_workers > 0 {
+        if !to_ask.is_empty() {
+            // All at once (no spread): a mass recovery costs one call's time per
+            // `--worker-threads` volumes, before the next cycle.
+            let shutdown = self.shutdown.clone();
+            let answers = self
+                .engine()
+                .and_then(|e| e.confirm(&to_ask, Duration::ZERO, CONFIRM_DRAIN, &shutdown));
+            for (name, finding) in answers.into_iter().flatten() {
+                if let Some(pv) = snapshot.get(&*name).filter(|pv| checkable(pv).is_ok()) {
+                    self.observe(pv, finding);
+                }
+            }
+        }
+        if self.confirm_missing {
             self.to_confirm = missing.iter().map(|pv| pv.name.clone()).collect();
         } else {
             self.report_missing(missing, checked);
@@ -413,10 +468,15 @@ impl ListLoop {
     /// ListVolumes lists every volume: absent from two complete sweeps is missing (true), to be
     /// confirmed or reported once the sweep is done.
     fn absent_from_list_volumes(&mut self, pv: &PvRecord) -> bool {
+        self.absent_again(pv)
+    }
+
+    /// One more complete listing without `pv`'s volume: true once that makes two in a row.
+    fn absent_again(&mut self, pv: &PvRecord) -> bool {
         let prev = self.absences.get(&pv.name).copied().unwrap_or(0);
-        let (n, missing) = absent_after(prev, false);
+        let (n, reached) = absent_after(prev, false);
         self.absences.insert(pv.name.clone(), n);
-        missing
+        reached
     }
 
     /// Report the volumes found missing in one sweep, unless the mass-absence guard holds back
@@ -450,27 +510,27 @@ impl ListLoop {
             .metrics()
             .set_missing_suppressed(self.suppressed);
         for pv in standing {
-            self.observe(pv, Observation::Missing);
+            self.observe(pv, Finding::Missing);
         }
         if !held {
             for pv in newly {
-                self.observe(pv, Observation::Missing);
+                self.observe(pv, Finding::Missing);
             }
         }
     }
 
     /// Act on the `ControllerGetVolume` answers about volumes absent from ListVolumes.
-    fn confirmed(&mut self, answers: Vec<(String, Observation)>) {
+    fn confirmed(&mut self, answers: Vec<(Name, Finding)>) {
         let snapshot = self.monitor.pvs.snapshot();
         let total = snapshot.values().filter(|pv| checkable(pv).is_ok()).count();
         let mut missing = Vec::new();
         let mut known = 0usize;
         for (name, observation) in answers {
-            let Some(pv) = snapshot.get(&name).filter(|pv| checkable(pv).is_ok()) else {
+            let Some(pv) = snapshot.get(&*name).filter(|pv| checkable(pv).is_ok()) else {
                 continue;
             };
             match observation {
-                Observation::Missing => missing.push(pv),
+                Finding::Missing => missing.push(pv),
                 conditions => {
                     known += 1;
                     self.observe(pv, conditions);
@@ -490,28 +550,24 @@ impl ListLoop {
     }
 
     /// The health listing leaves healthy volumes out: absence is healthy, but a volume that
-    /// stands reported abnormal recovers only on firmer evidence.
-    fn absent_from_health_list(&mut self, pv: &PvRecord) {
+    /// stands reported abnormal recovers only on firmer evidence. True: ask the driver about
+    /// it (on the engine, once the sweep is done).
+    fn absent_from_health_list(&mut self, pv: &PvRecord) -> bool {
         if self.is_quiet(pv) {
-            return;
+            return false;
         }
         if !self.monitor.stands_abnormal(pv) {
-            self.observe(pv, Observation::Conditions(Vec::new()));
-            return;
+            self.observe(pv, Finding::Conditions(Vec::new()));
+            return false;
         }
-        if !self.confirm {
-            let prev = self.absences.get(&pv.name).copied().unwrap_or(0);
-            let (n, recovered) = absent_after(prev, false);
-            self.absences.insert(pv.name.clone(), n);
-            if recovered {
-                self.absences.remove(&pv.name);
-                self.observe(pv, Observation::Conditions(Vec::new()));
-            }
-            return;
+        if self.confirm {
+            return true;
         }
-        if let Some(observation) = super::get::ask(&self.monitor, self.source.as_ref(), pv) {
-            self.observe(pv, observation);
+        if self.absent_again(pv) {
+            self.absences.remove(&pv.name);
+            self.observe(pv, Finding::Conditions(Vec::new()));
         }
+        false
     }
 }
 
@@ -527,181 +583,6 @@ fn writable(secs: f64, qps: f64, burst: u32) -> u64 {
 /// True when `abnormal` Events per sweep exceed what one interval can write.
 fn over_budget(abnormal: usize, secs: f64, qps: f64, burst: u32) -> bool {
     abnormal as u64 > writable(secs, qps, burst)
-}
-
-/// The workers that ask `ControllerGetVolume` about volumes absent from ListVolumes: at most
-/// one call per worker in flight, each bounded by `--timeout` like every RPC.
-struct ConfirmPool {
-    jobs: Sender<(u64, String)>,
-    answers: Receiver<(u64, String, Option<Observation>)>,
-    /// Each batch's number: an answer that comes after its batch's wait gave up belongs to an
-    /// older batch and is dropped, not counted against the current one.
-    batch: std::cell::Cell<u64>,
-}
-
-impl ConfirmPool {
-    fn start(
-        workers: usize,
-        monitor: Arc<Monitor>,
-        source: Arc<dyn HealthSource>,
-    ) -> std::io::Result<ConfirmPool> {
-        // Zero capacity: a job is handed over only when a worker is free to take it.
-        let (jobs, job_rx) = crossbeam_channel::bounded::<(u64, String)>(0);
-        let (answer_tx, answers) = crossbeam_channel::unbounded();
-        for i in 0..workers.max(1) {
-            let job_rx = job_rx.clone();
-            let answer_tx = answer_tx.clone();
-            let monitor = monitor.clone();
-            let source = source.clone();
-            // Detached: a worker ends when the job channel closes with the list loop.
-            std::thread::Builder::new()
-                .name(format!("csi-confirm-{i}"))
-                .spawn(move || {
-                    for (batch, name) in job_rx {
-                        let answer = monitor
-                            .pvs
-                            .get(&name)
-                            .filter(|pv| checkable(pv).is_ok())
-                            .and_then(|pv| super::get::ask(&monitor, source.as_ref(), &pv));
-                        if answer_tx.send((batch, name, answer)).is_err() {
-                            return;
-                        }
-                    }
-                })?;
-        }
-        Ok(ConfirmPool {
-            jobs,
-            answers,
-            batch: std::cell::Cell::new(0),
-        })
-    }
-
-    /// Ask about every name in `batch`, the calls spread evenly over `interval`. `None`:
-    /// shutdown came first.
-    fn confirm(
-        &self,
-        batch: &[String],
-        interval: Duration,
-        drain: Duration,
-        shutdown: &Shutdown,
-    ) -> Option<Vec<(String, Observation)>> {
-        let this = self.batch.get().wrapping_add(1);
-        self.batch.set(this);
-        let start = Instant::now();
-        let step = interval.checked_div(batch.len() as u32).unwrap_or_default();
-        let mut out = Vec::with_capacity(batch.len());
-        let mut pending = 0usize;
-        let mut take = |(b, name, answer): (u64, String, Option<Observation>),
-                        pending: &mut usize| {
-            if b == this {
-                *pending -= 1;
-                out.extend(answer.map(|a| (name, a)));
-            }
-        };
-        for (i, name) in batch.iter().enumerate() {
-            let at = start + step * i as u32;
-            let wait = at.saturating_duration_since(Instant::now());
-            if !wait.is_zero() && shutdown.wait_timeout(wait) {
-                return None;
-            }
-            if shutdown.is_triggered() || self.jobs.send((this, name.clone())).is_err() {
-                return None;
-            }
-            pending += 1;
-            while let Ok(answer) = self.answers.try_recv() {
-                take(answer, &mut pending);
-            }
-        }
-        // The last calls: each is bounded by --timeout.
-        while pending > 0 {
-            match self.answers.recv_timeout(drain) {
-                Ok(answer) => take(answer, &mut pending),
-                Err(_) => break,
-            }
-        }
-        Some(out)
-    }
-}
-
-/// The confirm pool's bookkeeping (issue #25): an answer that arrives after its batch's wait
-/// gave up is not counted against the next batch.
-#[cfg(test)]
-mod confirm_tests {
-    use super::*;
-    use crate::csi::ListPage;
-    use crate::monitor::tests::observe::{pv, rig};
-    use crossbeam_channel::bounded;
-
-    /// ControllerGetVolume that answers healthy, except that the call about `slow` waits
-    /// for `release`.
-    struct Gated {
-        slow: &'static str,
-        release: Receiver<()>,
-    }
-
-    impl HealthSource for Gated {
-        fn list_method(&self) -> &'static str {
-            "ListVolumes"
-        }
-        fn get_method(&self) -> &'static str {
-            "ControllerGetVolume"
-        }
-        fn list_page(&self, _max: i32, _token: &str) -> Result<ListPage, CsiError> {
-            unreachable!()
-        }
-        fn get(&self, id: &str) -> Result<Vec<Condition>, CsiError> {
-            if id == self.slow {
-                let _ = self.release.recv();
-            }
-            Ok(Vec::new())
-        }
-    }
-
-    #[test]
-    fn a_late_answer_is_dropped_not_counted_against_the_next_batch() {
-        let r = rig(Generation::Condition, false, None, 100, vec![]);
-        let mut other = pv();
-        other.name = "pv-v2".into();
-        other.volume_handle = "v2".into();
-        r.monitor.pvs.apply("pv-v2".into(), other);
-        let (release, gate) = bounded(1);
-        let source = Arc::new(Gated {
-            slow: "v1",
-            release: gate,
-        });
-        let pool = ConfirmPool::start(1, Arc::new(r.monitor), source).unwrap();
-        let shutdown = Shutdown::new();
-        // pv-v1's call outlasts the wait: the batch gives up without its answer.
-        let first = pool
-            .confirm(
-                &["pv-v1".into()],
-                Duration::ZERO,
-                Duration::from_millis(50),
-                &shutdown,
-            )
-            .unwrap();
-        assert!(first.is_empty());
-        release.send(()).unwrap();
-        // pv-v1's answer arrives during the next batch; only pv-v2's belongs to it.
-        let started = Instant::now();
-        let second = pool
-            .confirm(
-                &["pv-v2".into()],
-                Duration::ZERO,
-                Duration::from_secs(20),
-                &shutdown,
-            )
-            .unwrap();
-        assert_eq!(
-            second,
-            vec![("pv-v2".to_string(), Observation::Conditions(vec![]))]
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the batch waited for an answer it had already counted: {:?}",
-            started.elapsed()
-        );
-    }
 }
 
 #[cfg(test)]
@@ -937,6 +818,11 @@ mod tests {
             answers: Mutex<HashMap<String, Answer>>,
             /// Volume ids the per-volume call was asked about, in order.
             asked: Mutex<Vec<String>>,
+            /// Each per-volume call waits (20 s at most) until this many ran at once.
+            meet: usize,
+            /// Per-volume calls running now, and the most seen at once.
+            running: Mutex<(usize, usize)>,
+            changed: std::sync::Condvar,
         }
 
         impl HealthSource for Driver {
@@ -958,6 +844,20 @@ mod tests {
             }
             fn get(&self, id: &str) -> Result<Vec<Condition>, CsiError> {
                 self.asked.lock().unwrap().push(id.to_string());
+                let mut running = self.running.lock().unwrap();
+                running.0 += 1;
+                running.1 = running.1.max(running.0);
+                self.changed.notify_all();
+                let until = Instant::now() + Duration::from_secs(20);
+                while running.1 < self.meet && Instant::now() < until {
+                    running = self
+                        .changed
+                        .wait_timeout(running, Duration::from_millis(100))
+                        .unwrap()
+                        .0;
+                }
+                running.0 -= 1;
+                drop(running);
                 match self.answers.lock().unwrap().get(id).cloned() {
                     Some(Answer::Conditions(c)) => Ok(c),
                     Some(Answer::Fails) => Err(rpc_error("Unavailable")),
@@ -996,9 +896,17 @@ mod tests {
         /// healthy; `standing` stand reported abnormal from earlier Events. `health`: the v1.13
         /// health listing (the status writer is there but never has anything to write).
         fn harness(health: bool, ids: &[&str], standing: &[&str]) -> Harness {
+            harness_meeting(health, ids, standing, 0)
+        }
+
+        /// `harness`, with a driver whose per-volume calls wait until `meet` run at once.
+        fn harness_meeting(health: bool, ids: &[&str], standing: &[&str], meet: usize) -> Harness {
             let pvs = PvStore::new();
             let pvcs = PvcStore::new(pvs.clone());
-            let driver = Arc::new(Driver::default());
+            let driver = Arc::new(Driver {
+                meet,
+                ..Driver::default()
+            });
             for id in ids {
                 pvs.apply(
                     format!("pv-{id}"),
@@ -1045,6 +953,11 @@ mod tests {
             // Never reached: every PVC is cached and no case writes a status.
             let client = crate::kube::client::tests::client("http://127.0.0.1:9");
             let mut monitor = Monitor::new(
+                if health {
+                    Generation::Health
+                } else {
+                    Generation::Condition
+                },
                 DRIVER.into(),
                 pvs,
                 pvcs,
@@ -1240,7 +1153,7 @@ mod tests {
         #[test]
         fn absent_volumes_are_confirmed_with_the_per_volume_call_before_being_missing() {
             let h = harness(false, &["gone", "known", "back", "flaky", "stays"], &[]);
-            let mut lp = h.list_loop().confirm_missing_with_get(2);
+            let mut lp = h.list_loop().confirm_missing_with_get(true).workers(2);
             h.answer("gone", Answer::NotFound);
             h.answer("known", Answer::Conditions(abnormal("disk slow")));
             h.answer("back", Answer::Conditions(vec![]));
@@ -1258,8 +1171,9 @@ mod tests {
             let mut batch = std::mem::take(&mut lp.to_confirm);
             batch.sort();
             assert_eq!(batch, ["pv-back", "pv-flaky", "pv-gone", "pv-known"]);
-            let pool = ConfirmPool::start(2, h.monitor.clone(), h.driver.clone()).unwrap();
-            let answers = pool
+            let answers = lp
+                .engine()
+                .unwrap()
                 .confirm(&batch, Duration::ZERO, CONFIRM_DRAIN, &h.shutdown)
                 .unwrap();
             lp.confirmed(answers);
@@ -1283,7 +1197,7 @@ mod tests {
             let h = harness(false, &ids, &[]);
             let mut lp = h
                 .list_loop()
-                .confirm_missing_with_get(1)
+                .confirm_missing_with_get(true)
                 .missing_max_fraction(0.5);
             lp.sweep();
             h.unlist(&ids[..12]);
@@ -1291,8 +1205,9 @@ mod tests {
             lp.sweep();
             let batch = std::mem::take(&mut lp.to_confirm);
             assert_eq!(batch.len(), 12);
-            let pool = ConfirmPool::start(1, h.monitor.clone(), h.driver.clone()).unwrap();
-            let answers = pool
+            let answers = lp
+                .engine()
+                .unwrap()
                 .confirm(&batch, Duration::ZERO, CONFIRM_DRAIN, &h.shutdown)
                 .unwrap();
             assert_eq!(answers.len(), 12);
@@ -1351,6 +1266,23 @@ mod tests {
             lp.sweep();
             assert_eq!(h.asked().len(), 3, "recovered: quiet, not asked again");
             assert_eq!(h.told(REASON_NORMAL).len(), 1);
+        }
+
+        /// A mass recovery in the health listing: the abnormal volumes absent from it are
+        /// confirmed in parallel on the engine (each call waits until all four run at once),
+        /// not one by one on the sweep thread.
+        #[test]
+        fn health_listing_confirms_absent_abnormal_volumes_in_parallel() {
+            let ids = ["a", "b", "c", "d"];
+            let h = harness_meeting(true, &ids, &ids, 4);
+            h.unlist(&ids);
+            for id in ids {
+                h.answer(id, Answer::Conditions(vec![]));
+            }
+            let mut lp = h.list_loop().confirm_with_get(true).workers(4);
+            lp.sweep();
+            assert_eq!(h.driver.running.lock().unwrap().1, 4, "all four at once");
+            assert_eq!(h.told(REASON_NORMAL).len(), 4, "each recovery told");
         }
     }
 }

@@ -3,11 +3,14 @@
 //!
 //! `Monitor` holds what every mode shares (stores, recorder, the per-PVC reported state and the
 //! per-volume metrics); `list` runs the listing sweeps (ListVolumes, ControllerListVolumeHealth),
-//! `get` schedules per-volume checks (ControllerGetVolume, ControllerGetVolumeHealth) on a worker
-//! pool; `decide` holds the pure decisions and `status` the PVC status writes. Which RPCs answer
-//! is fixed by the `HealthSource` the loops are given; nothing here chooses a generation.
+//! `get` keeps the per-volume modes' volumes (ControllerGetVolume, ControllerGetVolumeHealth)
+//! in line with the store; `engine` makes every per-volume call of both, on one worker pool;
+//! `decide` holds the pure decisions and `status` the PVC status writes. Which RPCs answer is
+//! fixed by the `HealthSource` the loops are given; the generation is the mode's, given to
+//! `Monitor::new` once (nothing here infers it).
 
 pub mod decide;
+pub mod engine;
 pub mod get;
 pub mod list;
 pub mod nodes;
@@ -26,7 +29,7 @@ use crate::logging::Throttle;
 use crate::metrics::Metrics;
 use crate::timeutil::{parse_rfc3339, rfc3339};
 use crate::watch::{PvRecord, PvStore, PvcRecord, PvcStore};
-use decide::{decide, Emit, Facts, Observation, Reported};
+use decide::{decide, Emit, Facts, Finding, Reported};
 use status::{StatusWriter, Written};
 
 /// Source component of every volume event: `csi-pv-monitor-controller-<driver>` (upstream §7.1).
@@ -43,6 +46,8 @@ pub struct HealthOutput {
 
 pub struct Monitor {
     pub driver: String,
+    /// The mode's generation (`Mode::generation`), the one place it is known here.
+    generation: Generation,
     pub pvs: PvStore,
     pub pvcs: PvcStore,
     client: Client,
@@ -67,7 +72,11 @@ pub struct Monitor {
 }
 
 impl Monitor {
+    // Each argument is a separate piece of the controller's context; the generation comes
+    // first and is required, so that nothing infers it later.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        generation: Generation,
         driver: String,
         pvs: PvStore,
         pvcs: PvcStore,
@@ -77,6 +86,7 @@ impl Monitor {
         seed: HashMap<String, Reported>,
     ) -> Monitor {
         Monitor {
+            generation,
             driver,
             pvs,
             pvcs,
@@ -102,16 +112,13 @@ impl Monitor {
 
     /// The v1.13 health modes: conditions also go to the PVC's `status.healthStatus`.
     pub fn health_output(mut self, out: HealthOutput) -> Monitor {
+        debug_assert_eq!(self.generation, Generation::Health);
         self.health = Some(out);
         self
     }
 
     pub fn generation(&self) -> Generation {
-        if self.health.is_some() {
-            Generation::Health
-        } else {
-            Generation::Condition
-        }
+        self.generation
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -173,7 +180,7 @@ impl Monitor {
     /// told once, when the volume is judged healthy, whatever its status write does; a status
     /// write that fails is retried (by the writer, then at every check) until it lands or the
     /// PVC is gone; an Event the queue refuses stays owed.
-    pub fn observe(&self, pv: &PvRecord, observation: &Observation) -> Option<Reported> {
+    pub fn observe(&self, pv: &PvRecord, observation: &Finding) -> Option<Reported> {
         let pvc = self.claim_of(pv)?;
         let (decision, previous) = {
             let mut reported = lock(&self.reported);
@@ -543,6 +550,7 @@ mod tests {
             let metrics = Arc::new(Metrics::new());
             let seed = seed.map(|r| ("u1".to_string(), r)).into_iter().collect();
             let mut monitor = Monitor::new(
+                generation,
                 "d.example.com".into(),
                 pvs,
                 pvcs,
@@ -570,8 +578,8 @@ mod tests {
             }
         }
 
-        fn healthy() -> Observation {
-            Observation::Conditions(vec![])
+        fn healthy() -> Finding {
+            Finding::Conditions(vec![])
         }
 
         fn normal() -> (String, String, String) {
@@ -692,7 +700,7 @@ mod tests {
         #[test]
         fn a_refused_first_report_is_news_again_next_time() {
             let r = rig(Generation::Condition, false, None, 0, vec![]);
-            let bad = Observation::Conditions(vec![Condition::legacy("broken")]);
+            let bad = Finding::Conditions(vec![Condition::legacy("broken")]);
             assert_eq!(r.monitor.observe(&pv(), &bad), Some(Reported::Healthy));
             assert_eq!(r.monitor.recorder.dropped(), 1);
             assert!(!r.monitor.stands_abnormal(&pv()));
@@ -707,7 +715,7 @@ mod tests {
         #[test]
         fn legacy_abnormal_repeats_and_one_recovery() {
             let r = rig(Generation::Condition, false, None, 100, vec![]);
-            let bad = Observation::Conditions(vec![Condition::legacy("broken")]);
+            let bad = Finding::Conditions(vec![Condition::legacy("broken")]);
             let warning = (
                 "Warning".to_string(),
                 decide::REASON_ABNORMAL.to_string(),
@@ -727,7 +735,7 @@ mod tests {
             assert_eq!(r.events.take(), vec![normal()]);
             // Missing: the missing-volume Warning.
             assert_eq!(
-                r.monitor.observe(&pv(), &Observation::Missing),
+                r.monitor.observe(&pv(), &Finding::Missing),
                 Some(Reported::Abnormal)
             );
             assert_eq!(
@@ -739,7 +747,7 @@ mod tests {
 
         #[test]
         fn a_gone_pvc_ends_the_volume_state_and_a_dropped_write_keeps_it() {
-            let bad = Observation::Conditions(vec![Condition::typed(1, "Slow", "slow")]);
+            let bad = Finding::Conditions(vec![Condition::typed(1, "Slow", "slow")]);
             let r = rig(
                 Generation::Health,
                 true,

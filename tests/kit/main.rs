@@ -4,7 +4,7 @@
 //!   volumes, runs the real sidecar against them, turns one volume abnormal and prints the
 //!   Event the sidecar wrote, then the recovery.
 //! - `apiserver [--port N] [--token T] [--tls-cert F --tls-key F] [--pvc-health-status]`: only the fake API server.
-//! - `csi-driver --socket PATH [--name NAME] [--generation v1.12|v1.13|both] [--list-healthy] [--volume ID[=abnormal:MESSAGE|=health:STATUS:REASON[:MESSAGE]]]...`:
+//! - `csi-driver --socket PATH [--name NAME] [--generation v1.12|v1.13|both] [--list-healthy] [--no-list] [--volume ID[=abnormal:MESSAGE|=health:STATUS:REASON[:MESSAGE]]]...`:
 //!   only the mock driver. `--generation` picks the capabilities it advertises (default v1.12);
 //!   `=health:` adds one v1.13 condition to the volume (repeat the flag for more), STATUS being
 //!   DEGRADED, INACCESSIBLE, DATA_LOSS (or Degraded, Inaccessible, DataLoss) or a raw number.
@@ -41,7 +41,7 @@ fn main() -> ExitCode {
         Some("bench-sweep") => sweepbench::run(&args[1..]),
         Some("faulty-sidecar") => faulty_sidecar(&args[1..]),
         Some("-h") | Some("--help") | Some("help") => {
-            println!("usage: csi-hm-testkit [sandbox | apiserver [--port N] [--token T] [--tls-cert F --tls-key F] [--pvc-health-status] | csi-driver --socket PATH [--name NAME] [--generation v1.12|v1.13|both] [--list-healthy] [--volume ID[=abnormal:MESSAGE|=health:STATUS:REASON[:MESSAGE]]]... | {} | {}]", bench::usage(), sweepbench::usage());
+            println!("usage: csi-hm-testkit [sandbox | apiserver [--port N] [--token T] [--tls-cert F --tls-key F] [--pvc-health-status] | csi-driver --socket PATH [--name NAME] [--generation v1.12|v1.13|both] [--list-healthy] [--no-list] [--volume ID[=abnormal:MESSAGE|=health:STATUS:REASON[:MESSAGE]]]... | {} | {}]", bench::usage(), sweepbench::usage());
             Ok(())
         }
         Some(other) => Err(format!("unknown command {other:?}; try --help")),
@@ -150,6 +150,7 @@ fn run_driver(args: &[String]) -> Result<(), String> {
     let mut name = DRIVER.to_string();
     let mut generation = Generation::V112;
     let mut list_healthy = false;
+    let mut no_list = false;
     let mut volumes = Vec::new();
     let mut i = 0;
     while i < args.len() {
@@ -158,6 +159,7 @@ fn run_driver(args: &[String]) -> Result<(), String> {
             "--name" => name = value(args, &mut i, "--name")?.to_string(),
             "--generation" => generation = parse_generation(value(args, &mut i, "--generation")?)?,
             "--list-healthy" => list_healthy = true,
+            "--no-list" => no_list = true,
             "--volume" => volumes.push(parse_volume(value(args, &mut i, "--volume")?)?),
             other => return Err(format!("csi-driver: unknown flag {other:?}")),
         }
@@ -168,6 +170,13 @@ fn run_driver(args: &[String]) -> Result<(), String> {
         .map_err(|e| format!("mock CSI driver: {e}"))?;
     driver.set_generation(generation);
     driver.set_list_healthy(list_healthy);
+    if no_list {
+        // Neither listing advertised: the sidecar runs a per-volume mode.
+        driver.with(|s| {
+            s.list_volumes = false;
+            s.list_volume_health = false;
+        });
+    }
     for v in volumes {
         match v {
             VolumeFlag::Healthy(id) => driver.set_volume(&id, false, ""),

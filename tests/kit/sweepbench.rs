@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use healthmon::csi::{Condition, Error as CsiError, HealthSource, ListPage};
+use healthmon::csi::{Condition, Error as CsiError, Generation, HealthSource, ListPage};
 use healthmon::events::{self, RecorderOptions};
 use healthmon::kube::{self, Client};
 use healthmon::metrics::Metrics;
@@ -180,6 +180,11 @@ fn measure(
     let sweeps: Vec<Vec<ListPage>> = (0..2 * rounds + 2).map(pages).collect();
     let metrics = Arc::new(Metrics::new());
     let mut monitor = Monitor::new(
+        if all_listed {
+            Generation::Condition
+        } else {
+            Generation::Health
+        },
         "bench.csi.example.com".into(),
         pvs,
         pvcs,
