@@ -22,6 +22,11 @@ pub fn write<T: ?Sized>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Wait on `cond`, recovering the guard of a poisoned lock.
+pub fn wait<'a, T>(cond: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+    cond.wait(guard).unwrap_or_else(|p| p.into_inner())
+}
+
 /// Wait on `cond` for at most `d`, recovering the guard of a poisoned lock.
 pub fn wait_timeout<'a, T>(
     cond: &Condvar,

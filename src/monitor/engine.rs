@@ -336,10 +336,7 @@ impl Engine {
             if now >= deadline {
                 break;
             }
-            s = match self.core.ended.wait_timeout(s, deadline - now) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
+            s = crate::sync::wait_timeout(&self.core.ended, s, deadline - now);
         }
         let answers = std::mem::take(&mut s.answers);
         s.give_up(batch);
@@ -362,10 +359,7 @@ impl Engine {
                 );
                 break;
             }
-            s = match self.core.ended.wait_timeout(s, deadline - now) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
+            s = crate::sync::wait_timeout(&self.core.ended, s, deadline - now);
         }
     }
 
@@ -433,12 +427,9 @@ impl Core {
                     s = match (mine, next) {
                         (Some(_), Some(at)) => {
                             let wait = at.saturating_duration_since(Instant::now());
-                            match self.work.wait_timeout(s, wait) {
-                                Ok((g, _)) => g,
-                                Err(p) => p.into_inner().0,
-                            }
+                            crate::sync::wait_timeout(&self.work, s, wait)
                         }
-                        _ => self.work.wait(s).unwrap_or_else(|p| p.into_inner()),
+                        _ => crate::sync::wait(&self.work, s),
                     };
                 }
             }

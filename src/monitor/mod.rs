@@ -27,6 +27,7 @@ use crate::health::{self, Mended};
 use crate::kube::{self, Client};
 use crate::logging::Throttle;
 use crate::metrics::Metrics;
+use crate::sync::lock;
 use crate::timeutil::{parse_rfc3339, rfc3339};
 use crate::watch::{PvRecord, PvStore, PvcRecord, PvcStore};
 use decide::{decide, Emit, Facts, Finding, Reported};
@@ -352,10 +353,6 @@ fn remember(reported: &mut HashMap<String, Reported>, uid: &str, state: Reported
             reported.insert(uid.to_string(), state);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Rebuild "which PVCs are currently reported abnormal" from the Events we wrote before (a
