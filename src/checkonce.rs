@@ -541,7 +541,7 @@ fn check(cfg: &Config) -> Result<Report, Error> {
         pvs.as_ref().map_or(0, Vec::len),
     );
     let listed = match list::collect(&source, cfg.list_volumes_max_entries, bound) {
-        Ok((listed, _pages)) => listed,
+        Ok(listing) => listing,
         Err(e) => {
             return Ok(Report::new(
                 &driver,
@@ -554,8 +554,17 @@ fn check(cfg: &Config) -> Result<Report, Error> {
     };
     // A PV absent from the listing: what the daemon would conclude, asked now where the
     // daemon would ask.
+    let unjudged = &listed.unjudged;
     let absent = |pv: &PvRecord| -> (Outcome, String) {
         let h = &pv.volume_handle;
+        if unjudged.contains(h) {
+            return (
+                Outcome::Error {
+                    error: csi::Error::unjudged(h).to_string(),
+                },
+                "listed without a condition".to_string(),
+            );
+        }
         match mode {
             Mode::ListVolumes if caps.get_volume => (
                 outcome(source.get(h), h, &driver),
@@ -574,7 +583,7 @@ fn check(cfg: &Config) -> Result<Report, Error> {
             ),
         }
     };
-    let lines = listing_lines(listed, pvs.as_deref(), &driver, absent);
+    let lines = listing_lines(listed.volumes, pvs.as_deref(), &driver, absent);
     Ok(Report::new(&driver, mode, pvs_known, None, lines))
 }
 

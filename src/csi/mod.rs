@@ -89,6 +89,17 @@ impl Error {
     pub fn is_not_found(&self) -> bool {
         self.code() == Some("NotFound")
     }
+    /// A ListVolumes entry about `volume` without the `status.volume_condition` a driver with
+    /// VOLUME_CONDITION must send ([`ListPage::unjudged`]).
+    pub fn unjudged(volume: &str) -> Error {
+        Error::Malformed {
+            method: METHOD_LIST_VOLUMES,
+            volume: volume.to_string(),
+            problem:
+                "the entry's status.volume_condition is missing (required with VOLUME_CONDITION)"
+                    .into(),
+        }
+    }
     pub fn is_deadline_exceeded(&self) -> bool {
         self.code() == Some("DeadlineExceeded")
     }
@@ -162,6 +173,10 @@ pub struct ListPage {
     /// Entries without a volume (ListVolumes' `volume`, or an empty `volume_id`): skipped
     /// (upstream dereferences nil and crashes).
     pub skipped: usize,
+    /// Volume ids listed without the condition the spec requires (a ListVolumes entry without
+    /// `status.volume_condition` from a driver with VOLUME_CONDITION): the volume exists, but
+    /// nothing is known of its health. Upstream read them as healthy.
+    pub unjudged: Vec<String>,
     pub next_token: String,
 }
 
@@ -534,8 +549,9 @@ impl Connection {
     }
 }
 
-/// A v1.12 `volume_condition`: a one-element list when abnormal, else empty (a missing
-/// condition is normal, as upstream).
+/// A v1.12 `volume_condition`: a one-element list when abnormal, else empty. A missing one is
+/// never read as healthy: callers refuse the answer (`check_get_volume`) or set the entry
+/// aside (`ListPage::unjudged`).
 fn legacy_conditions(c: Option<&csi::VolumeCondition>) -> Vec<Condition> {
     match c {
         Some(c) if c.abnormal => vec![Condition::legacy(c.message.clone())],
@@ -561,21 +577,25 @@ impl Connection {
         })?;
         let mut page = ListPage {
             entries: Vec::with_capacity(resp.entries.len()),
-            skipped: 0,
             next_token: resp.next_token,
+            ..ListPage::default()
         };
         for entry in resp.entries {
             let Some(volume) = entry.volume.into_option() else {
                 page.skipped += 1;
                 continue;
             };
-            let conds = legacy_conditions(
-                entry
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.volume_condition.as_ref()),
-            );
-            page.entries.push((volume.volume_id, conds));
+            // This mode runs only for drivers with VOLUME_CONDITION, which MUST set it.
+            match entry
+                .status
+                .as_ref()
+                .and_then(|s| s.volume_condition.as_ref())
+            {
+                Some(c) => page
+                    .entries
+                    .push((volume.volume_id, legacy_conditions(Some(c)))),
+                None => page.unjudged.push(volume.volume_id),
+            }
         }
         Ok(page)
     }
@@ -608,8 +628,8 @@ impl Connection {
         })?;
         let mut page = ListPage {
             entries: Vec::with_capacity(resp.entries.len()),
-            skipped: 0,
             next_token: resp.next_token,
+            ..ListPage::default()
         };
         for entry in resp.entries {
             if entry.volume_id.is_empty() {

@@ -11,7 +11,7 @@
 //! A sweep in which nothing changed costs a hash lookup per PV: volumes last seen healthy are
 //! remembered ("quiet") and not reported again while they stay so.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -94,14 +94,25 @@ impl std::fmt::Display for SweepError {
     }
 }
 
+/// One complete listing.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Every volume listed with its conditions (none: healthy).
+    pub volumes: HashMap<String, Vec<Condition>>,
+    /// Volumes listed without the condition the spec requires: present, health unknown.
+    pub unjudged: HashSet<String>,
+    pub pages: usize,
+}
+
 /// Every volume the driver returned in one complete listing; a volume listed twice (pages are
 /// no consistent view) takes its later entry. Past `bound` the listing is an error.
 pub fn collect(
     source: &dyn HealthSource,
     max_entries: i32,
     bound: ListingBound,
-) -> Result<(HashMap<String, Vec<Condition>>, usize), SweepError> {
+) -> Result<Listing, SweepError> {
     let mut out = HashMap::new();
+    let mut unjudged = HashSet::new();
     let mut guard = PageGuard::new(MAX_PAGES);
     let mut token = String::new();
     let mut pages = 0;
@@ -113,7 +124,8 @@ pub fn collect(
             .list_page(max_entries, &token)
             .map_err(SweepError::Rpc)?;
         pages += 1;
-        if out.len().saturating_add(page.entries.len()) > bound.entries {
+        let listed = page.entries.len() + page.unjudged.len();
+        if (out.len() + unjudged.len()).saturating_add(listed) > bound.entries {
             return Err(SweepError::TooMany {
                 entries: bound.entries,
             });
@@ -127,11 +139,22 @@ pub fn collect(
         }
         out.reserve(page.entries.len());
         for (id, conds) in page.entries {
+            if !unjudged.is_empty() {
+                unjudged.remove(&id);
+            }
             out.insert(id, conds);
+        }
+        for id in page.unjudged {
+            out.remove(&id);
+            unjudged.insert(id);
         }
         guard.page(&page.next_token).map_err(SweepError::Paging)?;
         if page.next_token.is_empty() {
-            return Ok((out, pages));
+            return Ok(Listing {
+                volumes: out,
+                unjudged,
+                pages,
+            });
         }
         token = page.next_token;
     }
@@ -343,7 +366,11 @@ impl ListLoop {
         // Read before the snapshot: a change made after it shows as a new generation next time.
         let pv_generation = self.monitor.pvs.generation();
         let snapshot = self.monitor.pvs.snapshot();
-        let (volumes, pages) = match result {
+        let Listing {
+            volumes,
+            unjudged,
+            pages,
+        } = match result {
             Ok(v) => v,
             Err(e) => {
                 // An incomplete sweep says nothing about absence or recovery: keep the counters.
@@ -388,10 +415,18 @@ impl ListLoop {
                     if !self.absences.is_empty() {
                         self.absences.remove(&pv.name);
                     }
+                    self.monitor.answer_well_formed(pv);
                     if conds.is_empty() && self.is_quiet(pv) {
                         continue;
                     }
                     self.observe(pv, Finding::Conditions(conds.clone()));
+                }
+                // Listed without a condition: it exists, its health is unknown. A driver
+                // error (said once per volume), never a recovery, never missing.
+                None if !unjudged.is_empty() && unjudged.contains(&pv.volume_handle) => {
+                    self.absences.remove(&pv.name);
+                    self.monitor
+                        .answer_malformed(pv, &CsiError::unjudged(&pv.volume_handle));
                 }
                 None => match generation {
                     Generation::Condition => {
@@ -615,8 +650,8 @@ mod tests {
                 .iter()
                 .map(|i| (i.to_string(), vec![Condition::typed(1, *i, "")]))
                 .collect(),
-            skipped: 0,
             next_token: next.to_string(),
+            ..ListPage::default()
         })
     }
 
@@ -680,7 +715,7 @@ mod tests {
             Mutex::new(vec![page(&["a", "b"], "t1"), page(&["c"], "")]),
             Mutex::new(vec![]),
         );
-        assert_eq!(collect(&src, 0, small).unwrap().0.len(), 3);
+        assert_eq!(collect(&src, 0, small).unwrap().volumes.len(), 3);
     }
 
     #[test]
@@ -703,7 +738,11 @@ mod tests {
             ]),
             Mutex::new(vec![]),
         );
-        let (vols, pages) = collect(&src, 0, unbounded()).unwrap();
+        let Listing {
+            volumes: vols,
+            pages,
+            ..
+        } = collect(&src, 0, unbounded()).unwrap();
         assert_eq!(pages, 3);
         assert_eq!(vols.len(), 3);
         assert_eq!(*src.1.lock().unwrap(), vec!["", "t1", "t2"]);
@@ -717,10 +756,38 @@ mod tests {
             Mutex::new(vec![page(&["a"], "t1"), Ok(second)]),
             Mutex::new(vec![]),
         );
-        let (vols, _) = collect(&src, 0, unbounded()).unwrap();
+        let vols = collect(&src, 0, unbounded()).unwrap().volumes;
         assert_eq!(vols["a"], vec![], "the later (healthy) entry wins");
         assert_eq!(vols["b"].len(), 1);
         assert_eq!(*src.1.lock().unwrap(), vec!["", "t1"]);
+    }
+
+    /// Issue #25: an entry listed without its condition is set aside, not read as healthy;
+    /// a later entry of the same volume wins either way.
+    #[test]
+    fn unjudged_entries_are_kept_apart_and_the_later_entry_wins() {
+        let mut first = page(&["a", "b"], "t1").unwrap();
+        first.unjudged = vec!["c".into()];
+        let mut second = page(&["c"], "").unwrap();
+        second.unjudged = vec!["a".into()];
+        let src = Pages(Mutex::new(vec![Ok(first), Ok(second)]), Mutex::new(vec![]));
+        let l = collect(&src, 0, unbounded()).unwrap();
+        let mut listed: Vec<&String> = l.volumes.keys().collect();
+        listed.sort();
+        assert_eq!(listed, ["b", "c"]);
+        assert_eq!(l.unjudged, HashSet::from(["a".to_string()]));
+        // Unjudged entries count against the entry bound too.
+        let mut only = page(&[], "").unwrap();
+        only.unjudged = vec!["x".into(), "y".into()];
+        let src = Pages(Mutex::new(vec![Ok(only)]), Mutex::new(vec![]));
+        let small = ListingBound {
+            deadline: Instant::now() + Duration::from_secs(60),
+            entries: 1,
+        };
+        assert!(matches!(
+            collect(&src, 0, small),
+            Err(SweepError::TooMany { entries: 1 })
+        ));
     }
 
     #[test]
@@ -838,8 +905,7 @@ mod tests {
                 }
                 Ok(ListPage {
                     entries: self.listed.lock().unwrap().clone().into_iter().collect(),
-                    skipped: 0,
-                    next_token: String::new(),
+                    ..ListPage::default()
                 })
             }
             fn get(&self, id: &str) -> Result<Vec<Condition>, CsiError> {

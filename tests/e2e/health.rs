@@ -445,6 +445,46 @@ fn a_malformed_answer_is_never_a_recovery() {
     assert!(env.events("pvc-v1", "VolumeConditionNormal").is_empty());
     env.driver.with(|s| s.malformed.clear());
     assert!(env.wait_event("pvc-v1", "VolumeConditionNormal", WAIT));
+
+    // v1.12 ListVolumes: an entry with its volume but without the condition the spec requires
+    // is no recovery, and the volume, being listed, is not missing either.
+    let env = Env::new();
+    env.volume("v1");
+    env.driver.set_volume("v1", true, "broken");
+    let sidecar = env.spawn(LIST_FAST);
+    assert!(
+        env.wait_event("pvc-v1", "VolumeConditionAbnormal", WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
+    env.driver.with(|s| {
+        let v = s.volumes.get_mut("v1").unwrap();
+        v.omit_condition = true;
+        v.abnormal = false;
+    });
+    assert!(
+        sidecar
+            .stderr
+            .wait_for("the entry's status.volume_condition is missing", WAIT),
+        "{}",
+        sidecar.stderr.text()
+    );
+    wait_more_calls(&env, LIST_VOLUMES, 4);
+    let said = sidecar
+        .stderr
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("the entry's status.volume_condition is missing"))
+        .count();
+    assert_eq!(said, 1, "said once per volume:\n{}", sidecar.stderr.text());
+    assert!(env.events("pvc-v1", "VolumeConditionNormal").is_empty());
+    assert!(env
+        .events("pvc-v1", "VolumeConditionAbnormal")
+        .iter()
+        .all(|e| e["message"] == "broken"));
+    env.driver
+        .with(|s| s.volumes.get_mut("v1").unwrap().omit_condition = false);
+    assert!(env.wait_event("pvc-v1", "VolumeConditionNormal", WAIT));
 }
 
 #[test]

@@ -167,12 +167,12 @@ fn measure(
             .enumerate()
             .map(|(k, c)| ListPage {
                 entries: c.iter().map(|id| (id.clone(), Vec::new())).collect(),
-                skipped: 0,
                 next_token: if k + 1 < count {
                     (k + 1).to_string()
                 } else {
                     String::new()
                 },
+                ..ListPage::default()
             })
             .collect()
     };
