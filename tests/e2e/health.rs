@@ -421,69 +421,71 @@ fn a_malformed_answer_is_never_a_recovery() {
     assert!(sidecar.still_running_after(Duration::from_millis(10)));
 
     // v1.12 ControllerGetVolume: an answer without its volume is no recovery either.
-    let env = Env::get_mode();
+    v112_malformed_is_no_recovery(
+        Env::get_mode(),
+        GET_FAST,
+        crate::kit::csidriver::GET_VOLUME,
+        "the required volume is missing",
+        |s, broken| {
+            if broken {
+                s.malformed.insert("v1".into(), Malformed::Omit);
+            } else {
+                s.malformed.clear();
+            }
+        },
+    );
+    // v1.12 ListVolumes: an entry with its volume but without the condition the spec requires
+    // is no recovery, and the volume, being listed, is not missing either.
+    v112_malformed_is_no_recovery(
+        Env::new(),
+        LIST_FAST,
+        LIST_VOLUMES,
+        "the entry's status.volume_condition is missing",
+        |s, broken| s.volumes.get_mut("v1").unwrap().omit_condition = broken,
+    );
+}
+
+/// A v1.12 volume reported abnormal; then the driver says it is healthy in a broken answer
+/// (`set_broken(state, true)`): the problem is named once, no recovery and no missing report
+/// follow, until the answer is mended (`set_broken(state, false)`) and the recovery is told.
+fn v112_malformed_is_no_recovery(
+    env: Env,
+    flags: &[&str],
+    method: &str,
+    said: &str,
+    set_broken: impl Fn(&mut crate::kit::csidriver::State, bool),
+) {
     env.volume("v1");
     env.driver.set_volume("v1", true, "broken");
-    let sidecar = env.spawn(GET_FAST);
+    let sidecar = env.spawn(flags);
     assert!(
         env.wait_event("pvc-v1", "VolumeConditionAbnormal", WAIT),
         "{}",
         sidecar.stderr.text()
     );
     env.driver.with(|s| {
-        s.malformed.insert("v1".into(), Malformed::Omit);
+        set_broken(s, true);
         s.volumes.get_mut("v1").unwrap().abnormal = false;
     });
     assert!(
-        sidecar
-            .stderr
-            .wait_for("the required volume is missing", WAIT),
+        sidecar.stderr.wait_for(said, WAIT),
         "{}",
         sidecar.stderr.text()
     );
-    wait_more_calls(&env, crate::kit::csidriver::GET_VOLUME, 3);
-    assert!(env.events("pvc-v1", "VolumeConditionNormal").is_empty());
-    env.driver.with(|s| s.malformed.clear());
-    assert!(env.wait_event("pvc-v1", "VolumeConditionNormal", WAIT));
-
-    // v1.12 ListVolumes: an entry with its volume but without the condition the spec requires
-    // is no recovery, and the volume, being listed, is not missing either.
-    let env = Env::new();
-    env.volume("v1");
-    env.driver.set_volume("v1", true, "broken");
-    let sidecar = env.spawn(LIST_FAST);
-    assert!(
-        env.wait_event("pvc-v1", "VolumeConditionAbnormal", WAIT),
-        "{}",
-        sidecar.stderr.text()
-    );
-    env.driver.with(|s| {
-        let v = s.volumes.get_mut("v1").unwrap();
-        v.omit_condition = true;
-        v.abnormal = false;
-    });
-    assert!(
-        sidecar
-            .stderr
-            .wait_for("the entry's status.volume_condition is missing", WAIT),
-        "{}",
-        sidecar.stderr.text()
-    );
-    wait_more_calls(&env, LIST_VOLUMES, 4);
-    let said = sidecar
+    wait_more_calls(&env, method, 4);
+    let lines = sidecar
         .stderr
         .lines()
         .into_iter()
-        .filter(|l| l.contains("the entry's status.volume_condition is missing"))
+        .filter(|l| l.contains(said))
         .count();
-    assert_eq!(said, 1, "said once per volume:\n{}", sidecar.stderr.text());
+    assert_eq!(lines, 1, "said once per volume:\n{}", sidecar.stderr.text());
     assert!(env.events("pvc-v1", "VolumeConditionNormal").is_empty());
     assert!(env
         .events("pvc-v1", "VolumeConditionAbnormal")
         .iter()
         .all(|e| e["message"] == "broken"));
-    env.driver
-        .with(|s| s.volumes.get_mut("v1").unwrap().omit_condition = false);
+    env.driver.with(|s| set_broken(s, false));
     assert!(env.wait_event("pvc-v1", "VolumeConditionNormal", WAIT));
 }
 
