@@ -242,10 +242,10 @@ pub fn outcome(answer: Result<Vec<Condition>, csi::Error>, volume: &str, driver:
 fn line(volume: &str, pv: Option<&PvRecord>, outcome: Outcome, note: Option<String>) -> VolumeLine {
     VolumeLine {
         volume: volume.to_string(),
-        pv: pv.map(|p| p.name.clone()),
-        pvc: pv.and_then(|p| p.claim.as_ref()).map(|c| ClaimName {
-            namespace: c.namespace.clone(),
-            name: c.name.clone(),
+        pv: pv.map(|p| p.name().to_string()),
+        pvc: pv.and_then(|p| p.claim()).map(|c| ClaimName {
+            namespace: c.namespace.to_string(),
+            name: c.name.to_string(),
         }),
         outcome,
         note,
@@ -271,13 +271,13 @@ pub fn listing_lines(
     let by_handle: HashMap<&str, &PvRecord> = pvs
         .unwrap_or_default()
         .iter()
-        .map(|pv| (pv.volume_handle.as_str(), pv))
+        .map(|pv| (pv.volume_handle(), pv))
         .collect();
     let mut out = Vec::with_capacity(listed.len());
     for pv in pvs.unwrap_or_default() {
-        if !listed.contains_key(&pv.volume_handle) {
+        if !listed.contains_key(pv.volume_handle()) {
             let (o, note) = absent(pv);
-            out.push(line(&pv.volume_handle, Some(pv), o, Some(note)));
+            out.push(line(pv.volume_handle(), Some(pv), o, Some(note)));
         }
     }
     for (volume, conditions) in listed {
@@ -528,8 +528,8 @@ fn check(cfg: &Config) -> Result<Report, Error> {
             .unwrap_or_default()
             .iter()
             .map(|pv| {
-                let o = outcome(source.get(&pv.volume_handle), &pv.volume_handle, &driver);
-                line(&pv.volume_handle, Some(pv), o, None)
+                let o = outcome(source.get(pv.volume_handle()), pv.volume_handle(), &driver);
+                line(pv.volume_handle(), Some(pv), o, None)
             })
             .collect();
         return Ok(Report::new(&driver, mode, pvs_known, None, lines));
@@ -556,7 +556,7 @@ fn check(cfg: &Config) -> Result<Report, Error> {
     // daemon would ask.
     let unjudged = &listed.unjudged;
     let absent = |pv: &PvRecord| -> (Outcome, String) {
-        let h = &pv.volume_handle;
+        let h = pv.volume_handle();
         if unjudged.contains(h) {
             return (
                 Outcome::Error {
@@ -590,21 +590,17 @@ fn check(cfg: &Config) -> Result<Report, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::watch::ClaimRef;
+    use crate::watch::PvPhase;
 
     fn pv(name: &str, handle: &str, claim: &str) -> PvRecord {
-        PvRecord {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            volume_handle: handle.into(),
-            phase: "Bound".into(),
-            claim: Some(ClaimRef {
-                namespace: "ns".into(),
-                name: claim.into(),
-                uid: format!("uid-{claim}"),
-            }),
-            deleting: false,
-        }
+        PvRecord::new(
+            name,
+            handle,
+            PvPhase::Bound,
+            Some(("ns", claim, &format!("uid-{claim}"))),
+            false,
+        )
+        .unwrap()
     }
 
     fn rpc_error(code: &str) -> csi::Error {
@@ -669,15 +665,10 @@ mod tests {
 
     #[test]
     fn only_what_the_daemon_checks() {
-        let mut unbound = pv("pv-u", "u", "c");
-        unbound.phase = "Released".into();
-        let mut deleting = pv("pv-d", "d", "c");
-        deleting.deleting = true;
+        let unbound = pv("pv-u", "u", "c").with_phase(PvPhase::Released);
+        let deleting = pv("pv-d", "d", "c").with_deleting(true);
         let kept = checkable(vec![pv("pv-a", "a", "c"), unbound, deleting]);
-        assert_eq!(
-            kept.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
-            ["pv-a"]
-        );
+        assert_eq!(kept.iter().map(|p| p.name()).collect::<Vec<_>>(), ["pv-a"]);
     }
 
     #[test]
@@ -690,7 +681,7 @@ mod tests {
         let pvs = [pv("pv-a", "a", "claim-a"), pv("pv-b", "b", "claim-b")];
         let mut asked = Vec::new();
         let lines = listing_lines(listed.clone(), Some(&pvs), "d", |pv| {
-            asked.push(pv.name.clone());
+            asked.push(pv.name().to_string());
             (Outcome::Healthy, "asked".into())
         });
         assert_eq!(asked, ["pv-b"], "only the absent PV is asked about");

@@ -539,7 +539,8 @@ mod tests {
         let metrics = Arc::new(Metrics::with_start_time(42.0));
         metrics.set_driver_name("d");
         metrics.observe_csi_call("/csi.v1.Identity/Probe", "OK", 0.2);
-        metrics.set_volume_status("ns", "pvc", "pv", VolumeStatus::Abnormal);
+        metrics.label_volumes(Box::new(|_| Some(("ns".into(), "pvc".into()))));
+        metrics.set_volume_status(&Arc::from("pv"), VolumeStatus::Abnormal);
         let ready = Arc::new(AtomicBool::new(false));
         let leader = Arc::new(LeaderStatus::new());
         let health = Health {

@@ -19,7 +19,9 @@ pub mod monitor;
 pub mod paging;
 #[cfg(test)]
 mod proptests;
+pub mod records;
 pub mod shutdown;
+pub mod store;
 pub mod sync;
 pub mod timeutil;
 pub mod watch;

@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use crate::store::{Keyed, Records};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::core::{Collector, Desc};
@@ -43,21 +45,29 @@ impl VolumeStatus {
     }
 }
 
-/// The label values of a PV's one `csi_volume_health_status` series, kept so the series can be
-/// deleted exactly when the status changes or the PV goes away.
+/// A PV's one `csi_volume_health_status` series: its status and (v1.13) conditions. The other
+/// labels are read at scrape time: the driver from the metrics, the claim's namespace and
+/// name from the PV store (`ClaimLookup`), so a series costs no copy of them (issue #23).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct VolumeSeries {
-    /// Shared by every series: the driver name is set once, before any volume is seen.
-    driver: Arc<str>,
-    namespace: String,
-    pvc: String,
+    /// Shared with the PV's record.
+    pv: Arc<str>,
     status: VolumeStatus,
     /// v1.13 health modes: the (status, reason) of each present condition, the series of
     /// `csi_controller_volume_health_status`. Empty when healthy or in the v1.12 modes.
-    conditions: Vec<(String, String)>,
+    conditions: Box<[(Box<str>, Box<str>)]>,
 }
 
-type VolumeMap = Arc<Mutex<HashMap<String, VolumeSeries>>>;
+impl Keyed for VolumeSeries {
+    fn key(&self) -> &str {
+        &self.pv
+    }
+}
+
+/// The (namespace, name) of the claim of a PV, by the PV's name; `None` once it has none.
+pub type ClaimLookup = Box<dyn Fn(&str) -> Option<(String, String)> + Send + Sync>;
+
+type VolumeMap = Arc<Mutex<Records<VolumeSeries>>>;
 
 const VOLUME_STATUS_NAME: &str = "csi_volume_health_status";
 /// The `result` values of `csi_volume_health_status_writes_total`.
@@ -88,6 +98,8 @@ const VOLUME_STATUS_LABELS: [&str; 5] = [
 struct VolumeStatusCollector {
     descs: [Desc; 2],
     volumes: VolumeMap,
+    driver: Arc<RwLock<Arc<str>>>,
+    claims: Arc<RwLock<Option<ClaimLookup>>>,
 }
 
 /// A gauge of value 1 with these labels (names in order).
@@ -124,25 +136,25 @@ impl Collector for VolumeStatusCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
+        let driver = crate::sync::read(&self.driver).clone();
+        let claims = crate::sync::read(&self.claims);
         let volumes = crate::sync::lock(&self.volumes);
-        let status = volumes
-            .iter()
-            .map(|(pv, s)| {
-                let values = [&*s.driver, &s.namespace, pv, &s.pvc, s.status.as_str()];
-                one(&VOLUME_STATUS_LABELS, &values)
-            })
-            .collect();
-        let conditions: Vec<_> = volumes
-            .values()
-            .flat_map(|s| {
-                s.conditions.iter().map(move |(status, reason)| {
-                    one(
-                        &CONDITION_LABELS,
-                        &[&*s.driver, &s.namespace, &s.pvc, reason, status],
-                    )
-                })
-            })
-            .collect();
+        let mut status = Vec::with_capacity(volumes.len());
+        let mut conditions = Vec::new();
+        for s in volumes.iter() {
+            // A series whose PV has no claim any more is about to be dropped or re-set.
+            let Some((namespace, pvc)) = claims.as_ref().and_then(|claim| claim(&s.pv)) else {
+                continue;
+            };
+            let values = [&*driver, &namespace, &s.pv, &pvc, s.status.as_str()];
+            status.push(one(&VOLUME_STATUS_LABELS, &values));
+            for (st, reason) in s.conditions.iter() {
+                conditions.push(one(
+                    &CONDITION_LABELS,
+                    &[&*driver, &namespace, &pvc, reason, st],
+                ));
+            }
+        }
         let mut out = vec![gauge_family(VOLUME_STATUS_NAME, VOLUME_STATUS_HELP, status)];
         // Prometheus' text format has no empty families; leave it out until a condition exists.
         if !conditions.is_empty() {
@@ -154,7 +166,7 @@ impl Collector for VolumeStatusCollector {
 
 pub struct Metrics {
     registry: Registry,
-    driver: RwLock<Arc<str>>,
+    driver: Arc<RwLock<Arc<str>>>,
     csi_ops: HistogramVec,
     probe_total: CounterVec,
     probe_duration: HistogramVec,
@@ -168,6 +180,7 @@ pub struct Metrics {
     status_writes_dropped: CounterVec,
     unknown_conditions: CounterVec,
     volumes: VolumeMap,
+    claims: Arc<RwLock<Option<ClaimLookup>>>,
     events_dropped: Arc<OnceLock<DroppedEvents>>,
 }
 
@@ -257,7 +270,9 @@ impl Metrics {
             &["driver_name", "method_name", "grpc_status_code"],
         )
         .unwrap_or_else(unreachable_metric);
-        let volumes: VolumeMap = Arc::new(Mutex::new(HashMap::new()));
+        let volumes: VolumeMap = Arc::new(Mutex::new(Records::new()));
+        let claims: Arc<RwLock<Option<ClaimLookup>>> = Arc::new(RwLock::new(None));
+        let driver: Arc<RwLock<Arc<str>>> = Arc::new(RwLock::new(Arc::from(UNKNOWN_DRIVER)));
         let events_dropped: Arc<OnceLock<DroppedEvents>> = Arc::new(OnceLock::new());
         let desc = |name: &str, help: &str, labels: &[&str]| {
             Desc::new(
@@ -278,6 +293,8 @@ impl Metrics {
                 desc(CONDITION_NAME, CONDITION_HELP, &CONDITION_LABELS),
             ],
             volumes: volumes.clone(),
+            driver: driver.clone(),
+            claims: claims.clone(),
         };
         let status_writes = CounterVec::new(
             Opts::new(
@@ -378,7 +395,7 @@ impl Metrics {
         }
         Metrics {
             registry,
-            driver: RwLock::new(Arc::from(UNKNOWN_DRIVER)),
+            driver,
             csi_ops,
             probe_total,
             probe_duration,
@@ -390,6 +407,7 @@ impl Metrics {
             status_writes_dropped,
             unknown_conditions,
             volumes,
+            claims,
             events_dropped,
         }
     }
@@ -414,38 +432,26 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Makes `status` the one series of `pv`, removing the series of its previous status (or of
-    /// a previous claim, should the PV have been re-bound).
-    pub fn set_volume_status(&self, namespace: &str, pvc: &str, pv: &str, status: VolumeStatus) {
-        let driver = self.driver();
+    /// Where the volume series find their claims at scrape time: the PV store of the monitor
+    /// that sets their statuses.
+    pub fn label_volumes(&self, claims: ClaimLookup) {
+        *crate::sync::write(&self.claims) = Some(claims);
+    }
+
+    /// Makes `status` the one series of `pv`, replacing the series of its previous status.
+    /// Its claim labels are the PV's claim at scrape time.
+    pub fn set_volume_status(&self, pv: &Arc<str>, status: VolumeStatus) {
         let mut volumes = crate::sync::lock(&self.volumes);
-        match volumes.get_mut(pv) {
-            Some(s) => {
-                if *s.driver != *driver || s.namespace != namespace || s.pvc != pvc {
-                    *s = VolumeSeries {
-                        driver,
-                        namespace: namespace.to_string(),
-                        pvc: pvc.to_string(),
-                        status,
-                        conditions: Vec::new(),
-                    };
-                } else {
-                    s.status = status;
-                }
-            }
-            None => {
-                volumes.insert(
-                    pv.to_string(),
-                    VolumeSeries {
-                        driver,
-                        namespace: namespace.to_string(),
-                        pvc: pvc.to_string(),
-                        status,
-                        conditions: Vec::new(),
-                    },
-                );
-            }
-        }
+        let conditions = match volumes.get(pv) {
+            Some(s) if s.status == status && Arc::ptr_eq(&s.pv, pv) => return,
+            Some(s) => s.conditions.clone(),
+            None => Box::default(),
+        };
+        volumes.insert(VolumeSeries {
+            pv: pv.clone(),
+            status,
+            conditions,
+        });
     }
 
     /// The `csi_controller_volume_health_status` series of `pv` (after [`set_volume_status`]):
@@ -454,8 +460,13 @@ impl Metrics {
     /// [`set_volume_status`]: Metrics::set_volume_status
     pub fn set_volume_conditions(&self, pv: &str, conditions: Vec<(String, String)>) {
         let mut volumes = crate::sync::lock(&self.volumes);
-        if let Some(s) = volumes.get_mut(pv) {
-            s.conditions = conditions;
+        if let Some(s) = volumes.get(pv) {
+            let mut s = s.clone();
+            s.conditions = conditions
+                .into_iter()
+                .map(|(st, r)| (st.into_boxed_str(), r.into_boxed_str()))
+                .collect();
+            volumes.insert(s);
         }
     }
 
@@ -496,7 +507,7 @@ impl Metrics {
     /// Keeps the series of the PVs `keep` accepts and drops the rest (deleted, or no longer
     /// ours), so a volume's series disappears with its PV.
     pub fn retain_volumes(&self, keep: impl Fn(&str) -> bool) {
-        crate::sync::lock(&self.volumes).retain(|pv, _| keep(pv));
+        crate::sync::lock(&self.volumes).retain(|s| keep(&s.pv));
     }
 
     /// One health check: `method` is a listing (`ListVolumes`, `ControllerListVolumeHealth`:
@@ -595,6 +606,30 @@ pub fn start_time_from_proc(self_stat: &str, proc_stat: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The PV store's side of the volume series: claims by PV.
+    #[derive(Clone, Default)]
+    struct Claims(Arc<Mutex<HashMap<String, (String, String)>>>);
+
+    impl Claims {
+        fn of(m: &Metrics) -> Claims {
+            let c = Claims::default();
+            let map = c.0.clone();
+            m.label_volumes(Box::new(move |pv| map.lock().unwrap().get(pv).cloned()));
+            c
+        }
+    }
+
+    impl Claims {
+        /// `status` for `pv`, bound to `namespace/pvc`.
+        fn set(&self, m: &Metrics, namespace: &str, pvc: &str, pv: &str, status: VolumeStatus) {
+            self.0
+                .lock()
+                .unwrap()
+                .insert(pv.into(), (namespace.into(), pvc.into()));
+            m.set_volume_status(&Arc::from(pv), status);
+        }
+    }
 
     /// One sample line of the text format: name, labels in output order, value.
     #[derive(Debug, Clone, PartialEq)]
@@ -758,6 +793,7 @@ mod tests {
     #[test]
     fn health_mode_series() {
         let m = Metrics::with_start_time(0.0);
+        let claims = Claims::of(&m);
         m.set_driver_name("d");
         m.start_status_writes();
         let samples = parse_samples(&m.encode());
@@ -771,7 +807,7 @@ mod tests {
         );
         m.observe_status_write("dropped");
         m.observe_unknown_condition(9);
-        m.set_volume_status("ns", "claim-a", "pv-a", VolumeStatus::Abnormal);
+        claims.set(&m, "ns", "claim-a", "pv-a", VolumeStatus::Abnormal);
         m.set_volume_conditions(
             "pv-a",
             vec![
@@ -837,10 +873,11 @@ mod tests {
     #[test]
     fn volume_status_keeps_one_series_per_pv_and_disappears_with_it() {
         let m = Metrics::with_start_time(0.0);
+        let claims = Claims::of(&m);
         m.set_driver_name("d");
-        m.set_volume_status("ns", "claim-a", "pv-a", VolumeStatus::Normal);
-        m.set_volume_status("ns", "claim-b", "pv-b", VolumeStatus::Abnormal);
-        m.set_volume_status("ns", "claim-a", "pv-a", VolumeStatus::NotFound);
+        claims.set(&m, "ns", "claim-a", "pv-a", VolumeStatus::Normal);
+        claims.set(&m, "ns", "claim-b", "pv-b", VolumeStatus::Abnormal);
+        claims.set(&m, "ns", "claim-a", "pv-a", VolumeStatus::NotFound);
         let text = m.encode();
         assert!(text.contains("# TYPE csi_volume_health_status gauge\n"));
         let samples = parse_samples(&text);
@@ -876,8 +913,9 @@ mod tests {
     #[test]
     fn rebinding_a_pv_moves_its_series() {
         let m = Metrics::with_start_time(0.0);
-        m.set_volume_status("ns1", "c1", "pv", VolumeStatus::Normal);
-        m.set_volume_status("ns2", "c2", "pv", VolumeStatus::Normal);
+        let claims = Claims::of(&m);
+        claims.set(&m, "ns1", "c1", "pv", VolumeStatus::Normal);
+        claims.set(&m, "ns2", "c2", "pv", VolumeStatus::Normal);
         let samples = parse_samples(&m.encode());
         let st = series(&samples, "csi_volume_health_status");
         assert_eq!(st.len(), 1);

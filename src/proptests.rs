@@ -8,7 +8,7 @@
 //! decoder runs on it: each property asserts that its objects decode. Shapeless JSON, which the
 //! decoder refuses before any record code runs, is covered on the side.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proptest::prelude::*;
@@ -25,7 +25,7 @@ use crate::logging::{format_json, split_message_kvs, LineParts};
 use crate::monitor::decide::{self, checkable};
 use crate::monitor::nodes::{affected_claims, NodeRecord, NodeTracker, PodRecord, ReadyState};
 use crate::timeutil::{parse_rfc3339, rfc3339, rfc3339_micros};
-use crate::watch::{PvRecord, PvWire, PvcRecord, PvcWire, Resource};
+use crate::watch::{PvPhase, PvRecord, PvWire, PvcRecord, PvcWire, Records, Resource};
 
 /// The CSI driver the generated PVs may belong to.
 const DRIVER: &str = "d";
@@ -458,12 +458,32 @@ proptest! {
         prop_assert_eq!(rec.is_some(), ours, "{}", obj);
         prop_assert_eq!(PvRecord::from_object(&obj, DRIVER), rec.clone());
         let Some(pv) = rec else { return Ok(()) };
-        prop_assert_eq!(Some(pv.name.as_str()), obj["metadata"]["name"].as_str());
-        prop_assert_eq!(pv.deleting, obj["metadata"].get("deletionTimestamp").is_some());
+        // Issue #23: the compact record keeps every field the monitor reads, exactly.
+        prop_assert_eq!(Some(pv.name()), obj["metadata"]["name"].as_str());
+        prop_assert_eq!(Some(pv.volume_handle()), obj["spec"]["csi"]["volumeHandle"].as_str());
+        prop_assert_eq!(pv.deleting(), obj["metadata"].get("deletionTimestamp").is_some());
+        prop_assert_eq!(
+            pv.phase(),
+            PvPhase::parse(obj["status"]["phase"].as_str().unwrap_or_default())
+        );
+        let claim = &obj["spec"]["claimRef"];
+        match claim["name"].as_str().filter(|n| !n.is_empty()) {
+            Some(name) => {
+                let c = pv.claim();
+                prop_assert!(c.is_some(), "{}", obj);
+                let c = c.unwrap();
+                prop_assert_eq!(c.name, name);
+                prop_assert_eq!(c.namespace, claim["namespace"].as_str().unwrap_or_default());
+                let uid = claim["uid"].as_str().unwrap_or_default();
+                prop_assert_eq!(c.uid.to_string(), uid);
+                prop_assert!(c.uid.is(uid));
+            }
+            None => prop_assert!(pv.claim().is_none()),
+        }
         let _ = checkable(&pv);
         // The handle reaches the API in the missing volume's condition message.
-        let message = decide::missing_message(&pv.volume_handle, DRIVER);
-        prop_assert!(message.contains(&pv.volume_handle));
+        let message = decide::missing_message(pv.volume_handle(), DRIVER);
+        prop_assert!(message.contains(pv.volume_handle()));
         let mut all = conds;
         all.push(Condition::typed(2, decide::REASON_NOT_FOUND, message));
         let (mapped, _) = health::to_pvc(&all);
@@ -486,12 +506,28 @@ proptest! {
         prop_assert!(rec.is_some(), "{}", obj);
         let pvc = rec.unwrap();
         prop_assert_eq!(PvcRecord::from_object(&obj), Some(pvc.clone()));
-        prop_assert_eq!(Some(pvc.name.as_str()), obj["metadata"]["name"].as_str());
-        prop_assert_eq!(Some(pvc.namespace.as_str()), obj["metadata"]["namespace"].as_str());
-        let sent = obj["status"]["healthStatus"]["healthConditions"].as_array().map_or(0, Vec::len);
-        prop_assert_eq!(pvc.health.as_ref().map_or(0, |h| h.conditions.len()), sent);
+        // Issue #23: the compact record keeps every field the monitor reads, exactly.
+        prop_assert_eq!(Some(pvc.name()), obj["metadata"]["name"].as_str());
+        prop_assert_eq!(Some(pvc.namespace()), obj["metadata"]["namespace"].as_str());
+        prop_assert_eq!(pvc.key(), format!("{}/{}", pvc.namespace(), pvc.name()));
+        let meta = &obj["metadata"];
+        prop_assert_eq!(pvc.uid().to_string(), meta["uid"].as_str().unwrap_or_default());
+        prop_assert_eq!(
+            pvc.resource_version().to_string(),
+            meta["resourceVersion"].as_str().unwrap_or_default()
+        );
+        prop_assert_eq!(pvc.volume_name(), obj["spec"]["volumeName"].as_str().unwrap_or_default());
+        let sent = obj["status"]["healthStatus"]["healthConditions"].as_array();
+        prop_assert_eq!(pvc.health().map_or(0, |h| h.conditions.len()), sent.map_or(0, Vec::len));
+        if let (Some(h), Some(sent)) = (pvc.health(), sent) {
+            for (got, want) in h.conditions.iter().zip(sent) {
+                prop_assert_eq!(Some(got.status.as_str()), want["status"].as_str());
+                prop_assert_eq!(Some(got.reason.as_str()), want["reason"].as_str());
+                prop_assert_eq!(Some(got.message.as_str()), want["message"].as_str());
+            }
+        }
         let (desired, _) = health::to_pvc(&conds);
-        if let Some(Some(h)) = health::status_write(pvc.health.as_deref(), &desired, &now) {
+        if let Some(Some(h)) = health::status_write(pvc.health(), &desired, &now) {
             prop_assert_eq!(&h.conditions, &desired);
         }
         let message = health::event_message(&conds, &desired);
@@ -499,7 +535,7 @@ proptest! {
         let now = SystemTime::now();
         let event = Event::new("c", &object, EventType::Warning, decide::REASON_ABNORMAL, &message, now);
         let body = serde_json::to_value(event.create_body()).unwrap();
-        prop_assert_eq!(body["involvedObject"]["name"].as_str(), Some(pvc.name.as_str()));
+        prop_assert_eq!(body["involvedObject"]["name"].as_str(), Some(pvc.name()));
         let _ = (event.event_key(), event.spam_key(), event.aggregate_key(), event.patch_body());
     }
 
@@ -510,7 +546,7 @@ proptest! {
         objs in prop::collection::vec(node_object(), 1..4),
         later in 0u64..1_000_000,
     ) {
-        let mut nodes = HashMap::new();
+        let mut nodes = Records::new();
         for obj in &objs {
             let rec = decode_as::<NodeRecord>(obj)?;
             prop_assert!(rec.is_some(), "{}", obj);
@@ -524,7 +560,7 @@ proptest! {
                 Some(_) => ReadyState::Unknown,
             };
             prop_assert_eq!(node.ready, want, "{}", obj);
-            nodes.insert(node.name.clone(), node);
+            nodes.insert(node);
         }
         let mut tracker = NodeTracker::new();
         let now = SystemTime::now();
@@ -535,7 +571,7 @@ proptest! {
         }
         let _ = tracker.tick(now + Duration::from_secs(later), &nodes, timeout);
         let _ = tracker.next_deadline(timeout);
-        let _ = tracker.tick(now, &HashMap::new(), timeout);
+        let _ = tracker.tick(now, &Records::new(), timeout);
     }
 
     /// Pods: every one decodes; the record exists exactly when a volume names a claim, and
@@ -557,12 +593,10 @@ proptest! {
         let got: Vec<String> = rec.claims.iter().map(|c| c.to_string()).collect();
         prop_assert_eq!(got, want);
         let key = format!("{}/{pod_name}", obj["metadata"]["namespace"].as_str().unwrap_or_default());
+        prop_assert_eq!(&*rec.key, key.as_str());
         let node = rec.node_name.to_string();
-        let pods = HashMap::from([(key, rec)]);
-        let pvs: HashMap<String, PvRecord> = PvRecord::from_object(&pv, DRIVER)
-            .map(|p| (p.name.clone(), p))
-            .into_iter()
-            .collect();
+        let pods: Records<PodRecord> = [rec].into_iter().collect();
+        let pvs: Records<PvRecord> = PvRecord::from_object(&pv, DRIVER).into_iter().collect();
         let _ = affected_claims(&node, &pods, &pvs);
     }
 

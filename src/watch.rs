@@ -8,20 +8,18 @@
 //! Stores keep only what the controller needs: this driver's PVs as `PvRecord`s, and the
 //! name/namespace/uid/resourceVersion of PVCs bound to those PVs.
 
-use crate::health::{PvcCondition, PvcHealth};
 use crate::kube::object::{self, Object};
-use crate::kube::{Client, Error, ObjectMeta, Pager, WatchEvent};
+#[cfg(test)]
+use crate::kube::ObjectMeta;
+use crate::kube::{Client, Error, Pager, WatchEvent};
 use crate::shutdown::Shutdown;
 use crate::timeutil;
-use crossbeam_channel::{Receiver, Sender};
 use serde::de::DeserializeOwned;
+#[cfg(test)]
 use serde::Deserialize;
 use serde_json::value::RawValue;
 #[cfg(test)]
 use serde_json::Value;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -38,228 +36,17 @@ pub const BACKOFF_RESET: Duration = Duration::from_secs(120);
 /// A watch that ends this fast without any event counts as a failure, so a server that closes
 /// every watch at once does not make us spin.
 const QUICK_WATCH: Duration = Duration::from_secs(1);
+/// The most records a list's `remainingItemCount` reserves room for at once: a server that
+/// claims billions must not make us allocate for them (more still fit, by growing).
+const MAX_RESERVE: usize = 10_000_000;
 
-// ---------------------------------------------------------------------------------------------
-// Records, and their wire forms: only the fields a record keeps are decoded, everything else in
-// the object is skipped by the parser without being stored.
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct ClaimRef {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-}
-
-/// What the monitor needs of one PV of our driver.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PvRecord {
-    pub name: String,
-    pub uid: String,
-    pub volume_handle: String,
-    pub phase: String,
-    pub claim: Option<ClaimRef>,
-    /// `metadata.deletionTimestamp` is set.
-    pub deleting: bool,
-}
-
-/// A PersistentVolume as decoded: metadata, `spec.csi`, `spec.claimRef`, `status.phase`.
-#[derive(Debug, Default, Deserialize)]
-pub struct PvWire {
-    #[serde(default)]
-    metadata: Option<ObjectMeta>,
-    #[serde(default)]
-    spec: Option<PvSpecWire>,
-    #[serde(default)]
-    status: Option<PhaseWire>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PvSpecWire {
-    csi: Option<CsiWire>,
-    claim_ref: Option<ClaimRefWire>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CsiWire {
-    driver: Option<String>,
-    volume_handle: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ClaimRefWire {
-    namespace: Option<String>,
-    name: Option<String>,
-    uid: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct PhaseWire {
-    phase: Option<String>,
-}
-
-impl Object for PvWire {
-    fn meta(&self) -> &ObjectMeta {
-        object::meta_or_empty(&self.metadata)
-    }
-}
-
-impl PvRecord {
-    /// Bound (upstream checks `status.phase == Bound`) and pointing at a claim.
-    pub fn is_bound(&self) -> bool {
-        self.phase == "Bound" && self.claim.is_some()
-    }
-
-    /// `None` unless this is a CSI PV of `driver` with a name and a volume handle.
-    pub fn from_wire(w: PvWire, driver: &str) -> Option<PvRecord> {
-        let spec = w.spec?;
-        let csi = spec.csi?;
-        if csi.driver.as_deref() != Some(driver) {
-            return None;
-        }
-        let meta = w.metadata.unwrap_or_default();
-        let name = meta.name.filter(|n| !n.is_empty())?;
-        let volume_handle = csi.volume_handle.filter(|h| !h.is_empty())?;
-        let claim = spec.claim_ref.and_then(|c| {
-            Some(ClaimRef {
-                name: c.name.filter(|n| !n.is_empty())?,
-                namespace: c.namespace.unwrap_or_default(),
-                uid: c.uid.unwrap_or_default(),
-            })
-        });
-        Some(PvRecord {
-            name,
-            uid: meta.uid.unwrap_or_default(),
-            volume_handle,
-            phase: w.status.and_then(|s| s.phase).unwrap_or_default(),
-            claim,
-            deleting: meta.deletion_timestamp.is_some(),
-        })
-    }
-
-    /// From a tree (tests only: production decodes the wire struct straight from the response);
-    /// a malformed object is `None`.
-    #[cfg(test)]
-    pub fn from_object(obj: &Value, driver: &str) -> Option<PvRecord> {
-        PvWire::deserialize(obj)
-            .ok()
-            .and_then(|w| PvRecord::from_wire(w, driver))
-    }
-}
-
-/// What an Event about a PVC needs (the involved object) and what ties it to its PV.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PvcRecord {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-    pub resource_version: String,
-    pub volume_name: String,
-    /// `status.healthStatus` (Kubernetes 1.37, gate `CSIVolumeHealth`): the baseline the
-    /// health modes compare against, so a restart or a new leader rewrites nothing unchanged.
-    pub health: Option<Box<PvcHealth>>,
-}
-
-/// A PersistentVolumeClaim as decoded: metadata, `spec.volumeName`, `status.healthStatus`.
-#[derive(Debug, Default, Deserialize)]
-pub struct PvcWire {
-    #[serde(default)]
-    metadata: Option<ObjectMeta>,
-    #[serde(default)]
-    spec: Option<PvcSpecWire>,
-    #[serde(default)]
-    status: Option<PvcStatusWire>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PvcSpecWire {
-    volume_name: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PvcStatusWire {
-    health_status: Option<HealthStatusWire>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct HealthStatusWire {
-    health_conditions: Option<Vec<HealthConditionWire>>,
-    last_transition_time: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct HealthConditionWire {
-    status: Option<String>,
-    reason: Option<String>,
-    message: Option<String>,
-}
-
-impl Object for PvcWire {
-    fn meta(&self) -> &ObjectMeta {
-        object::meta_or_empty(&self.metadata)
-    }
-}
-
-/// `status.healthStatus` as the API serves it; `None` when absent, null or without conditions.
-fn pvc_health(h: HealthStatusWire) -> Option<PvcHealth> {
-    let conditions: Vec<PvcCondition> = h
-        .health_conditions?
-        .into_iter()
-        .map(|c| PvcCondition {
-            status: c.status.unwrap_or_default(),
-            reason: c.reason.unwrap_or_default(),
-            message: c.message.unwrap_or_default(),
-        })
-        .collect();
-    if conditions.is_empty() {
-        return None;
-    }
-    Some(PvcHealth {
-        conditions,
-        last_transition_time: h.last_transition_time.unwrap_or_default(),
-    })
-}
-
-impl PvcRecord {
-    /// `None` without a name or namespace.
-    pub fn from_wire(w: PvcWire) -> Option<PvcRecord> {
-        let meta = w.metadata?;
-        Some(PvcRecord {
-            name: meta.name.filter(|n| !n.is_empty())?,
-            namespace: meta.namespace.filter(|n| !n.is_empty())?,
-            uid: meta.uid.unwrap_or_default(),
-            resource_version: meta.resource_version.unwrap_or_default(),
-            volume_name: w.spec.and_then(|s| s.volume_name).unwrap_or_default(),
-            health: w
-                .status
-                .and_then(|s| s.health_status)
-                .and_then(pvc_health)
-                .map(Box::new),
-        })
-    }
-
-    /// From a tree (tests only: production decodes the wire struct straight from the response);
-    /// a malformed object is `None`.
-    #[cfg(test)]
-    pub fn from_object(obj: &Value) -> Option<PvcRecord> {
-        PvcWire::deserialize(obj)
-            .ok()
-            .and_then(PvcRecord::from_wire)
-    }
-
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-}
+pub use crate::records::{Claim, PvPhase, PvRecord, PvWire, PvcRecord, PvcWire, Token};
+pub use crate::store::{Change, Keyed, Records, Store};
 
 /// A type a generic reflector can cache. Store keys follow the object's metadata: `name` for
 /// cluster-scoped objects, `namespace/name` for namespaced ones (the reflector removes an object
 /// that stops qualifying by that key).
-pub trait Resource: Sized + Clone + Send + Sync + 'static {
+pub trait Resource: Keyed + Sized + Clone + Send + Sync + 'static {
     /// What is decoded of each object: only the fields the record needs.
     type Wire: DeserializeOwned + Object;
     /// The object kind, for the log line about a malformed object.
@@ -275,238 +62,7 @@ pub fn object_key(obj: &Value) -> Option<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Store
-
-/// A change delivered to `Store::subscribe` receivers.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Change<T> {
-    Applied {
-        key: String,
-        old: Option<T>,
-        new: T,
-    },
-    Deleted {
-        key: String,
-        old: T,
-    },
-    /// A relist completed; every surviving object was sent as `Applied` just before.
-    Resynced,
-}
-
-struct StoreInner<T> {
-    map: RwLock<Arc<HashMap<String, T>>>,
-    /// Bumped on every change, so readers can skip work when nothing changed.
-    generation: AtomicU64,
-    synced: AtomicBool,
-    /// Dropped (disconnecting `synced_rx`) at the first successful list.
-    synced_tx: Mutex<Option<Sender<()>>>,
-    synced_rx: Receiver<()>,
-    subscribers: Mutex<Vec<Sender<Change<T>>>>,
-}
-
-/// A cache with one writer (its reflector) and cheap readers. Readers get the current map as an
-/// `Arc` snapshot (O(1)); the writer copies the map only when it changes it while a snapshot is
-/// held (`Arc::make_mut`), so a long-lived snapshot never blocks the writer.
-pub struct Store<T> {
-    inner: Arc<StoreInner<T>>,
-}
-
-impl<T> Clone for Store<T> {
-    fn clone(&self) -> Self {
-        Store {
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-impl<T: Clone> Default for Store<T> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<T: Clone> Store<T> {
-    /// An empty, unsynced store (reflectors make their own; public for tests elsewhere).
-    pub fn new() -> Store<T> {
-        let (tx, rx) = crossbeam_channel::bounded(0);
-        Store {
-            inner: Arc::new(StoreInner {
-                map: RwLock::new(Arc::new(HashMap::new())),
-                generation: AtomicU64::new(0),
-                synced: AtomicBool::new(false),
-                synced_tx: Mutex::new(Some(tx)),
-                synced_rx: rx,
-                subscribers: Mutex::new(Vec::new()),
-            }),
-        }
-    }
-
-    pub fn snapshot(&self) -> Arc<HashMap<String, T>> {
-        crate::sync::read(&self.inner.map).clone()
-    }
-
-    pub fn get(&self, key: &str) -> Option<T> {
-        crate::sync::read(&self.inner.map).get(key).cloned()
-    }
-
-    /// Whether `key` is cached, without cloning its record.
-    pub fn contains_key(&self, key: &str) -> bool {
-        crate::sync::read(&self.inner.map).contains_key(key)
-    }
-
-    pub fn len(&self) -> usize {
-        crate::sync::read(&self.inner.map).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Changes with every insert, replace or removal (a relist counts as one change).
-    pub fn generation(&self) -> u64 {
-        self.inner.generation.load(Ordering::SeqCst)
-    }
-
-    fn changed(&self) {
-        self.inner.generation.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// True once the first complete list has been stored.
-    pub fn is_synced(&self) -> bool {
-        self.inner.synced.load(Ordering::SeqCst)
-    }
-
-    /// Block until synced (true), `timeout` passes or shutdown is triggered (false unless
-    /// synced meanwhile). Woken by channel disconnection, not by polling.
-    pub fn wait_synced(&self, timeout: Duration, shutdown: &Shutdown) -> bool {
-        if self.is_synced() {
-            return true;
-        }
-        let stop = shutdown.receiver();
-        crossbeam_channel::select! {
-            recv(self.inner.synced_rx) -> _ => {}
-            recv(stop) -> _ => {}
-            default(timeout) => {}
-        }
-        self.is_synced()
-    }
-
-    /// Changes from now on. Unbounded: a receiver that is not drained keeps growing, so drop it
-    /// when done (the store then forgets it).
-    pub fn subscribe(&self) -> Receiver<Change<T>> {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        crate::sync::lock(&self.inner.subscribers).push(tx);
-        rx
-    }
-
-    fn has_subscribers(&self) -> bool {
-        !crate::sync::lock(&self.inner.subscribers).is_empty()
-    }
-
-    fn notify(&self, changes: Vec<Change<T>>) {
-        if changes.is_empty() {
-            return;
-        }
-        let mut subs = crate::sync::lock(&self.inner.subscribers);
-        subs.retain(|tx| changes.iter().all(|c| tx.send(c.clone()).is_ok()));
-    }
-
-    /// Insert or replace one object. Writers: the reflector (and tests that fill a store
-    /// directly, as Go tests fill informer stores).
-    pub fn apply(&self, key: String, rec: T) {
-        let old = {
-            let mut m = crate::sync::write(&self.inner.map);
-            Arc::make_mut(&mut m).insert(key.clone(), rec.clone())
-        };
-        self.changed();
-        if self.has_subscribers() {
-            self.notify(vec![Change::Applied { key, old, new: rec }]);
-        }
-    }
-
-    /// Replace `key`'s record with `rec` only when it is cached and `still` holds for it,
-    /// atomically with the reflector's writes.
-    pub fn replace_if(&self, key: String, rec: T, still: impl FnOnce(&T) -> bool) -> bool {
-        let old = {
-            let mut m = crate::sync::write(&self.inner.map);
-            match m.get(&key) {
-                Some(current) if still(current) => {}
-                _ => return false,
-            }
-            Arc::make_mut(&mut m).insert(key.clone(), rec.clone())
-        };
-        self.changed();
-        if self.has_subscribers() {
-            self.notify(vec![Change::Applied { key, old, new: rec }]);
-        }
-        true
-    }
-
-    /// Insert only when absent (a GET fallback must not overwrite a newer watch update).
-    pub fn insert_if_absent(&self, key: String, rec: T) -> bool {
-        {
-            let mut m = crate::sync::write(&self.inner.map);
-            if m.contains_key(&key) {
-                return false;
-            }
-            Arc::make_mut(&mut m).insert(key.clone(), rec.clone());
-        }
-        self.changed();
-        if self.has_subscribers() {
-            self.notify(vec![Change::Applied {
-                key,
-                old: None,
-                new: rec,
-            }]);
-        }
-        true
-    }
-
-    pub fn remove(&self, key: &str) {
-        let old = {
-            let mut m = crate::sync::write(&self.inner.map);
-            if !m.contains_key(key) {
-                return;
-            }
-            Arc::make_mut(&mut m).remove(key)
-        };
-        self.changed();
-        if let Some(old) = old {
-            if self.has_subscribers() {
-                self.notify(vec![Change::Deleted {
-                    key: key.to_string(),
-                    old,
-                }]);
-            }
-        }
-    }
-
-    /// Swap in the result of a complete list and mark the store synced.
-    pub fn replace(&self, new: HashMap<String, T>) {
-        let new = Arc::new(new);
-        let old = std::mem::replace(&mut *crate::sync::write(&self.inner.map), new.clone());
-        self.changed();
-        self.inner.synced.store(true, Ordering::SeqCst);
-        crate::sync::lock(&self.inner.synced_tx).take();
-        if self.has_subscribers() {
-            let mut changes: Vec<Change<T>> = old
-                .iter()
-                .filter(|(k, _)| !new.contains_key(*k))
-                .map(|(k, v)| Change::Deleted {
-                    key: k.clone(),
-                    old: v.clone(),
-                })
-                .collect();
-            changes.extend(new.iter().map(|(k, v)| Change::Applied {
-                key: k.clone(),
-                old: old.get(k).cloned(),
-                new: v.clone(),
-            }));
-            changes.push(Change::Resynced);
-            self.notify(changes);
-        }
-    }
-}
+// The volume stores
 
 pub type PvStore = Store<PvRecord>;
 
@@ -525,8 +81,9 @@ impl PvcStore {
         }
     }
 
+    /// Looked up without building `namespace/name`.
     pub fn get(&self, namespace: &str, name: &str) -> Option<PvcRecord> {
-        self.store.get(&format!("{namespace}/{name}"))
+        self.store.get_parts(&[namespace, "/", name])
     }
 
     /// From the cache, else a GET (a PVC event may have been filtered out because it arrived
@@ -553,8 +110,8 @@ impl PvcStore {
                 message: "PVC without name or namespace".into(),
             });
         };
-        if !rec.volume_name.is_empty() && self.pvs.contains_key(&rec.volume_name) {
-            self.store.insert_if_absent(rec.key(), rec.clone());
+        if !rec.volume_name().is_empty() && self.pvs.contains_key(rec.volume_name()) {
+            self.store.insert_if_absent(rec.clone());
         }
         Ok(Some(rec))
     }
@@ -569,8 +126,8 @@ impl PvcStore {
     /// the reflector applied meanwhile is never replaced by an older answer (the watch brings
     /// the write's own change anyway). True when replaced.
     pub fn record_write(&self, before: &PvcRecord, answer: PvcRecord) -> bool {
-        self.store.replace_if(before.key(), answer, |cached| {
-            cached.resource_version == before.resource_version
+        self.store.replace_if(answer, |cached| {
+            cached.key() == before.key() && cached.resource_version() == before.resource_version()
         })
     }
 
@@ -779,7 +336,7 @@ struct Reflector<T> {
     shutdown: Shutdown,
 }
 
-impl<T: Clone + Send + Sync + 'static> Reflector<T> {
+impl<T: Keyed + Clone + Send + Sync + 'static> Reflector<T> {
     fn query(&self) -> Vec<(&str, &str)> {
         self.query
             .iter()
@@ -815,15 +372,14 @@ impl<T: Clone + Send + Sync + 'static> Reflector<T> {
 
     /// All pages, each item decoded into its record as the page streams in.
     fn list(&self) -> Outcome {
-        let mut map = HashMap::new();
+        let mut map = Records::new();
         let mut pager = Pager::new(&self.client, &self.list_path, &self.query(), PAGE_SIZE);
         loop {
             let path = pager.next_path();
             let continuing = pager.continuing();
             let mut keep = |raw: &RawValue| {
-                let d = (self.decode)(raw);
-                if let (Some(k), Verdict::Keep(r)) = (d.key, d.record) {
-                    map.insert(k, r);
+                if let Verdict::Keep(r) = (self.decode)(raw).record {
+                    map.insert(r);
                 }
             };
             let meta = match pager.next_page(&mut keep) {
@@ -848,6 +404,13 @@ impl<T: Clone + Send + Sync + 'static> Reflector<T> {
                     };
                 }
             };
+            if !continuing {
+                // Sized once, from the first page's count of what is left: the store does
+                // not double (and copy itself) while the rest of the list comes in.
+                if let Some(n) = meta.remaining_item_count {
+                    map.reserve(usize::try_from(n).unwrap_or(0).min(MAX_RESERVE));
+                }
+            }
             if meta.continue_token.is_empty() {
                 let rv = meta.resource_version;
                 if rv.is_empty() {
@@ -917,7 +480,7 @@ impl<T: Clone + Send + Sync + 'static> Reflector<T> {
                     let d = (self.decode)(&o);
                     bump(&mut last, d.resource_version);
                     match (d.key, d.record) {
-                        (Some(k), Verdict::Keep(r)) => self.store.apply(k, r),
+                        (_, Verdict::Keep(r)) => self.store.apply(r),
                         (Some(k), Verdict::Drop) => self.store.remove(&k),
                         _ => {}
                     }
@@ -976,7 +539,7 @@ fn bump(last: &mut String, rv: String) {
     }
 }
 
-fn spawn_with<T: Clone + Send + Sync + 'static>(
+fn spawn_with<T: Keyed + Clone + Send + Sync + 'static>(
     r: Reflector<T>,
     wait_for: Option<PvStore>,
 ) -> std::io::Result<JoinHandle<()>> {
@@ -1085,7 +648,7 @@ pub fn spawn_pvc_reflector(
         "PersistentVolumeClaim",
         move |w: PvcWire| {
             let r = PvcRecord::from_wire(w)?;
-            if r.volume_name.is_empty() || !filter.contains_key(&r.volume_name) {
+            if r.volume_name().is_empty() || !filter.contains_key(r.volume_name()) {
                 return None;
             }
             Some(r)
@@ -1119,74 +682,6 @@ mod tests {
         })
     }
 
-    #[test]
-    fn pv_record_from_object() {
-        let ours = PvRecord::from_object(&pv("a", "d", "Bound", "1"), "d").unwrap();
-        assert_eq!(
-            ours,
-            PvRecord {
-                name: "a".into(),
-                uid: "uid-a".into(),
-                volume_handle: "h-a".into(),
-                phase: "Bound".into(),
-                claim: Some(ClaimRef {
-                    namespace: "ns".into(),
-                    name: "c-a".into(),
-                    uid: "cu".into()
-                }),
-                deleting: false,
-            }
-        );
-        assert!(ours.is_bound());
-        let cases: Vec<(Value, Option<bool>)> = vec![
-            (pv("a", "other", "Bound", "1"), None),
-            (
-                json!({"metadata": {"name": "nfs"}, "spec": {"nfs": {}}}),
-                None,
-            ),
-            (
-                json!({"metadata": {"name": "x"}, "spec": {"csi": {"driver": "d"}}}),
-                None,
-            ),
-            (json!("garbage"), None),
-            (
-                json!({"metadata": {"name": "x"}, "spec": {"csi": {"driver": "d", "volumeHandle": "h"}}}),
-                Some(false),
-            ),
-            (pv("a", "d", "Available", "1"), Some(false)),
-            (pv("a", "d", "Released", "1"), Some(false)),
-        ];
-        for (obj, bound) in cases {
-            assert_eq!(
-                PvRecord::from_object(&obj, "d").map(|r| r.is_bound()),
-                bound,
-                "{obj}"
-            );
-        }
-        let mut deleting = pv("a", "d", "Bound", "1");
-        deleting["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-        assert!(PvRecord::from_object(&deleting, "d").unwrap().deleting);
-    }
-
-    #[test]
-    fn pvc_record_and_keys() {
-        let o = json!({"metadata": {"name": "c", "namespace": "ns", "uid": "u", "resourceVersion": "7"}, "spec": {"volumeName": "pv1"}});
-        let r = PvcRecord::from_object(&o).unwrap();
-        assert_eq!(
-            (r.key(), r.resource_version.as_str(), r.volume_name.as_str()),
-            ("ns/c".to_string(), "7", "pv1")
-        );
-        assert_eq!(object_key(&o).as_deref(), Some("ns/c"));
-        assert_eq!(
-            object_key(&json!({"metadata": {"name": "n"}})).as_deref(),
-            Some("n")
-        );
-        assert_eq!(
-            PvcRecord::from_object(&json!({"metadata": {"name": "c"}})),
-            None
-        );
-    }
-
     /// Issue #25: the cache update after a status write cannot replace a newer record.
     #[test]
     fn a_status_write_answer_never_replaces_a_newer_cached_record() {
@@ -1199,18 +694,24 @@ mod tests {
         };
         let pvcs = PvcStore::new(PvStore::new());
         let before = rec("5", true);
-        pvcs.store().apply(before.key(), before.clone());
+        pvcs.store().apply(before.clone());
         // The reflector applied rv 6 while the write (based on rv 5) was on its way.
-        pvcs.store().apply(before.key(), rec("6", true));
+        pvcs.store().apply(rec("6", true));
         assert!(!pvcs.record_write(&before, rec("7", false)));
-        assert_eq!(pvcs.get("ns", "c").unwrap().resource_version, "6");
+        assert_eq!(
+            pvcs.get("ns", "c").unwrap().resource_version().to_string(),
+            "6"
+        );
         // Based on what the cache holds: the answer goes in.
         let current = pvcs.get("ns", "c").unwrap();
         assert!(pvcs.record_write(&current, rec("8", false)));
         let cached = pvcs.get("ns", "c").unwrap();
         assert_eq!(
-            (cached.resource_version.as_str(), &cached.health),
-            ("8", &None)
+            (
+                cached.resource_version().to_string().as_str(),
+                cached.health()
+            ),
+            ("8", None)
         );
         // A PVC that left the cache is not brought back by a late answer.
         pvcs.store().remove("ns/c");
@@ -1343,92 +844,6 @@ mod tests {
                 .as_millis(),
             1600
         );
-    }
-
-    #[test]
-    fn store_generation_moves_with_every_change_and_only_then() {
-        let s: Store<u32> = Store::new();
-        let g0 = s.generation();
-        s.apply("a".into(), 1);
-        let g1 = s.generation();
-        assert_ne!(g0, g1);
-        let _ = s.snapshot();
-        let _ = s.get("a");
-        assert_eq!(s.generation(), g1, "reads change nothing");
-        assert!(!s.insert_if_absent("a".into(), 2));
-        assert_eq!(s.generation(), g1, "a refused insert changes nothing");
-        s.remove("missing");
-        assert_eq!(s.generation(), g1, "removing nothing changes nothing");
-        s.remove("a");
-        let g2 = s.generation();
-        assert_ne!(g1, g2);
-        s.replace(HashMap::new());
-        assert_ne!(s.generation(), g2);
-    }
-
-    #[test]
-    fn store_snapshots_are_isolated_and_replace_notifies() {
-        let s: Store<u32> = Store::new();
-        let rx = s.subscribe();
-        s.apply("a".into(), 1);
-        let snap = s.snapshot();
-        s.apply("b".into(), 2);
-        s.remove("a");
-        s.remove("missing");
-        assert_eq!(snap.len(), 1, "a snapshot does not see later writes");
-        assert_eq!((s.get("b"), s.get("a"), s.len()), (Some(2), None, 1));
-        assert!(!s.is_synced());
-        s.replace(HashMap::from([("c".to_string(), 3), ("b".to_string(), 4)]));
-        assert!(s.is_synced());
-        let got: Vec<Change<u32>> = rx.try_iter().collect();
-        assert_eq!(
-            got[0],
-            Change::Applied {
-                key: "a".into(),
-                old: None,
-                new: 1
-            }
-        );
-        assert_eq!(
-            got[2],
-            Change::Deleted {
-                key: "a".into(),
-                old: 1
-            }
-        );
-        assert!(got.contains(&Change::Applied {
-            key: "b".into(),
-            old: Some(2),
-            new: 4
-        }));
-        assert!(got.contains(&Change::Applied {
-            key: "c".into(),
-            old: None,
-            new: 3
-        }));
-        assert_eq!(got.last(), Some(&Change::Resynced));
-        assert!(!got
-            .iter()
-            .any(|c| matches!(c, Change::Deleted { key, .. } if key == "b")));
-    }
-
-    #[test]
-    fn wait_synced_wakes_on_sync_and_on_shutdown() {
-        let s: Store<u32> = Store::new();
-        let sd = Shutdown::new();
-        let s2 = s.clone();
-        let sd2 = sd.clone();
-        let t = std::thread::spawn(move || s2.wait_synced(Duration::from_secs(60), &sd2));
-        s.replace(HashMap::new());
-        assert!(t.join().unwrap());
-
-        let unsynced: Store<u32> = Store::new();
-        let sd3 = sd.clone();
-        let u2 = unsynced.clone();
-        let t = std::thread::spawn(move || u2.wait_synced(Duration::from_secs(60), &sd3));
-        sd.trigger();
-        assert!(!t.join().unwrap());
-        assert!(!Store::<u32>::new().wait_synced(Duration::from_millis(10), &Shutdown::new()));
     }
 
     fn list_body(items: &[Value], rv: &str, cont: &str) -> String {
@@ -1569,12 +984,16 @@ mod tests {
                 Err(e) => panic!("the watch after the malformed event was lost: {e}"),
             }
         }
-        let mut keys: Vec<String> = store.snapshot().keys().cloned().collect();
+        let mut keys: Vec<String> = store
+            .snapshot()
+            .iter()
+            .map(|r| r.name().to_string())
+            .collect();
         keys.sort();
         assert_eq!(keys, ["a", "b", "c"]);
         assert_eq!(
-            store.get("a").map(|r| r.phase),
-            Some("Bound".to_string()),
+            store.get("a").map(|r| r.phase()),
+            Some(PvPhase::Bound),
             "the malformed update left the cached record alone"
         );
         sd.trigger();
@@ -1634,7 +1053,7 @@ mod tests {
             spawn_pvc_reflector(client(&pvc_srv.addr), pvs.clone(), sd.clone()).unwrap();
         assert!(pvcs.wait_synced(Duration::from_secs(10), &sd));
         assert_eq!(
-            pvcs.get("ns", "c-a").map(|r| r.volume_name),
+            pvcs.get("ns", "c-a").map(|r| r.volume_name().to_string()),
             Some("a".to_string())
         );
         assert_eq!(pvcs.get("ns", "foreign"), None);
@@ -1650,7 +1069,7 @@ mod tests {
         ]);
         let c2 = client(&srv2.addr);
         let got = pvcs.get_or_fetch(&c2, "ns", "late").unwrap().unwrap();
-        assert_eq!(got.name, "late");
+        assert_eq!(got.name(), "late");
         assert_eq!(pvcs.get("ns", "late"), Some(got));
         assert!(pvcs.get_or_fetch(&c2, "ns", "c-a").unwrap().is_some());
         assert_eq!(pvcs.get_or_fetch(&c2, "ns", "missing").unwrap(), None);
@@ -1659,6 +1078,11 @@ mod tests {
 
     #[derive(Clone, Debug, PartialEq)]
     struct NodeName(String);
+    impl Keyed for NodeName {
+        fn key(&self) -> &str {
+            &self.0
+        }
+    }
     impl Resource for NodeName {
         type Wire = object::MetaOnly;
         const KIND: &'static str = "Node";

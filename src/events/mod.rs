@@ -119,10 +119,10 @@ impl ObjectRef {
         ObjectRef {
             kind: "PersistentVolumeClaim".into(),
             api_version: "v1".into(),
-            namespace: pvc.namespace.clone(),
-            name: pvc.name.clone(),
-            uid: pvc.uid.clone(),
-            resource_version: pvc.resource_version.clone(),
+            namespace: pvc.namespace().to_string(),
+            name: pvc.name().to_string(),
+            uid: pvc.uid().to_string(),
+            resource_version: pvc.resource_version().to_string(),
         }
     }
 }

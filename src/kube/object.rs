@@ -117,6 +117,8 @@ pub struct ListMeta {
     pub resource_version: String,
     /// Where the next page starts; empty on the last page.
     pub continue_token: String,
+    /// `remainingItemCount`: how many objects the later pages hold, when the server says.
+    pub remaining_item_count: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -125,6 +127,7 @@ struct ListMetaWire {
     resource_version: Option<String>,
     #[serde(rename = "continue")]
     continue_token: Option<String>,
+    remaining_item_count: Option<u64>,
 }
 
 /// Read one list page from `reader`, handing every element of `items` to `each` as soon as it
@@ -215,6 +218,7 @@ impl<'de> de::Visitor<'de> for PageSeed<'_> {
                     if let Some(m) = map.next_value::<Option<ListMetaWire>>()? {
                         meta.resource_version = m.resource_version.unwrap_or_default();
                         meta.continue_token = m.continue_token.unwrap_or_default();
+                        meta.remaining_item_count = m.remaining_item_count;
                     }
                 }
                 PageField::Items => {
@@ -353,7 +357,8 @@ mod tests {
             meta.unwrap(),
             ListMeta {
                 resource_version: "7".into(),
-                continue_token: "c".into()
+                continue_token: "c".into(),
+                remaining_item_count: None,
             }
         );
         assert_eq!(

@@ -6,7 +6,7 @@
 use crate::csi::Generation;
 use crate::health::{self, Condition, Mended, PvcCondition, PvcHealth};
 use crate::metrics::VolumeStatus;
-use crate::watch::PvRecord;
+use crate::watch::{PvPhase, PvRecord};
 
 pub const REASON_ABNORMAL: &str = "VolumeConditionAbnormal";
 pub const REASON_NORMAL: &str = "VolumeConditionNormal";
@@ -169,17 +169,17 @@ pub enum Skip {
 /// PVs in the store are already this driver's; check only Bound, live ones with a claim and a
 /// handle.
 pub fn checkable(pv: &PvRecord) -> Result<(), Skip> {
-    if pv.deleting {
+    if pv.deleting() {
         return Err(Skip::Deleting);
     }
     // is_bound() also requires a claim; check the claim first to say which one is missing.
-    if pv.phase == "Bound" && pv.claim.is_none() {
+    if pv.phase() == PvPhase::Bound && pv.claim().is_none() {
         return Err(Skip::NoClaim);
     }
     if !pv.is_bound() {
         return Err(Skip::NotBound);
     }
-    if pv.volume_handle.is_empty() {
+    if pv.volume_handle().is_empty() {
         return Err(Skip::EmptyHandle);
     }
     Ok(())
@@ -213,7 +213,6 @@ pub fn mass_absence(newly: usize, total: usize, max_fraction: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::watch::ClaimRef;
 
     fn cond(abnormal: bool, msg: &str) -> Finding {
         Finding::Conditions(if abnormal {
@@ -476,18 +475,14 @@ mod tests {
     }
 
     fn pv(phase: &str, deleting: bool, claim: bool, handle: &str) -> PvRecord {
-        PvRecord {
-            name: "pv".into(),
-            uid: "u".into(),
-            volume_handle: handle.into(),
-            phase: phase.into(),
-            claim: claim.then(|| ClaimRef {
-                namespace: "ns".into(),
-                name: "pvc".into(),
-                uid: "cu".into(),
-            }),
+        PvRecord::new(
+            "pv",
+            handle,
+            PvPhase::parse(phase),
+            claim.then_some(("ns", "pvc", "cu")),
             deleting,
-        }
+        )
+        .unwrap()
     }
 
     #[test]

@@ -26,6 +26,8 @@ use super::decide::{checkable, Finding};
 use super::Monitor;
 use crate::csi::{Error as CsiError, HealthSource};
 use crate::shutdown::Shutdown;
+#[cfg(test)]
+use crate::watch::PvPhase;
 use crate::watch::PvRecord;
 
 /// A volume's name as the engine keeps it: shared, so queueing and finishing a check copy no
@@ -116,9 +118,9 @@ impl Schedule {
 
     /// Bring the periodic checks in line with `names` (the checkable PVs now, sorted): new
     /// ones are spread evenly over the interval starting at `now`; vanished ones are dropped.
-    pub fn reconcile<'a>(&mut self, names: impl ExactSizeIterator<Item = &'a str>, now: Instant) {
-        let names: Vec<&str> = names.collect();
-        let wanted: HashSet<&str> = names.iter().copied().collect();
+    pub fn reconcile<'a>(&mut self, names: impl ExactSizeIterator<Item = &'a Name>, now: Instant) {
+        let names: Vec<&Name> = names.collect();
+        let wanted: HashSet<&str> = names.iter().map(|n| &***n).collect();
         let queue = &mut self.queue;
         self.due.retain(|name, at| {
             let keep = wanted.contains(&**name);
@@ -127,16 +129,17 @@ impl Schedule {
             }
             keep
         });
-        let new: Vec<&str> = names
+        let new: Vec<&Name> = names
             .into_iter()
-            .filter(|n| !self.due.contains_key(*n))
+            .filter(|n| !self.due.contains_key(&***n))
             .collect();
         let step = self
             .interval
             .checked_div(new.len().max(1) as u32)
             .unwrap_or_default();
         for (i, name) in new.into_iter().enumerate() {
-            let name: Name = Arc::from(name);
+            // Shared with the PV record: no copy of the name per tracked volume.
+            let name: Name = name.clone();
             let at = now + step * i as u32;
             self.due.insert(name.clone(), at);
             // A volume whose call is running is queued when that call ends.
@@ -149,7 +152,7 @@ impl Schedule {
     /// Start a new batch of confirmations, the calls spread evenly over `spread` from `now`;
     /// its number. The previous batch's queued calls and answers are dropped; a late answer
     /// of it is not counted against this one.
-    pub fn confirm(&mut self, names: &[String], now: Instant, spread: Duration) -> u64 {
+    pub fn confirm(&mut self, names: &[Name], now: Instant, spread: Duration) -> u64 {
         self.batch = self.batch.wrapping_add(1);
         self.confirms.clear();
         self.answers.clear();
@@ -159,7 +162,7 @@ impl Schedule {
             .unwrap_or_default();
         for (i, name) in names.iter().enumerate() {
             self.confirms
-                .push_back((now + step * i as u32, self.batch, Arc::from(name.as_str())));
+                .push_back((now + step * i as u32, self.batch, name.clone()));
         }
         self.batch
     }
@@ -289,10 +292,10 @@ impl Engine {
     /// The per-volume modes: check exactly the checkable PVs of the store now (a rescan).
     pub fn track_store(&self) {
         let snapshot = self.core.monitor.pvs.snapshot();
-        let mut names: Vec<&str> = snapshot
-            .values()
+        let mut names: Vec<&Name> = snapshot
+            .iter()
             .filter(|pv| checkable(pv).is_ok())
-            .map(|pv| pv.name.as_str())
+            .map(|pv| pv.name_arc())
             .collect();
         names.sort_unstable();
         let mut s = self.lock();
@@ -312,7 +315,7 @@ impl Engine {
     /// (the rest are not made).
     pub fn confirm(
         &self,
-        names: &[String],
+        names: &[Name],
         spread: Duration,
         drain: Duration,
         shutdown: &Shutdown,
@@ -436,15 +439,15 @@ impl Core {
         }
     }
 
-    /// One call, on a worker thread. The PV is read from the store's snapshot (no copy): it
-    /// may have been deleted or unbound since the job was queued.
+    /// One call, on a worker thread. The PV record is copied out of the store (a snapshot held
+    /// through the call would make every write of the reflector meanwhile copy the whole
+    /// store); it may have been deleted or unbound since the job was queued.
     fn run(&self, job: &Job) -> Option<Finding> {
-        let snapshot = self.monitor.pvs.snapshot();
-        let pv = snapshot
-            .get(&**job.name())
-            .filter(|pv| checkable(pv).is_ok())?;
+        let pv = self.monitor.pvs.get(job.name())?;
+        let pv = &pv;
+        checkable(pv).ok()?;
         if log::log_enabled!(log::Level::Trace) {
-            log::trace!("Started PV processing pv=\"{}\"", pv.name);
+            log::trace!("Started PV processing pv=\"{}\"", pv.name());
         }
         crate::crash::fault_point("worker");
         let finding = ask(&self.monitor, self.source.as_ref(), pv)?;
@@ -462,7 +465,7 @@ impl Core {
 /// count the probe. `None`: the call failed (logged): an error is never a recovery.
 pub fn ask(monitor: &Monitor, source: &dyn HealthSource, pv: &PvRecord) -> Option<Finding> {
     let started = Instant::now();
-    let result = source.get(&pv.volume_handle);
+    let result = source.get(pv.volume_handle());
     let secs = started.elapsed().as_secs_f64();
     let method = source.get_method();
     match result {
@@ -492,7 +495,7 @@ pub fn ask(monitor: &Monitor, source: &dyn HealthSource, pv: &PvRecord) -> Optio
             if let Some(n) = monitor.rpc_errors.hit(Instant::now()) {
                 log::error!(
                     "Check controller volume status error errors_since_last_line={n} pv=\"{}\" err=\"{e}\"",
-                    pv.name
+                    pv.name()
                 );
             }
             None
@@ -504,16 +507,16 @@ pub fn ask(monitor: &Monitor, source: &dyn HealthSource, pv: &PvRecord) -> Optio
 mod tests {
     use super::*;
     use crate::csi::{Condition, Generation, ListPage};
-    use crate::monitor::tests::observe::{pv, rig};
+    use crate::monitor::tests::observe::rig;
 
-    fn names(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("pv-{i:03}")).collect()
+    fn names(n: usize) -> Vec<Name> {
+        (0..n).map(|i| Name::from(format!("pv-{i:03}"))).collect()
     }
 
     fn schedule(n: usize, t0: Instant, interval: Duration) -> Schedule {
         let mut s = Schedule::new(interval);
         let names = names(n);
-        s.reconcile(names.iter().map(String::as_str), t0);
+        s.reconcile(names.iter(), t0);
         s
     }
 
@@ -554,7 +557,7 @@ mod tests {
         assert_eq!(name(&check), "pv-000");
         assert_eq!(s.take(t0), Err(None), "one volume, one call in flight");
         // A confirmation about the volume being checked waits for the check to end.
-        s.confirm(&["pv-000".to_string()], t0, Duration::ZERO);
+        s.confirm(&[Name::from("pv-000")], t0, Duration::ZERO);
         assert_eq!(s.take(t0), Err(None));
         s.finished(check, None, t0 + Duration::from_millis(5));
         let confirm = s.take(t0 + Duration::from_millis(5)).unwrap();
@@ -573,7 +576,7 @@ mod tests {
         let t0 = Instant::now();
         let iv = Duration::from_secs(10);
         let mut s = schedule(2, t0, iv);
-        s.reconcile(["pv-000"].into_iter(), t0);
+        s.reconcile([Name::from("pv-000")].iter(), t0);
         assert_eq!(s.tracked(), 1);
         let job = s.take(t0).unwrap();
         let late = t0 + Duration::from_secs(25);
@@ -617,7 +620,7 @@ mod tests {
         let running = s.take(t0).unwrap();
         s.give_up(first);
         assert_eq!(s.take(t0), Err(None), "its queued calls are dropped");
-        let second = s.confirm(&["pv-009".to_string()], t0, Duration::ZERO);
+        let second = s.confirm(&[Name::from("pv-009")], t0, Duration::ZERO);
         s.finished(running, Some(Finding::Missing), t0);
         assert_eq!(
             s.owed, 1,
@@ -708,16 +711,21 @@ mod tests {
     fn monitor(n: usize) -> Arc<Monitor> {
         let r = rig(Generation::Condition, false, None, 100, vec![]);
         for i in 2..=n {
-            let mut other = pv();
-            other.name = format!("pv-v{i}");
-            other.volume_handle = format!("v{i}");
-            r.monitor.pvs.apply(other.name.clone(), other);
+            let other = PvRecord::new(
+                &format!("pv-v{i}"),
+                &format!("v{i}"),
+                PvPhase::Bound,
+                Some(("ns", "pvc-v1", "u1")),
+                false,
+            )
+            .unwrap();
+            r.monitor.pvs.apply(other);
         }
         Arc::new(r.monitor)
     }
 
-    fn pv_names(n: usize) -> Vec<String> {
-        (1..=n).map(|i| format!("pv-v{i}")).collect()
+    fn pv_names(n: usize) -> Vec<Name> {
+        (1..=n).map(|i| Name::from(format!("pv-v{i}"))).collect()
     }
 
     /// The v1.13 listing's case: several abnormal volumes absent at once are confirmed in

@@ -21,7 +21,45 @@ use super::Monitor;
 use crate::csi::{Condition, Error as CsiError, Generation, HealthSource};
 use crate::paging::{PageGuard, PageLoop};
 use crate::shutdown::Shutdown;
+use crate::store::{Keyed, Records};
 use crate::watch::PvRecord;
+
+/// A volume whose last observation left nothing to do, for as long as its PV record is the
+/// one it was observed with: every update of a PV brings a new record with a new name
+/// allocation, so `Arc::ptr_eq` on the name tells "same record" without comparing fields.
+#[derive(Clone, Debug)]
+struct Settled {
+    pv: Name,
+    how: Settle,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Settle {
+    /// Observed healthy and reported so.
+    Healthy,
+    /// Absent from ListVolumes with the missing-volume report off: nothing is told, the
+    /// metric says `not_found`.
+    Unreported,
+}
+
+impl Keyed for Settled {
+    fn key(&self) -> &str {
+        &self.pv
+    }
+}
+
+/// A PV's count of consecutive complete listings without its volume.
+#[derive(Clone, Debug)]
+struct Absence {
+    pv: Name,
+    count: u32,
+}
+
+impl Keyed for Absence {
+    fn key(&self) -> &str {
+        &self.pv
+    }
+}
 
 /// Upper bound on pages in one sweep: a driver that keeps returning tokens is cut off rather
 /// than looping forever (upstream relied on one 15 s deadline for the whole sweep).
@@ -169,11 +207,12 @@ pub struct ListLoop {
     confirm: bool,
     /// The one absence counter: consecutive complete listings each PV's volume was absent
     /// from (written only by `absent_again`).
-    absences: HashMap<String, u32>,
-    /// PV name → claim uid, for volumes last reported healthy with that claim: nothing to do
-    /// while they stay healthy.
-    quiet: HashMap<String, String>,
-    /// The PV store's generation when `absences` and `quiet` were last pruned.
+    absences: Records<Absence>,
+    /// Volumes with nothing to do while they stay as they are ("quiet"): a sweep in which
+    /// nothing changed costs a lookup here per PV.
+    quiet: Records<Settled>,
+    /// The PV store's count of removals when `absences` and `quiet` were last pruned: only a
+    /// removal (or a relist) can leave entries of PVs that are gone.
     pruned_at: Option<u64>,
     /// v1.12 ListVolumes with `GET_VOLUME`: a volume absent from two sweeps is asked about with
     /// `ControllerGetVolume` before it is called missing.
@@ -185,7 +224,7 @@ pub struct ListLoop {
     /// The daemon's shutdown (set by `run`): a confirmation batch gives up on it.
     shutdown: Shutdown,
     /// PVs absent long enough to be missing, to be asked about during the wait after the sweep.
-    to_confirm: Vec<String>,
+    to_confirm: Vec<Name>,
     /// `--missing-volumes-max-fraction`.
     max_fraction: f64,
     /// Newly missing volumes the guard held back last time (the warning is logged on change).
@@ -216,8 +255,8 @@ impl ListLoop {
             interval,
             max_entries,
             confirm: false,
-            absences: HashMap::new(),
-            quiet: HashMap::new(),
+            absences: Records::new(),
+            quiet: Records::new(),
             pruned_at: None,
             confirm_missing: false,
             workers: 1,
@@ -323,26 +362,42 @@ impl ListLoop {
         self.engine.as_ref()
     }
 
-    fn is_quiet(&self, pv: &PvRecord) -> bool {
-        match (self.quiet.get(&pv.name), &pv.claim) {
-            (Some(uid), Some(c)) => *uid == c.uid,
-            _ => false,
-        }
+    fn is_settled(&self, pv: &PvRecord, how: Settle) -> bool {
+        self.quiet
+            .get(pv.name())
+            .is_some_and(|q| q.how == how && Arc::ptr_eq(&q.pv, pv.name_arc()))
     }
 
-    /// Report, and remember whether the volume is now quiet.
+    fn is_quiet(&self, pv: &PvRecord) -> bool {
+        self.is_settled(pv, Settle::Healthy)
+    }
+
+    /// Report, and remember whether the volume is now settled.
     fn observe(&mut self, pv: &PvRecord, observation: Finding) {
-        let healthy = matches!(&observation, Finding::Conditions(c) if c.is_empty());
-        if !healthy {
+        let settle = match &observation {
+            Finding::Conditions(c) if c.is_empty() => Some(Settle::Healthy),
+            Finding::Missing if !self.monitor.reports_missing() => Some(Settle::Unreported),
+            _ => None,
+        };
+        if settle != Some(Settle::Healthy) {
             self.abnormal_seen += 1;
         }
         let after = self.monitor.observe(pv, &observation);
-        match (healthy, after, &pv.claim) {
-            (true, Some(Reported::Healthy), Some(c)) => {
-                self.quiet.insert(pv.name.clone(), c.uid.clone());
+        let settled = match (settle, after) {
+            (Some(Settle::Healthy), Some(Reported::Healthy)) => Some(Settle::Healthy),
+            // Nothing was told and nothing changed: the same answer changes nothing again.
+            (Some(Settle::Unreported), Some(_)) => Some(Settle::Unreported),
+            _ => None,
+        };
+        match settled {
+            Some(how) => {
+                self.quiet.insert(Settled {
+                    pv: pv.name_arc().clone(),
+                    how,
+                });
             }
-            _ => {
-                self.quiet.remove(&pv.name);
+            None => {
+                self.quiet.remove(pv.name());
             }
         }
     }
@@ -363,8 +418,8 @@ impl ListLoop {
             if result.is_ok() { "ok" } else { "error" },
             started.elapsed().as_secs_f64(),
         );
-        // Read before the snapshot: a change made after it shows as a new generation next time.
-        let pv_generation = self.monitor.pvs.generation();
+        // Read before the snapshot: a removal made after it shows as a new count next time.
+        let pv_removals = self.monitor.pvs.removals();
         let snapshot = self.monitor.pvs.snapshot();
         let Listing {
             volumes,
@@ -384,7 +439,7 @@ impl ListLoop {
         self.abnormal_seen = 0;
         let mut missing = Vec::new();
         // v1.13: abnormal volumes absent from the listing, to confirm on the engine.
-        let mut to_ask: Vec<String> = Vec::new();
+        let mut to_ask: Vec<Name> = Vec::new();
         // Start each sweep at a different PV: with a full event queue, a fixed order would let
         // the same PVCs take the free places sweep after sweep.
         let skip = if snapshot.is_empty() {
@@ -393,14 +448,12 @@ impl ListLoop {
             self.sweeps.wrapping_mul(7919) % snapshot.len()
         };
         self.sweeps = self.sweeps.wrapping_add(1);
-        for pv in snapshot
-            .values()
-            .skip(skip)
-            .chain(snapshot.values().take(skip))
-        {
+        for pv in snapshot.iter().skip(skip).chain(snapshot.iter().take(skip)) {
             if checkable(pv).is_err() {
-                self.absences.remove(&pv.name);
-                self.quiet.remove(&pv.name);
+                if !self.absences.is_empty() {
+                    self.absences.remove(pv.name());
+                }
+                self.quiet.remove(pv.name());
                 continue;
             }
             checked += 1;
@@ -408,12 +461,12 @@ impl ListLoop {
             let listed = if volumes.is_empty() {
                 None
             } else {
-                volumes.get(&pv.volume_handle)
+                volumes.get(pv.volume_handle())
             };
             match listed {
                 Some(conds) => {
                     if !self.absences.is_empty() {
-                        self.absences.remove(&pv.name);
+                        self.absences.remove(pv.name());
                     }
                     self.monitor.answer_well_formed(pv);
                     if conds.is_empty() && self.is_quiet(pv) {
@@ -423,12 +476,13 @@ impl ListLoop {
                 }
                 // Listed without a condition: it exists, its health is unknown. A driver
                 // error (said once per volume), never a recovery, never missing.
-                None if !unjudged.is_empty() && unjudged.contains(&pv.volume_handle) => {
-                    self.absences.remove(&pv.name);
+                None if !unjudged.is_empty() && unjudged.contains(pv.volume_handle()) => {
+                    self.absences.remove(pv.name());
                     self.monitor
-                        .answer_malformed(pv, &CsiError::unjudged(&pv.volume_handle));
+                        .answer_malformed(pv, &CsiError::unjudged(pv.volume_handle()));
                 }
                 None => match generation {
+                    Generation::Condition if self.is_settled(pv, Settle::Unreported) => {}
                     Generation::Condition => {
                         if self.absent_from_list_volumes(pv) {
                             missing.push(pv);
@@ -436,7 +490,7 @@ impl ListLoop {
                     }
                     Generation::Health => {
                         if self.absent_from_health_list(pv) {
-                            to_ask.push(pv.name.clone());
+                            to_ask.push(pv.name_arc().clone());
                         }
                     }
                 },
@@ -450,20 +504,20 @@ impl ListLoop {
                 .engine()
                 .and_then(|e| e.confirm(&to_ask, Duration::ZERO, CONFIRM_DRAIN, &shutdown));
             for (name, finding) in answers.into_iter().flatten() {
-                if let Some(pv) = snapshot.get(&*name).filter(|pv| checkable(pv).is_ok()) {
+                if let Some(pv) = snapshot.get(&name).filter(|pv| checkable(pv).is_ok()) {
                     self.observe(pv, finding);
                 }
             }
         }
         if self.confirm_missing {
-            self.to_confirm = missing.iter().map(|pv| pv.name.clone()).collect();
+            self.to_confirm = missing.iter().map(|pv| pv.name_arc().clone()).collect();
         } else {
             self.report_missing(missing, checked);
         }
-        if self.pruned_at != Some(pv_generation) {
-            self.absences.retain(|name, _| snapshot.contains_key(name));
-            self.quiet.retain(|name, _| snapshot.contains_key(name));
-            self.pruned_at = Some(pv_generation);
+        if self.pruned_at != Some(pv_removals) {
+            self.absences.retain(|a| snapshot.contains_key(&a.pv));
+            self.quiet.retain(|q| snapshot.contains_key(&q.pv));
+            self.pruned_at = Some(pv_removals);
         }
         self.monitor.forget_gone();
         if let Some((qps, burst)) = self.write_budget.take() {
@@ -508,9 +562,12 @@ impl ListLoop {
 
     /// One more complete listing without `pv`'s volume: true once that makes two in a row.
     fn absent_again(&mut self, pv: &PvRecord) -> bool {
-        let prev = self.absences.get(&pv.name).copied().unwrap_or(0);
-        let (n, reached) = absent_after(prev, false);
-        self.absences.insert(pv.name.clone(), n);
+        let prev = self.absences.get(pv.name()).map_or(0, |a| a.count);
+        let (count, reached) = absent_after(prev, false);
+        self.absences.insert(Absence {
+            pv: pv.name_arc().clone(),
+            count,
+        });
         reached
     }
 
@@ -557,11 +614,11 @@ impl ListLoop {
     /// Act on the `ControllerGetVolume` answers about volumes absent from ListVolumes.
     fn confirmed(&mut self, answers: Vec<(Name, Finding)>) {
         let snapshot = self.monitor.pvs.snapshot();
-        let total = snapshot.values().filter(|pv| checkable(pv).is_ok()).count();
+        let total = snapshot.iter().filter(|pv| checkable(pv).is_ok()).count();
         let mut missing = Vec::new();
         let mut known = 0usize;
         for (name, observation) in answers {
-            let Some(pv) = snapshot.get(&*name).filter(|pv| checkable(pv).is_ok()) else {
+            let Some(pv) = snapshot.get(&name).filter(|pv| checkable(pv).is_ok()) else {
                 continue;
             };
             match observation {
@@ -599,7 +656,7 @@ impl ListLoop {
             return true;
         }
         if self.absent_again(pv) {
-            self.absences.remove(&pv.name);
+            self.absences.remove(pv.name());
             self.observe(pv, Finding::Conditions(Vec::new()));
         }
         false
@@ -831,7 +888,7 @@ mod tests {
         use crate::monitor::decide::{missing_message, Reported, REASON_ABNORMAL, REASON_NORMAL};
         use crate::monitor::status::StatusWriter;
         use crate::monitor::HealthOutput;
-        use crate::watch::{ClaimRef, PvStore, PvcRecord, PvcStore};
+        use crate::watch::{PvPhase, PvStore, PvcRecord, PvcStore};
         use serde_json::Value;
 
         const DRIVER: &str = "d";
@@ -975,30 +1032,25 @@ mod tests {
             });
             for id in ids {
                 pvs.apply(
-                    format!("pv-{id}"),
-                    PvRecord {
-                        name: format!("pv-{id}"),
-                        uid: format!("pv-uid-{id}"),
-                        volume_handle: id.to_string(),
-                        phase: "Bound".into(),
-                        claim: Some(ClaimRef {
-                            namespace: "ns".into(),
-                            name: format!("pvc-{id}"),
-                            uid: format!("uid-{id}"),
-                        }),
-                        deleting: false,
-                    },
+                    PvRecord::new(
+                        &format!("pv-{id}"),
+                        id,
+                        PvPhase::Bound,
+                        Some(("ns", &format!("pvc-{id}"), &format!("uid-{id}"))),
+                        false,
+                    )
+                    .unwrap(),
                 );
                 pvcs.store().apply(
-                    format!("ns/pvc-{id}"),
-                    PvcRecord {
-                        namespace: "ns".into(),
-                        name: format!("pvc-{id}"),
-                        uid: format!("uid-{id}"),
-                        resource_version: "1".into(),
-                        volume_name: format!("pv-{id}"),
-                        health: None,
-                    },
+                    PvcRecord::new(
+                        "ns",
+                        &format!("pvc-{id}"),
+                        &format!("uid-{id}"),
+                        "1",
+                        &format!("pv-{id}"),
+                        None,
+                    )
+                    .unwrap(),
                 );
                 driver.listed.lock().unwrap().insert(id.to_string(), vec![]);
             }
@@ -1236,7 +1288,8 @@ mod tests {
             );
             let mut batch = std::mem::take(&mut lp.to_confirm);
             batch.sort();
-            assert_eq!(batch, ["pv-back", "pv-flaky", "pv-gone", "pv-known"]);
+            let names: Vec<&str> = batch.iter().map(|n| &**n).collect();
+            assert_eq!(names, ["pv-back", "pv-flaky", "pv-gone", "pv-known"]);
             let answers = lp
                 .engine()
                 .unwrap()

@@ -29,7 +29,7 @@ use crate::logging::Throttle;
 use crate::metrics::Metrics;
 use crate::sync::lock;
 use crate::timeutil::{parse_rfc3339, rfc3339};
-use crate::watch::{PvRecord, PvStore, PvcRecord, PvcStore};
+use crate::watch::{PvRecord, PvStore, PvcRecord, PvcStore, Token};
 use decide::{decide, Emit, Facts, Finding, Reported};
 use status::{StatusWriter, Written};
 
@@ -58,13 +58,13 @@ pub struct Monitor {
     /// `Some` in the v1.13 health modes.
     health: Option<HealthOutput>,
     /// PVC uid → what we last reported. Seeded from existing Events at start.
-    reported: Mutex<HashMap<String, Reported>>,
+    reported: Mutex<HashMap<Token, Reported>>,
     /// PV name → what was last mended in the driver's answer, so a driver that keeps sending
     /// the same malformed answer is named once, not on every check.
-    mended: Mutex<HashMap<String, Mended>>,
+    mended: Mutex<HashMap<Arc<str>, Mended>>,
     /// PV name → the last malformed driver answer said about it (logged once per volume).
-    malformed: Mutex<HashMap<String, String>>,
-    /// The PV store's generation at the last `forget_gone` (`u64::MAX`: never).
+    malformed: Mutex<HashMap<Arc<str>, String>>,
+    /// The PV store's count of removals at the last `forget_gone` (`u64::MAX`: never).
     forgotten_at: AtomicU64,
     /// Per-volume errors that can repeat for every volume of a sweep are logged at most once
     /// per 10 s with a count (DESIGN §2.9): PVC lookups, driver calls.
@@ -86,6 +86,13 @@ impl Monitor {
         metrics: Arc<Metrics>,
         seed: HashMap<String, Reported>,
     ) -> Monitor {
+        let claims = pvs.clone();
+        metrics.label_volumes(Box::new(move |pv| {
+            claims.with(pv, |r| {
+                let c = r?.claim()?;
+                Some((c.namespace.to_string(), c.name.to_string()))
+            })
+        }));
         Monitor {
             generation,
             driver,
@@ -96,7 +103,11 @@ impl Monitor {
             metrics,
             report_missing: true,
             health: None,
-            reported: Mutex::new(seed),
+            reported: Mutex::new(
+                seed.into_iter()
+                    .map(|(uid, r)| (Token::new(&uid), r))
+                    .collect(),
+            ),
             mended: Mutex::new(HashMap::new()),
             malformed: Mutex::new(HashMap::new()),
             forgotten_at: AtomicU64::new(u64::MAX),
@@ -122,23 +133,28 @@ impl Monitor {
         self.generation
     }
 
+    /// `--report-missing-volumes`.
+    pub fn reports_missing(&self) -> bool {
+        self.report_missing
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
     /// The PVC `pv` is bound to, from the cache or the API; errors are logged.
     fn claim_of(&self, pv: &PvRecord) -> Option<PvcRecord> {
-        let claim = pv.claim.as_ref()?;
+        let claim = pv.claim()?;
         match self
             .pvcs
-            .get_or_fetch(&self.client, &claim.namespace, &claim.name)
+            .get_or_fetch(&self.client, claim.namespace, claim.name)
         {
             Ok(Some(pvc)) => Some(pvc),
             Ok(None) => {
                 if let Some(n) = self.pvc_errors.hit(Instant::now()) {
                     log::error!(
                         "Get PVC error errors_since_last_line={n} pv=\"{}\" pvc=\"{}/{}\" err=\"persistentvolumeclaim not found\"",
-                        pv.name,
+                        pv.name(),
                         claim.namespace,
                         claim.name
                     );
@@ -149,7 +165,7 @@ impl Monitor {
                 if let Some(n) = self.pvc_errors.hit(Instant::now()) {
                     log::error!(
                         "Get PVC error errors_since_last_line={n} pv=\"{}\" pvc=\"{}/{}\" err=\"{e}\"",
-                        pv.name,
+                        pv.name(),
                         claim.namespace,
                         claim.name
                     );
@@ -164,13 +180,15 @@ impl Monitor {
     /// that needs confirming from one that was never abnormal (or whose recovery was told and
     /// only its status clear is left to retry).
     pub fn stands_abnormal(&self, pv: &PvRecord) -> bool {
-        let Some(claim) = &pv.claim else { return false };
-        let pvc = self.pvcs.get(&claim.namespace, &claim.name);
-        let uid = pvc.as_ref().map_or(claim.uid.as_str(), |p| p.uid.as_str());
+        let Some(claim) = pv.claim() else {
+            return false;
+        };
+        let pvc = self.pvcs.get(claim.namespace, claim.name);
+        let uid = pvc.as_ref().map_or(claim.uid, |p| p.uid());
         match lock(&self.reported).get(uid) {
             Some(Reported::Abnormal) => true,
             Some(Reported::Recovered) => false,
-            Some(Reported::Healthy) | None => pvc.is_some_and(|p| p.health.is_some()),
+            Some(Reported::Healthy) | None => pvc.as_ref().is_some_and(|p| p.health().is_some()),
         }
     }
 
@@ -185,27 +203,30 @@ impl Monitor {
         let pvc = self.claim_of(pv)?;
         let (decision, previous) = {
             let mut reported = lock(&self.reported);
-            let previous = reported.get(&pvc.uid).copied().unwrap_or(Reported::Healthy);
+            let previous = reported
+                .get(pvc.uid())
+                .copied()
+                .unwrap_or(Reported::Healthy);
             let d = decide(
                 &Facts {
                     generation: self.generation(),
                     previous,
-                    held: pvc.health.as_deref(),
-                    handle: &pv.volume_handle,
+                    held: pvc.health(),
+                    handle: pv.volume_handle(),
                     driver: &self.driver,
                     report_missing: self.report_missing,
                     events: self.health.as_ref().is_none_or(|h| h.events),
                 },
                 observation,
             );
-            remember(&mut reported, &pvc.uid, d.next);
+            remember(&mut reported, pvc.uid(), d.next);
             (d, previous)
         };
         self.metrics
-            .set_volume_status(&pvc.namespace, &pvc.name, &pv.name, decision.status);
+            .set_volume_status(pv.name_arc(), decision.status);
         if let Some(desired) = &decision.desired {
             self.metrics.set_volume_conditions(
-                &pv.name,
+                pv.name(),
                 desired
                     .iter()
                     .map(|c| (c.status.clone(), c.reason.clone()))
@@ -239,25 +260,25 @@ impl Monitor {
                     EventType::Warning => previous,
                     EventType::Normal => Reported::Abnormal,
                 };
-                remember(&mut lock(&self.reported), &pvc.uid, next);
+                remember(&mut lock(&self.reported), pvc.uid(), next);
             }
         }
         if let (Some(out), Some(desired)) = (&self.health, &decision.desired) {
             let now = rfc3339(SystemTime::now());
-            if let Some(write) = health::status_write(pvc.health.as_deref(), desired, &now) {
+            if let Some(write) = health::status_write(pvc.health(), desired, &now) {
                 match out.writer.write(&pvc, write.as_ref()) {
                     Written::Ok(answer) => {
-                        let clean = answer.health.is_none();
+                        let clean = answer.health().is_none();
                         self.pvcs.record_write(&pvc, *answer);
                         // The clear landed: the recovery is complete.
                         if clean && next == Reported::Recovered {
                             next = Reported::Healthy;
-                            remember(&mut lock(&self.reported), &pvc.uid, next);
+                            remember(&mut lock(&self.reported), pvc.uid(), next);
                         }
                     }
                     Written::Gone => {
                         // 404: the PVC is gone, and with it this volume's state.
-                        lock(&self.reported).remove(&pvc.uid);
+                        lock(&self.reported).remove(pvc.uid());
                         next = Reported::Healthy;
                     }
                     Written::Dropped | Written::Forbidden | Written::Failed | Written::Deferred => {
@@ -276,16 +297,16 @@ impl Monitor {
         }
         let mut seen = lock(&self.mended);
         if mended.is_clean() {
-            seen.remove(&pv.name);
+            seen.remove(pv.name());
             return;
         }
-        if seen.get(&pv.name) != Some(mended) {
+        if seen.get(pv.name()) != Some(mended) {
             log::warn!(
                 "CSI driver sent a volume health answer that breaks the CSI spec or the Kubernetes API's limits; mended it pv=\"{}\" volume=\"{}\" mended=\"{mended}\"",
-                pv.name,
-                pv.volume_handle
+                pv.name(),
+                pv.volume_handle()
             );
-            seen.insert(pv.name.clone(), mended.clone());
+            seen.insert(pv.name_arc().clone(), mended.clone());
         }
     }
 
@@ -294,12 +315,12 @@ impl Monitor {
     pub(crate) fn answer_malformed(&self, pv: &PvRecord, e: &crate::csi::Error) {
         let text = e.to_string();
         let mut said = lock(&self.malformed);
-        if said.get(&pv.name) != Some(&text) {
+        if said.get(pv.name()) != Some(&text) {
             log::error!(
                 "Check controller volume status error pv=\"{}\" err=\"{text}\"",
-                pv.name
+                pv.name()
             );
-            said.insert(pv.name.clone(), text);
+            said.insert(pv.name_arc().clone(), text);
         }
     }
 
@@ -307,16 +328,17 @@ impl Monitor {
     pub(crate) fn answer_well_formed(&self, pv: &PvRecord) {
         let mut said = lock(&self.malformed);
         if !said.is_empty() {
-            said.remove(&pv.name);
+            said.remove(pv.name());
         }
     }
 
     /// Drop state and metric series of PVs that left the store (deleted, or no longer ours).
-    /// Everything kept is keyed by live PVs, so nothing is done while the PV store is unchanged;
-    /// otherwise its snapshot is read as it is, with no copy of its keys or records.
+    /// Everything kept is keyed by live PVs, so nothing is done until a PV is removed (an
+    /// update removes none: the state of a claim a PV was re-bound away from waits for the
+    /// next removal); then the snapshot is read as it is, with no copy of its keys or records.
     pub fn forget_gone(&self) {
-        let generation = self.pvs.generation();
-        if self.forgotten_at.swap(generation, Ordering::SeqCst) == generation {
+        let removals = self.pvs.removals();
+        if self.forgotten_at.swap(removals, Ordering::SeqCst) == removals {
             return;
         }
         let pvs = self.pvs.snapshot();
@@ -331,12 +353,12 @@ impl Monitor {
         if reported.is_empty() && !deferred {
             return;
         }
-        // Borrowed from the snapshot: one set of &str, no string copies.
-        let live: HashSet<&str> = pvs
-            .values()
-            .filter_map(|pv| pv.claim.as_ref().map(|c| c.uid.as_str()))
+        // Borrowed from the snapshot: one set of references, no copies.
+        let live: HashSet<&Token> = pvs
+            .iter()
+            .filter_map(|pv| pv.claim().map(|c| c.uid))
             .collect();
-        reported.retain(|uid, _| live.contains(uid.as_str()));
+        reported.retain(|uid, _| live.contains(uid));
         if let Some(out) = &self.health {
             out.writer.retain(|uid| live.contains(uid));
         }
@@ -344,13 +366,13 @@ impl Monitor {
 }
 
 /// Keep `state` for `uid`; Healthy is kept as absence, so the map holds only what needs it.
-fn remember(reported: &mut HashMap<String, Reported>, uid: &str, state: Reported) {
+fn remember(reported: &mut HashMap<Token, Reported>, uid: &Token, state: Reported) {
     match state {
         Reported::Healthy => {
             reported.remove(uid);
         }
         Reported::Abnormal | Reported::Recovered => {
-            reported.insert(uid.to_string(), state);
+            reported.insert(uid.clone(), state);
         }
     }
 }
@@ -486,25 +508,21 @@ mod tests {
         use crate::events::{unattended, Unattended};
         use crate::health::Condition;
         use crate::kube::client::tests::{client, http, Canned};
-        use crate::watch::ClaimRef;
+        use crate::watch::PvPhase;
         use serde_json::json;
         use std::time::Duration;
 
         const HELD: &str = r#"{"healthConditions":[{"status":"Inaccessible","reason":"DiskGone","message":"gone"}],"lastTransitionTime":"2026-12-01T00:00:00Z"}"#;
 
         pub(crate) fn pv() -> PvRecord {
-            PvRecord {
-                name: "pv-v1".into(),
-                uid: "pv-uid".into(),
-                volume_handle: "v1".into(),
-                phase: "Bound".into(),
-                claim: Some(ClaimRef {
-                    namespace: "ns".into(),
-                    name: "pvc-v1".into(),
-                    uid: "u1".into(),
-                }),
-                deleting: false,
-            }
+            PvRecord::new(
+                "pv-v1",
+                "v1",
+                PvPhase::Bound,
+                Some(("ns", "pvc-v1", "u1")),
+                false,
+            )
+            .unwrap()
         }
 
         /// PVC `ns/pvc-v1` at `rv`, holding the DiskGone condition or nothing, as JSON.
@@ -538,11 +556,11 @@ mod tests {
             let api = Canned::start(responses);
             let c = client(&api.addr);
             let pvs = PvStore::new();
-            pvs.apply("pv-v1".into(), pv());
+            pvs.apply(pv());
             let pvcs = PvcStore::new(pvs.clone());
             let rec = PvcRecord::from_object(&serde_json::from_str(&pvc_json("1", holds)).unwrap())
                 .unwrap();
-            pvcs.store().apply(rec.key(), rec);
+            pvcs.store().apply(rec);
             let (recorder, events) = unattended(capacity);
             let metrics = Arc::new(Metrics::new());
             let seed = seed.map(|r| ("u1".to_string(), r)).into_iter().collect();
@@ -595,7 +613,12 @@ mod tests {
         }
 
         fn held(r: &Rig) -> bool {
-            r.monitor.pvcs.get("ns", "pvc-v1").unwrap().health.is_some()
+            r.monitor
+                .pvcs
+                .get("ns", "pvc-v1")
+                .unwrap()
+                .health()
+                .is_some()
         }
 
         #[test]
@@ -638,7 +661,12 @@ mod tests {
             assert_eq!(r.events.take(), vec![]);
             assert!(!held(&r));
             assert_eq!(
-                r.monitor.pvcs.get("ns", "pvc-v1").unwrap().resource_version,
+                r.monitor
+                    .pvcs
+                    .get("ns", "pvc-v1")
+                    .unwrap()
+                    .resource_version()
+                    .to_string(),
                 "2"
             );
             let all = patches(&r.api);
@@ -757,7 +785,7 @@ mod tests {
                 )],
             );
             assert_eq!(r.monitor.observe(&pv(), &bad), Some(Reported::Healthy));
-            assert!(!lock(&r.monitor.reported).contains_key("u1"));
+            assert!(!lock(&r.monitor.reported).contains_key(&Token::new("u1")));
             // Gate off: the answer lacks the field; the volume stays reported abnormal.
             let r = rig(
                 Generation::Health,

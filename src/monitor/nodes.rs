@@ -24,7 +24,7 @@ use crate::kube::object::Object;
 use crate::kube::{self, Client, ObjectMeta};
 use crate::shutdown::Shutdown;
 use crate::timeutil::parse_rfc3339;
-use crate::watch::{self, PvRecord, PvStore, PvcRecord, PvcStore, Resource, Store};
+use crate::watch::{self, Keyed, PvRecord, PvStore, PvcRecord, PvcStore, Records, Resource, Store};
 
 pub const REASON_FAILED: &str = "NodeFailed";
 pub const REASON_RECOVERED: &str = "NodeRecovered";
@@ -132,6 +132,12 @@ impl NodeRecord {
     }
 }
 
+impl Keyed for NodeRecord {
+    fn key(&self) -> &str {
+        &self.name
+    }
+}
+
 impl Resource for NodeRecord {
     type Wire = NodeWire;
     const KIND: &'static str = "Node";
@@ -140,11 +146,13 @@ impl Resource for NodeRecord {
     }
 }
 
-/// What the watcher needs of one Pod that uses at least one PVC. Its namespace and name are
-/// the store key (`namespace/name`), not repeated here: tens of thousands of pods are cached,
-/// so each record is kept to three words and three small allocations.
+/// What the watcher needs of one Pod that uses at least one PVC: its key, node and claim
+/// names, as boxed strs (tens of thousands of pods are cached: four words and four small
+/// allocations each).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodRecord {
+    /// `namespace/name`, the store key.
+    pub key: Box<str>,
     /// `spec.nodeName`; empty while unscheduled.
     pub node_name: Box<str>,
     /// Names of the PVCs the pod uses, in its namespace: `persistentVolumeClaim.claimName`, and
@@ -220,6 +228,7 @@ impl PodRecord {
         claims.sort();
         claims.dedup();
         Some(PodRecord {
+            key: format!("{}/{name}", meta.namespace.as_deref().unwrap_or_default()).into(),
             node_name: spec.node_name.unwrap_or_default().into(),
             claims: claims.into(),
             deleting: meta.deletion_timestamp.is_some(),
@@ -233,6 +242,12 @@ impl PodRecord {
         PodWire::deserialize(obj)
             .ok()
             .and_then(PodRecord::from_wire)
+    }
+}
+
+impl Keyed for PodRecord {
+    fn key(&self) -> &str {
+        &self.key
     }
 }
 
@@ -288,15 +303,15 @@ impl NodeTracker {
     pub fn tick(
         &mut self,
         now: SystemTime,
-        nodes: &HashMap<String, NodeRecord>,
+        nodes: &Records<NodeRecord>,
         timeout: Duration,
     ) -> Vec<Transition> {
         let started = *self.started.get_or_insert(now);
         let mut out = Vec::new();
-        let mut names: Vec<&String> = nodes.keys().collect();
-        names.sort();
-        for name in names {
-            let rec = &nodes[name];
+        let mut recs: Vec<&NodeRecord> = nodes.iter().collect();
+        recs.sort_by(|a, b| a.name.cmp(&b.name));
+        for rec in recs {
+            let name = &rec.name;
             if !self.nodes.contains_key(name) {
                 // A node deleted before its first evaluation can never be reported; this line
                 // tells an operator (and the end-to-end tests) from when a node is covered.
@@ -350,7 +365,7 @@ impl NodeTracker {
         let mut gone: Vec<String> = self
             .nodes
             .keys()
-            .filter(|n| !nodes.contains_key(*n))
+            .filter(|n| !nodes.contains_key(n))
             .cloned()
             .collect();
         gone.sort();
@@ -392,18 +407,18 @@ pub type AffectedClaims = BTreeMap<(String, String), Vec<String>>;
 /// until the node comes back, which is exactly the situation this event is for.
 pub fn affected_claims(
     node: &str,
-    pods: &HashMap<String, PodRecord>,
-    pvs: &HashMap<String, PvRecord>,
+    pods: &Records<PodRecord>,
+    pvs: &Records<PvRecord>,
 ) -> AffectedClaims {
     let ours: HashSet<(&str, &str)> = pvs
-        .values()
+        .iter()
         .filter(|pv| pv.is_bound())
-        .filter_map(|pv| pv.claim.as_ref())
-        .map(|c| (c.namespace.as_str(), c.name.as_str()))
+        .filter_map(|pv| pv.claim())
+        .map(|c| (c.namespace, c.name))
         .collect();
     let mut out = AffectedClaims::new();
-    for (key, pod) in pods.iter().filter(|(_, p)| &*p.node_name == node) {
-        let Some((namespace, name)) = key.split_once('/') else {
+    for pod in pods.iter().filter(|p| &*p.node_name == node) {
+        let Some((namespace, name)) = pod.key.split_once('/') else {
             continue;
         };
         for claim in pod.claims.iter() {
@@ -478,9 +493,9 @@ impl NodeWatcher {
     pub fn plan(
         &mut self,
         now: SystemTime,
-        nodes: &HashMap<String, NodeRecord>,
-        pods: &HashMap<String, PodRecord>,
-        pvs: &HashMap<String, PvRecord>,
+        nodes: &Records<NodeRecord>,
+        pods: &Records<PodRecord>,
+        pvs: &Records<PvRecord>,
     ) -> Vec<Emission> {
         let mut out = Vec::new();
         for t in self.tracker.tick(now, nodes, self.timeout) {
@@ -702,7 +717,7 @@ struct Caches {
 }
 
 /// Block until `store` has synced; false when shutdown came first.
-fn wait_synced<T: Clone>(store: &Store<T>, what: &str, shutdown: &Shutdown) -> bool {
+fn wait_synced<T: Keyed + Clone>(store: &Store<T>, what: &str, shutdown: &Shutdown) -> bool {
     loop {
         if store.wait_synced(SYNC_WAIT_LOG, shutdown) {
             return true;
@@ -717,7 +732,7 @@ fn wait_synced<T: Clone>(store: &Store<T>, what: &str, shutdown: &Shutdown) -> b
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::watch::ClaimRef;
+    use crate::watch::PvPhase;
     use serde_json::json;
     use std::cell::RefCell;
     use std::time::UNIX_EPOCH;
@@ -737,8 +752,8 @@ mod tests {
         }
     }
 
-    fn nodes(list: &[NodeRecord]) -> HashMap<String, NodeRecord> {
-        list.iter().map(|n| (n.name.clone(), n.clone())).collect()
+    fn nodes(list: &[NodeRecord]) -> Records<NodeRecord> {
+        list.iter().cloned().collect()
     }
 
     fn failed(n: &str) -> Transition {
@@ -931,33 +946,24 @@ mod tests {
         assert_eq!(got, vec![failed("n")]);
     }
 
-    fn pod(ns: &str, name: &str, node: &str, claims: &[&str]) -> (String, PodRecord) {
-        (
-            format!("{ns}/{name}"),
-            PodRecord {
-                node_name: node.into(),
-                claims: claims.iter().map(|&c| c.into()).collect(),
-                deleting: false,
-            },
-        )
+    fn pod(ns: &str, name: &str, node: &str, claims: &[&str]) -> PodRecord {
+        PodRecord {
+            key: format!("{ns}/{name}").into(),
+            node_name: node.into(),
+            claims: claims.iter().map(|&c| c.into()).collect(),
+            deleting: false,
+        }
     }
 
-    fn pv(name: &str, phase: &str, ns: &str, claim: &str) -> (String, PvRecord) {
-        (
-            name.into(),
-            PvRecord {
-                name: name.into(),
-                uid: format!("uid-{name}"),
-                volume_handle: format!("h-{name}"),
-                phase: phase.into(),
-                claim: Some(ClaimRef {
-                    namespace: ns.into(),
-                    name: claim.into(),
-                    uid: format!("uid-{claim}"),
-                }),
-                deleting: false,
-            },
+    fn pv(name: &str, phase: &str, ns: &str, claim: &str) -> PvRecord {
+        PvRecord::new(
+            name,
+            &format!("h-{name}"),
+            PvPhase::parse(phase),
+            Some((ns, claim, &format!("uid-{claim}"))),
+            false,
         )
+        .unwrap()
     }
 
     fn key(ns: &str, pvc: &str) -> (String, String) {
@@ -971,15 +977,16 @@ mod tests {
     #[test]
     fn selector_picks_bound_claims_of_ours_on_the_node() {
         // `pvs` holds only this driver's PVs, so "other" (another driver's PVC) has none.
-        let pvs: HashMap<_, _> = [
+        let pvs: Records<_> = [
             pv("pv1", "Bound", "ns", "data1"),
             pv("pv2", "Bound", "ns", "data2"),
             pv("pv3", "Bound", "ns", "web-0-scratch"),
             pv("pv4", "Released", "ns", "old"),
             pv("pv5", "Bound", "other-ns", "data1"),
         ]
-        .into();
-        let pods: HashMap<_, _> = [
+        .into_iter()
+        .collect();
+        let pods: Records<_> = [
             pod("ns", "p2", "n1", &["data1", "other"]),
             pod("ns", "p1", "n1", &["data1"]),
             pod("ns", "p3", "n1", &["data2"]),
@@ -987,15 +994,13 @@ mod tests {
             pod("ns", "p4", "n2", &["data2"]),
             pod("ns", "p5", "", &["data2"]),
             pod("ns", "p6", "n1", &["old"]),
-            (
-                "ns/p7".into(),
-                PodRecord {
-                    deleting: true,
-                    ..pod("ns", "p7", "n1", &["data2"]).1
-                },
-            ),
+            PodRecord {
+                deleting: true,
+                ..pod("ns", "p7", "n1", &["data2"])
+            },
         ]
-        .into();
+        .into_iter()
+        .collect();
         let got = affected_claims("n1", &pods, &pvs);
         let want: AffectedClaims = [
             (key("ns", "data1"), names(&["p1", "p2"])),
@@ -1113,6 +1118,7 @@ mod tests {
             Some((
                 "ns/web-0".to_string(),
                 PodRecord {
+                    key: "ns/web-0".into(),
                     node_name: "n1".into(),
                     claims: ["data-web-0".into(), "web-0-scratch".into()].into(),
                     deleting: true,
@@ -1145,7 +1151,7 @@ mod tests {
     #[test]
     fn sleeps_until_the_next_deadline() {
         let tick = Duration::from_secs(1);
-        let (pods, pvs) = (HashMap::new(), HashMap::new());
+        let (pods, pvs) = (Records::new(), Records::new());
         let mut w = NodeWatcher::new(T5M);
         w.plan(t(0), &nodes(&[node("a", READY, Some(0))]), &pods, &pvs);
         assert_eq!(w.next_wakeup(t(0), tick), None);
@@ -1184,14 +1190,7 @@ mod tests {
     }
 
     fn pvc_record(ns: &str, name: &str) -> PvcRecord {
-        PvcRecord {
-            namespace: ns.into(),
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            resource_version: "7".into(),
-            volume_name: String::new(),
-            health: None,
-        }
+        PvcRecord::new(ns, name, &format!("uid-{name}"), "7", "", None).unwrap()
     }
 
     type Recorded = Vec<(String, EventType, String, String)>;
@@ -1201,8 +1200,8 @@ mod tests {
         w: &mut NodeWatcher,
         at: u64,
         nodes_now: &[NodeRecord],
-        pods: &HashMap<String, PodRecord>,
-        pvs: &HashMap<String, PvRecord>,
+        pods: &Records<PodRecord>,
+        pvs: &Records<PvRecord>,
     ) -> Recorded {
         let planned = w.plan(t(at), &nodes(nodes_now), pods, pvs);
         let out = RefCell::new(Vec::new());
@@ -1244,27 +1243,28 @@ mod tests {
 
     #[test]
     fn episode_from_failure_to_recovery() {
-        let pvs: HashMap<_, _> = [
+        let pvs: Records<_> = [
             pv("pv1", "Bound", "ns", "c1"),
             pv("pv2", "Bound", "ns", "c2"),
         ]
-        .into();
+        .into_iter()
+        .collect();
         // "foreign" is another driver's claim: its PV is not in our store.
-        let mut pods: HashMap<_, _> = [
+        let mut pods: Records<_> = [
             pod("ns", "b", "n1", &["c1"]),
             pod("ns", "a", "n1", &["c1", "foreign"]),
             pod("ns", "gone", "n1", &["c2"]),
             pod("ns", "late", "", &["c2"]),
         ]
-        .into();
+        .into_iter()
+        .collect();
         let mut w = NodeWatcher::new(T5M);
         let ready = [node("n1", READY, Some(0))];
         let down = [node("n1", Unknown, Some(10))];
         assert!(step(&mut w, 0, &ready, &pods, &pvs).is_empty());
         assert!(step(&mut w, 11, &down, &pods, &pvs).is_empty());
         // Scheduled after start, while the node was up; another deleted while it is down.
-        let (k, v) = pod("ns", "late", "n1", &["c2"]);
-        pods.insert(k, v);
+        pods.insert(pod("ns", "late", "n1", &["c2"]));
         pods.remove("ns/gone");
         assert!(
             step(&mut w, 309, &down, &pods, &pvs).is_empty(),
@@ -1295,7 +1295,7 @@ mod tests {
             );
         }
         // Evicted meanwhile: recovery still goes to the PVCs that got NodeFailed.
-        pods.clear();
+        pods = Records::new();
         let back = step(&mut w, 1300, &[node("n1", READY, Some(1300))], &pods, &pvs);
         assert_eq!(
             back,
@@ -1319,8 +1319,8 @@ mod tests {
 
     #[test]
     fn deleted_node_fails_once_and_never_recovers() {
-        let pvs: HashMap<_, _> = [pv("pv1", "Bound", "ns", "c1")].into();
-        let pods: HashMap<_, _> = [pod("ns", "a", "n1", &["c1"])].into();
+        let pvs: Records<_> = [pv("pv1", "Bound", "ns", "c1")].into_iter().collect();
+        let pods: Records<_> = [pod("ns", "a", "n1", &["c1"])].into_iter().collect();
         let mut w = NodeWatcher::new(T5M);
         assert!(step(&mut w, 0, &[node("n1", READY, Some(0))], &pods, &pvs).is_empty());
         assert_eq!(

@@ -16,7 +16,7 @@ use crate::health::{PvcCondition, PvcHealth};
 use crate::kube::{Client, PatchKind};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::watch::{PvcRecord, PvcWire};
+use crate::watch::{PvcRecord, PvcWire, Token};
 
 /// The field manager of every write (as upstream main's sidecar names itself).
 pub const FIELD_MANAGER: &str = "csi-external-health-monitor-controller";
@@ -58,7 +58,7 @@ pub struct StatusWriter {
     /// [`RETRY_WAITS`] (tests: none).
     retry_waits: &'static [Duration],
     /// PVC uid → no write before this instant.
-    deferred: Mutex<HashMap<String, Instant>>,
+    deferred: Mutex<HashMap<Token, Instant>>,
     warned_dropped: AtomicBool,
     warned_forbidden: AtomicBool,
     /// Failed writes are logged at most once per 10 s, with a count.
@@ -128,17 +128,18 @@ impl StatusWriter {
         let now = Instant::now();
         {
             let mut deferred = super::lock(&self.deferred);
-            match deferred.get(&pvc.uid) {
+            match deferred.get(pvc.uid()) {
                 Some(until) if now < *until => return Written::Deferred,
                 Some(_) => {
-                    deferred.remove(&pvc.uid);
+                    deferred.remove(pvc.uid());
                 }
                 None => {}
             }
         }
         let path = format!(
             "/api/v1/namespaces/{}/persistentvolumeclaims/{}/status?fieldManager={FIELD_MANAGER}",
-            pvc.namespace, pvc.name
+            pvc.namespace(),
+            pvc.name()
         );
         let body = patch_body(health);
         let mut waits = self.retry_waits.iter();
@@ -151,8 +152,8 @@ impl StatusWriter {
                     crate::vlog!(
                         2,
                         "Status write failed, sending it again pvc=\"{}/{}\" wait=\"{wait:?}\" err=\"{e}\"",
-                        pvc.namespace,
-                        pvc.name
+                        pvc.namespace(),
+                        pvc.name()
                     );
                     if self.shutdown.wait_timeout(*wait) {
                         break answer;
@@ -162,12 +163,12 @@ impl StatusWriter {
             }
         };
         let outcome = match answer.map(PvcRecord::from_wire) {
-            Ok(Some(answer)) if health.is_some() && answer.health.is_none() => {
+            Ok(Some(answer)) if health.is_some() && answer.health().is_none() => {
                 if !self.warned_dropped.swap(true, Ordering::SeqCst) {
                     log::warn!(
                         "The API server dropped status.healthStatus of PVC {}/{}: the CSIVolumeHealth feature gate looks off (Kubernetes 1.36 or older, or the gate disabled). Volume health is still reported as Events and metrics; each PVC's write is retried every {:?}",
-                        pvc.namespace,
-                        pvc.name,
+                        pvc.namespace(),
+                        pvc.name(),
                         self.backoff
                     );
                 }
@@ -185,8 +186,8 @@ impl StatusWriter {
                 if !self.warned_forbidden.swap(true, Ordering::SeqCst) {
                     log::error!(
                         "Not allowed to write status.healthStatus of PVC {}/{}: the RBAC role lacks the rule apiGroups=[\"\"] resources=[\"persistentvolumeclaims/status\"] verbs=[\"patch\"] (upstream v0.18's role does not have it). Volume health is still reported as Events and metrics; each PVC's write is retried every {:?} err=\"{e}\"",
-                        pvc.namespace,
-                        pvc.name,
+                        pvc.namespace(),
+                        pvc.name(),
                         self.backoff
                     );
                 }
@@ -196,8 +197,8 @@ impl StatusWriter {
                 crate::vlog!(
                     2,
                     "PVC is gone, its health status is not written pvc=\"{}/{}\"",
-                    pvc.namespace,
-                    pvc.name
+                    pvc.namespace(),
+                    pvc.name()
                 );
                 Written::Gone
             }
@@ -214,7 +215,7 @@ impl StatusWriter {
         };
         self.metrics.observe_status_write(result);
         if matches!(outcome, Written::Dropped | Written::Forbidden) {
-            super::lock(&self.deferred).insert(pvc.uid.clone(), now + self.backoff);
+            super::lock(&self.deferred).insert(pvc.uid().clone(), now + self.backoff);
         }
         outcome
     }
@@ -230,8 +231,8 @@ impl StatusWriter {
         if let Some(n) = self.failed_log.hit(Instant::now()) {
             log::error!(
                 "Failed to write status.healthStatus failures_since_last_line={n} pvc=\"{}/{}\" err=\"{err}\"",
-                pvc.namespace,
-                pvc.name
+                pvc.namespace(),
+                pvc.name()
             );
         }
     }
@@ -241,7 +242,7 @@ impl StatusWriter {
     }
 
     /// Forget the slowed writes of PVCs that are no longer ours.
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+    pub fn retain(&self, keep: impl Fn(&Token) -> bool) {
         super::lock(&self.deferred).retain(|uid, _| keep(uid));
     }
 }

@@ -20,7 +20,7 @@ use healthmon::monitor::list::{collect, ListLoop, ListingBound};
 use healthmon::monitor::status::StatusWriter;
 use healthmon::monitor::{HealthOutput, Monitor};
 use healthmon::shutdown::Shutdown;
-use healthmon::watch::{ClaimRef, PvRecord, PvStore, PvcRecord, PvcStore};
+use healthmon::watch::{PvPhase, PvRecord, PvStore, PvcRecord, PvcStore, Records};
 
 use crate::apiserver::FakeApiServer;
 use crate::csidriver;
@@ -125,32 +125,19 @@ fn measure(
 
     let pvs = PvStore::new();
     let pvcs = PvcStore::new(pvs.clone());
-    let mut pv_map = HashMap::with_capacity(n);
-    let mut pvc_map = HashMap::with_capacity(n);
+    let mut pv_map = Records::with_capacity(n);
+    let mut pvc_map = Records::with_capacity(n);
     for i in 0..n {
         let uid = format!("00000000-0000-4000-8000-{i:012}");
-        let pv = PvRecord {
-            name: format!("pv-{i:06}"),
-            uid: format!("10000000-0000-4000-8000-{i:012}"),
-            volume_handle: format!("vol-{i:06}"),
-            phase: "Bound".into(),
-            claim: Some(ClaimRef {
-                namespace: "vols".into(),
-                name: format!("pvc-{i:06}"),
-                uid: uid.clone(),
-            }),
-            deleting: false,
-        };
-        let pvc = PvcRecord {
-            namespace: "vols".into(),
-            name: format!("pvc-{i:06}"),
-            uid,
-            resource_version: "1".into(),
-            volume_name: pv.name.clone(),
-            health: None,
-        };
-        pvc_map.insert(pvc.key(), pvc);
-        pv_map.insert(pv.name.clone(), pv);
+        let pv_name = format!("pv-{i:06}");
+        let pvc_name = format!("pvc-{i:06}");
+        let handle = format!("vol-{i:06}");
+        let claim = Some(("vols", pvc_name.as_str(), uid.as_str()));
+        pv_map.insert(
+            PvRecord::new(&pv_name, &handle, PvPhase::Bound, claim, false).ok_or("record")?,
+        );
+        pvc_map
+            .insert(PvcRecord::new("vols", &pvc_name, &uid, "1", &pv_name, None).ok_or("record")?);
     }
     pvs.replace(pv_map);
     pvcs.store().replace(pvc_map);
