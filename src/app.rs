@@ -224,14 +224,16 @@ pub fn run(cfg: Config) -> Result<(), Fatal> {
                     .zip(cfg.leader_election.as_ref().map(|l| l.lease_duration)),
                 ready: ready.clone(),
             };
-            let server = http::serve(h, metrics.clone(), health, shutdown.clone()).map_err(|e| Fatal {
-                message: "Failed to start HTTP server at specified address and metrics path".into(),
-                fields: vec![
-                    ("address", h.address.to_string()),
-                    ("path", h.metrics_path.to_string()),
-                    ("err", e.to_string()),
-                ],
-            })?;
+            let server =
+                http::serve(h, metrics.clone(), health, shutdown.clone()).map_err(|e| Fatal {
+                    message: "Failed to start HTTP server at specified address and metrics path"
+                        .into(),
+                    fields: vec![
+                        ("address", h.address.to_string()),
+                        ("path", h.metrics_path.to_string()),
+                        ("err", e.to_string()),
+                    ],
+                })?;
             log::info!(address:% = server.local_addr(); "ServeMux listening");
             Some(server)
         }
@@ -391,7 +393,8 @@ pub fn choose_mode(
     let caps = conn.capabilities().map_err(|e| {
         fatal("Failed to check whether the CSI driver supports the Plugin Controller Service and its ListVolumes, GetVolume and VolumeCondition capabilities", e)
     })?;
-    let selected = csi::select_mode(&caps, cfg.volume_health_api).map_err(|u| Fatal::new(u.to_string()))?;
+    let selected =
+        csi::select_mode(&caps, cfg.volume_health_api).map_err(|u| Fatal::new(u.to_string()))?;
     if let Some(w) = &selected.warning {
         log::warn!("{w}");
     }

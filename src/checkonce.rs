@@ -501,10 +501,8 @@ fn check(cfg: &Config) -> Result<Report, Error> {
     let shutdown = Shutdown::new();
     // No metrics here: nobody scrapes a one-shot process.
     let observer: csi::CallObserver = Arc::new(|_: &str, _: &str, _: f64| {});
-    let (conn, driver) =
-        app::connect_driver(cfg, observer, &shutdown).map_err(Error::Driver)?;
-    let (caps, mode) =
-        app::choose_mode(&conn, &driver, cfg).map_err(Error::Driver)?;
+    let (conn, driver) = app::connect_driver(cfg, observer, &shutdown).map_err(Error::Driver)?;
+    let (caps, mode) = app::choose_mode(&conn, &driver, cfg).map_err(Error::Driver)?;
     let source = csi::Rpcs {
         conn: Arc::new(conn),
         generation: mode.generation(),

@@ -373,7 +373,7 @@ impl Metrics {
             Box::new(unknown_conditions.clone()),
         ] {
             if let Err(e) = registry.register(c) {
-                log::error!("Failed to register a metric err=\"{e}\"");
+                log::error!(err:% = e; "Failed to register a metric");
             }
         }
         Metrics {
@@ -550,7 +550,7 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
-            log::error!("Failed to encode metrics err=\"{e}\"");
+            log::error!(err:% = e; "Failed to encode metrics");
         }
         out
     }
