@@ -298,9 +298,9 @@ impl Engine {
         let mut s = self.lock();
         s.reconcile(names.into_iter(), Instant::now());
         log::debug!(
-            "Reconciled volumes tracked={} in_flight={}",
-            s.tracked(),
-            s.in_flight()
+            tracked = s.tracked(),
+            in_flight = s.in_flight();
+            "Reconciled volumes"
         );
         drop(s);
         self.core.work.notify_all();
@@ -354,8 +354,8 @@ impl Engine {
             let now = Instant::now();
             if now >= deadline {
                 log::warn!(
-                    "Checks still running at shutdown; not waiting for them in_flight={}",
-                    s.in_flight()
+                    in_flight = s.in_flight();
+                    "Checks still running at shutdown; not waiting for them"
                 );
                 break;
             }
@@ -444,7 +444,7 @@ impl Core {
             .get(&**job.name())
             .filter(|pv| checkable(pv).is_ok())?;
         if log::log_enabled!(log::Level::Trace) {
-            log::trace!("Started PV processing pv=\"{}\"", pv.name);
+            log::trace!(pv:% = pv.name; "Started PV processing");
         }
         crate::crash::fault_point("worker");
         let finding = ask(&self.monitor, self.source.as_ref(), pv)?;
@@ -491,8 +491,8 @@ pub fn ask(monitor: &Monitor, source: &dyn HealthSource, pv: &PvRecord) -> Optio
             monitor.metrics().observe_probe(method, "error", secs);
             if let Some(n) = monitor.rpc_errors.hit(Instant::now()) {
                 log::error!(
-                    "Check controller volume status error errors_since_last_line={n} pv=\"{}\" err=\"{e}\"",
-                    pv.name
+                    errors_since_last_line = n, pv:% = pv.name, err:% = e;
+                    "Check controller volume status error"
                 );
             }
             None
