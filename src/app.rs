@@ -64,7 +64,7 @@ impl fmt::Display for Fatal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)?;
         for (k, v) in &self.fields {
-            write!(f, " {k}={}", logging::quote_text(v))?;
+            write!(f, " {k}=\"{v}\"")?;
         }
         Ok(())
     }
@@ -177,7 +177,7 @@ fn with_logging(
 }
 
 pub fn run(cfg: Config) -> Result<(), Fatal> {
-    log::info!(version = flags::VERSION; "Version");
+    log::info!(version:% = flags::VERSION; "Version");
     let metrics = Arc::new(Metrics::new());
     let shutdown = Shutdown::new();
     let (app_tx, app_rx) = crossbeam_channel::unbounded::<AppEvent>();
@@ -379,7 +379,7 @@ pub fn connect_driver(
     let driver = conn
         .driver_name()
         .map_err(|e| fatal("Failed to get the CSI driver name", e))?;
-    crate::vlog!(2, driver = driver.as_str(); "CSI driver name");
+    crate::vlog!(2, driver:% = driver; "CSI driver name");
     Ok((conn, driver))
 }
 
@@ -400,9 +400,9 @@ pub fn choose_mode(
     }
     let mode = selected.mode;
     log::info!(
-        driver = driver,
-        mode = mode.name(),
-        generation = match mode.generation() {
+        driver:% = driver,
+        mode:% = mode.name(),
+        generation:% = match mode.generation() {
             Generation::Condition => "CSI v1.12 VOLUME_CONDITION",
             Generation::Health => "CSI v1.13 volume health",
         };
@@ -459,7 +459,7 @@ fn event_loop(
                 return Err(Fatal::new("Stopped leading"));
             }
             AppEvent::Leader(LeaderEvent::NewLeader(id)) => {
-                crate::vlog!(3, leader = id.as_str(); "New leader detected")
+                crate::vlog!(3, leader:% = id; "New leader detected")
             }
             AppEvent::ControllerExited(Ok(())) => {
                 if shutdown.is_triggered() {

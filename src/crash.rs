@@ -39,7 +39,7 @@ pub fn install(termination_log: PathBuf) {
             .map(|l| format!("{}:{}", l.file(), l.line()))
             .unwrap_or_default();
         log::error!(
-            thread = name, location = location.as_str(), message = message.as_str();
+            thread:% = name, location:% = location, message = message.as_str();
             "A thread panicked; exiting so that kubelet restarts the container (crash-only)"
         );
         log::logger().flush();

@@ -688,7 +688,7 @@ impl<A: LeaseApi> Elector<A> {
     /// client-go's `acquire`: returns false when shutdown came first.
     fn acquire(&mut self, shutdown: &Shutdown) -> bool {
         let desc = self.describe();
-        log::info!(lease = desc.as_str(); "Attempting to acquire leader lease...");
+        log::info!(lease:% = desc; "Attempting to acquire leader lease...");
         loop {
             if shutdown.is_triggered() {
                 return false;
@@ -698,13 +698,13 @@ impl<A: LeaseApi> Elector<A> {
             if ok {
                 break;
             }
-            crate::vlog!(4, lease = desc.as_str(); "Failed to acquire lease");
+            crate::vlog!(4, lease:% = desc; "Failed to acquire lease");
             if shutdown.wait_timeout(jitter(self.s.retry_period, JITTER_FACTOR)) {
                 return false;
             }
         }
         self.status.mark_leading(Instant::now());
-        log::info!(lease = desc.as_str(); "Successfully acquired lease");
+        log::info!(lease:% = desc; "Successfully acquired lease");
         let _ = self.events.send(LeaderEvent::StartedLeading);
         self.record_event("became leader");
         true
@@ -744,11 +744,11 @@ impl<A: LeaseApi> Elector<A> {
             self.api.set_deadline(None);
             if renewed {
                 self.status.mark_renewed(Instant::now());
-                crate::vlog!(5, lease = desc.as_str(); "Successfully renewed lease");
+                crate::vlog!(5, lease:% = desc; "Successfully renewed lease");
                 continue;
             }
             log::info!(
-                lease = desc.as_str(), err = "timed out waiting for the condition";
+                lease:% = desc, err:% = "timed out waiting for the condition";
                 "Failed to renew lease"
             );
             self.status.mark_stopped();
@@ -784,7 +784,7 @@ impl<A: LeaseApi> Elector<A> {
                         }
                         Err(e) => crate::vlog!(
                             2,
-                            lease = self.describe(), err:% = e;
+                            lease:% = self.describe(), err:% = e;
                             "Failed to update lease optimistically, falling back to slow path"
                         ),
                     }
@@ -796,7 +796,7 @@ impl<A: LeaseApi> Elector<A> {
             Ok(c) => c,
             Err(e) => {
                 log::error!(
-                    lease = self.describe(), err:% = e;
+                    lease:% = self.describe(), err:% = e;
                     "Error retrieving lease lock"
                 );
                 return false;
@@ -822,7 +822,7 @@ impl<A: LeaseApi> Elector<A> {
                 }
                 Err(e) => {
                     log::error!(
-                        lease = self.describe(), err:% = e;
+                        lease:% = self.describe(), err:% = e;
                         "Error initially creating lease lock"
                     );
                     false
@@ -836,8 +836,8 @@ impl<A: LeaseApi> Elector<A> {
             .is_some_and(|o| o.record.claims_more_than_honoured());
         if fresh.claims_more_than_honoured() && !was_over {
             log::warn!(
-                lease = self.describe(),
-                holder = fresh.holder.as_str(),
+                lease:% = self.describe(),
+                holder:% = fresh.holder,
                 leaseDurationSeconds = fresh.lease_duration_seconds;
                 "Lease holder claims a longer lease than is honoured, counting {}s",
                 MAX_LEASE_DURATION.as_secs()
@@ -852,7 +852,7 @@ impl<A: LeaseApi> Elector<A> {
             let holder = observed.map(|o| o.holder.as_str()).unwrap_or_default();
             crate::vlog!(
                 4,
-                holder = holder, lease = self.describe();
+                holder:% = holder, lease:% = self.describe();
                 "Lease is held by and has not yet expired"
             );
             return false;
@@ -870,14 +870,14 @@ impl<A: LeaseApi> Elector<A> {
                 // Someone wrote first; the next round re-reads.
                 crate::vlog!(
                     4,
-                    lease = self.describe(), err:% = e;
+                    lease:% = self.describe(), err:% = e;
                     "Failed to update lease, it changed since it was read"
                 );
                 false
             }
             Err(e) => {
                 log::error!(
-                    lease = self.describe(), err:% = e;
+                    lease:% = self.describe(), err:% = e;
                     "Failed to update lease"
                 );
                 false
@@ -921,7 +921,7 @@ impl<A: LeaseApi> Elector<A> {
         );
         if let Err(e) = self.api.create_event(&self.s.namespace, &ev.create_body()) {
             log::error!(
-                reason = "LeaderElection", lease = self.describe(), err:% = e;
+                reason:% = "LeaderElection", lease:% = self.describe(), err:% = e;
                 "Server rejected event (will not retry!)"
             );
         }
@@ -947,7 +947,7 @@ impl<A: LeaseApi> Elector<A> {
             Ok(None) => return,
             Err(e) => {
                 log::error!(
-                    lease = self.describe(), err:% = e;
+                    lease:% = self.describe(), err:% = e;
                     "Error retrieving lease lock"
                 );
                 return;
@@ -963,11 +963,11 @@ impl<A: LeaseApi> Elector<A> {
         {
             Ok(v) => {
                 self.wrote(v, rec, Instant::now());
-                log::info!(lease = self.describe(); "Released lease");
+                log::info!(lease:% = self.describe(); "Released lease");
                 self.record_event("stopped leading");
             }
             Err(e) => log::error!(
-                lease = self.describe(), err:% = e;
+                lease:% = self.describe(), err:% = e;
                 "Failed to release lease"
             ),
         }

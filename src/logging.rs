@@ -4,12 +4,12 @@
 //!
 //! Verbosity maps onto `log` levels: 0-3 → Info, 4 → Debug, 5+ → Trace; `vlog!(n, ...)` logs
 //! at Info when `-v >= n`. Structured key/values use the `log` crate's `kv` syntax:
-//! `log::info!(address = addr.as_str(); "ServeMux listening")`, and an error as
+//! `log::info!(address:% = addr; "ServeMux listening")`, and an error as
 //! `log::error!(err:% = e; "Failed to connect to the CSI driver")`. The text line writes them
 //! after the message as klog does (`ServeMux listening address="[::]:8080"`), the JSON line as
 //! typed fields; neither reads anything back out of the message. What is quoted follows the
-//! kind of value passed, see [`Field`]. The key `v` is reserved: it carries a `vlog!`
-//! verbosity into the JSON `"v"` field.
+//! kind of value passed, see [`Field`] for which capture reproduces which old format string.
+//! The key `v` is reserved: it carries a `vlog!` verbosity into the JSON `"v"` field.
 
 use std::fmt;
 use std::io::Write;
@@ -116,20 +116,33 @@ pub struct LineParts<'a> {
 }
 
 /// One key/value's value as both formats write it. The kind comes from how the call site
-/// passed it, never from its text: the text line quotes what the old `key=\"{}\"` format
-/// strings quoted and leaves bare what they left bare, and the JSON line keeps the type.
+/// passed it, never from its text, and each kind is written as one shape of the old format
+/// strings wrote it, so the text line is unchanged byte for byte:
+///
+/// | old format string | call site now           | text line      | JSON   |
+/// |-------------------|------------------------|----------------|--------|
+/// | `k={}` (a number) | `k = n`                | `k=3`          | number |
+/// | `k={}` (a bool)   | `k = b`                | `k=true`       | bool   |
+/// | `k=\"{}\"`        | `k:% = v`              | `k="v"`        | string |
+/// | `k=\"{:?}\"`      | `k:? = v`              | `k="1.2ms"`    | string |
+/// | `k={:?}` (a str)  | `k = s` (`&str`)       | `k="a \"b\""`  | string |
+/// | `k={}` (a word)   | `k:% = Bare(w)`        | `k=Warning`    | string |
+///
+/// The JSON line is the exact one: its strings are the values as they were. In the text line
+/// only a `&str` value is escaped (Rust's `{:?}`); a `:%`/`:?` capture is its text between
+/// quotes, unescaped, as the old `\"{}\"` wrote it, so an error text with quotes still reads
+/// as it always did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Field {
-    /// An integer or a finite float (`n = 3`), as its decimal text: bare in the text line, a
-    /// number in JSON.
+    /// An integer or a finite float, as its decimal text.
     Number(String),
-    /// `ok = true`: bare in the text line, a boolean in JSON.
     Bool(bool),
-    /// A string or a `:%`/`:?` capture (`pv = name.as_str()`, `err:% = e`): quoted and
-    /// escaped in the text line (`err="a \"b\""`), a string in JSON.
+    /// A `&str` (or `char`) value: quoted and escaped as `{:?}` writes it.
+    Str(String),
+    /// A `:%` or `:?` capture: its text between quotes, unescaped.
     Text(String),
-    /// A value wrapped in [`Bare`] (`type:% = Bare(kind)`): bare in the text line when it is a
-    /// plain word ([`is_bare_word`]), else quoted as [`Field::Text`]; a string in JSON.
+    /// A value wrapped in [`Bare`]: written bare when it is a plain word ([`is_bare_word`]),
+    /// else as [`Field::Str`] (never so at today's call sites: they pass closed sets of words).
     Bare(String),
     /// `x = ()`: `null` in both.
     Null,
@@ -142,7 +155,8 @@ impl Field {
             Field::Number(n) => n.as_str().into(),
             Field::Bool(b) => if *b { "true" } else { "false" }.into(),
             Field::Bare(s) if is_bare_word(s) => s.as_str().into(),
-            Field::Text(s) | Field::Bare(s) => quote_text(s).into(),
+            Field::Str(s) | Field::Bare(s) => quote_text(s).into(),
+            Field::Text(s) => format!("\"{s}\"").into(),
             Field::Null => "null".into(),
         }
     }
@@ -152,7 +166,7 @@ impl Field {
         match self {
             Field::Number(n) => n.clone(),
             Field::Bool(b) => b.to_string(),
-            Field::Text(s) | Field::Bare(s) => quote(s),
+            Field::Str(s) | Field::Text(s) | Field::Bare(s) => quote(s),
             Field::Null => "null".to_string(),
         }
     }
@@ -188,9 +202,8 @@ pub fn is_bare_word(s: &str) -> bool {
         && !matches!(s, "true" | "false" | "null")
 }
 
-/// A quoted value of the text line: Rust's string escaping, which is what the old `{:?}`
-/// format strings wrote and, for text without `"`, `\` or control characters, what the old
-/// `\"{}\"` ones wrote; a quote or a newline inside a value no longer ends it or the line.
+/// A `&str` value in the text line: quoted and escaped as the old `{:?}` format strings wrote
+/// it, so it reads back unambiguously whatever it holds.
 pub fn quote_text(s: &str) -> String {
     format!("{s:?}")
 }
@@ -310,18 +323,19 @@ impl<'v> log::kv::VisitValue<'v> for FieldOf {
     }
 
     fn visit_str(&mut self, value: &str) -> Result<(), log::kv::Error> {
-        self.0 = Field::Text(value.to_string());
+        self.0 = Field::Str(value.to_string());
         Ok(())
     }
 
     fn visit_char(&mut self, value: char) -> Result<(), log::kv::Error> {
-        self.0 = Field::Text(value.to_string());
+        self.0 = Field::Str(value.to_string());
         Ok(())
     }
 }
 
 /// Logs `msg` with key/values known only at run time (an error that carries its own fields,
-/// such as `app::Fatal`), as a macro at the caller's line would; every value is text.
+/// such as `app::Fatal`), as a macro at the caller's line would; every value is written as a
+/// `:%` capture (`k="v"`, unescaped).
 #[track_caller]
 pub fn log_fields(level: Level, msg: &str, fields: &[(&'static str, String)]) {
     log_fields_to(log::logger(), level, msg, fields);
@@ -340,7 +354,10 @@ fn log_fields_to(
         return;
     }
     let at = std::panic::Location::caller();
-    let kvs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let kvs: Vec<(&str, log::kv::Value)> = fields
+        .iter()
+        .map(|(k, v)| (*k, log::kv::Value::from_display(v)))
+        .collect();
     logger.log(
         &log::Record::builder()
             .metadata(metadata)
@@ -506,10 +523,10 @@ mod tests {
 
     fn kv(k: &str, v: serde_json::Value) -> (String, Field) {
         let f = match v {
-            serde_json::Value::String(s) => Field::Text(s),
+            serde_json::Value::String(s) => Field::Str(s),
             serde_json::Value::Bool(b) => Field::Bool(b),
             serde_json::Value::Number(n) => Field::Number(n.to_string()),
-            other => Field::Text(other.to_string()),
+            other => Field::Str(other.to_string()),
         };
         (k.to_string(), f)
     }
@@ -649,19 +666,19 @@ mod tests {
     fn key_values_render_as_the_old_format_strings_did() {
         let cap = Capture::new();
         let (n, pv, ns, name) = (3u64, "pv-1", "ns", "pvc-1");
-        let e = std::io::Error::other("connection refused");
-        log::error!(logger: &cap, errors_since_last_line = n, pv = pv, pvc:% = format_args!("{ns}/{name}"), err:% = e; "Get PVC error");
+        let e = std::io::Error::other("GET /x: \"pvc-1\" not found");
+        log::error!(logger: &cap, errors_since_last_line = n, pv:% = pv, pvc:% = format_args!("{ns}/{name}"), err:% = e; "Get PVC error");
         let (pages, volumes, elapsed) = (2u32, vec![1, 2, 3], Duration::from_micros(1200));
         log::info!(logger: &cap, pages = pages, volumes = volumes.len(), checked = volumes.len(), duration:? = elapsed; "{} sweep done", "ListVolumes");
         let (thread, location, message) = ("csi", "src/x.rs:1", "boom \"x\"\n\tdone");
-        log::error!(logger: &cap, thread = thread, location = location, message = message; "A thread panicked");
+        log::error!(logger: &cap, thread:% = thread, location:% = location, message = message; "A thread panicked");
         let (holder, seconds) = ("go-replica", 3600i32);
-        log::warn!(logger: &cap, lease = "ns/l", holder = holder, leaseDurationSeconds = seconds; "Lease holder claims a longer lease than is honoured, counting {}s", 15);
+        log::warn!(logger: &cap, lease:% = "ns/l", holder:% = holder, leaseDurationSeconds = seconds; "Lease holder claims a longer lease than is honoured, counting {}s", 15);
         let (kind, event_type, count) = ("PersistentVolumeClaim", String::from("Warning"), 2i32);
         log::info!(logger: &cap, event:% = format_args!("{ns}/e1"), kind = kind, type:% = Bare(&event_type), count = count; "Event written");
         let ready = Some(true);
-        log::info!(logger: &cap, node = "n1", ready:? = ready; "Node watcher tracking node");
-        log::info!(logger: &cap, v = 2u8, driver = "d"; "CSI driver name");
+        log::info!(logger: &cap, node:% = "n1", ready:? = ready; "Node watcher tracking node");
+        log::info!(logger: &cap, v = 2u8, driver:% = "d"; "CSI driver name");
         log::info!(logger: &cap, "Option --x=1 is not k=\"v\"");
 
         let lines = cap.take();
@@ -669,7 +686,7 @@ mod tests {
             (
                 format!("Get PVC error errors_since_last_line={n} pv=\"{pv}\" pvc=\"{ns}/{name}\" err=\"{e}\""),
                 "Get PVC error",
-                serde_json::json!({"errors_since_last_line": 3, "pv": "pv-1", "pvc": "ns/pvc-1", "err": "connection refused"}),
+                serde_json::json!({"errors_since_last_line": 3, "pv": "pv-1", "pvc": "ns/pvc-1", "err": "GET /x: \"pvc-1\" not found"}),
             ),
             (
                 format!("{} sweep done pages={pages} volumes={} checked={} duration=\"{:?}\"", "ListVolumes", volumes.len(), volumes.len(), elapsed),
@@ -720,16 +737,25 @@ mod tests {
     }
 
     #[test]
-    fn text_quotes_what_is_not_a_number_a_bool_or_a_bare_word() {
+    fn each_kind_of_value_is_written_as_its_old_format_string_did() {
         let cap = Capture::new();
         let e = std::io::Error::other("GET /x: \"pv-1\" not found\nretrying");
-        log::info!(logger: &cap, n = -1i64, big = u128::MAX, f = 1.5f64, nan = f64::NAN, ok = false, c = 'x', none = (), err:% = e; "m");
+        let s = "a \"b\"\nc";
+        log::info!(logger: &cap, n = -1i64, big = u128::MAX, f = 1.5f64, nan = f64::NAN, ok = false, c = 'x', none = (), s = s, err:% = e; "m");
         log::info!(logger: &cap, a:% = Bare("queue_full"), b:% = Bare("two words"), c:% = Bare("true"), d:% = Bare(""), e:% = Bare(3); "m");
         let lines = cap.take();
+        // `{:?}` of a str is escaped; `\"{}\"` of an error is not, as the old strings wrote them.
         assert_eq!(
             lines[0].0,
             format!(
-                r#"m n=-1 big={} f=1.5 nan="NaN" ok=false c="x" none=null err="GET /x: \"pv-1\" not found\nretrying""#,
+                "m n=-1 big={} f=1.5 nan=\"NaN\" ok=false c=\"x\" none=null s={s:?} err=\"{e}\"",
+                u128::MAX
+            )
+        );
+        assert_eq!(
+            lines[0].0,
+            format!(
+                "m n=-1 big={} f=1.5 nan=\"NaN\" ok=false c=\"x\" none=null s=\"a \\\"b\\\"\\nc\" err=\"GET /x: \"pv-1\" not found\nretrying\"",
                 u128::MAX
             )
         );
@@ -740,6 +766,7 @@ mod tests {
         assert_eq!(j["ok"], false);
         assert_eq!(j["c"], "x");
         assert!(j["none"].is_null());
+        assert_eq!(j["s"], s);
         assert_eq!(j["err"], "GET /x: \"pv-1\" not found\nretrying");
         // A word that would be misread bare (a space, a bool, nothing, a digit first) is quoted.
         assert_eq!(

@@ -427,7 +427,7 @@ impl Connection {
         method: &'static str,
         f: impl FnOnce() -> grpcio::Result<T>,
     ) -> Result<T, Error> {
-        log::trace!(method = method; "GRPC call");
+        log::trace!(method:% = method; "GRPC call");
         let start = Instant::now();
         let result = f();
         let secs = start.elapsed().as_secs_f64();
@@ -454,7 +454,7 @@ impl Connection {
             }
         };
         if let Err(e) = &outcome {
-            log::trace!(method = method, err:% = e; "GRPC response");
+            log::trace!(method:% = method, err:% = e; "GRPC response");
         }
         outcome
     }

@@ -139,7 +139,7 @@ impl Monitor {
                     log::error!(
                         errors_since_last_line = n, pv:% = pv.name,
                         pvc:% = format_args!("{}/{}", claim.namespace, claim.name),
-                        err = "persistentvolumeclaim not found";
+                        err:% = "persistentvolumeclaim not found";
                         "Get PVC error"
                     );
                 }
