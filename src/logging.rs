@@ -84,7 +84,7 @@ pub fn init(cfg: &LogConfig) -> Result<(), Error> {
 
 /// Logs at Info when the verbosity is at least `level`, like klog's `V(level).Info`. The level
 /// travels as the reserved key `v`, so JSON lines say `"v":level`. Key/values go before a `;`:
-/// `vlog!(2, driver = name.as_str(); "CSI driver name")`.
+/// `vlog!(2, driver:% = name; "CSI driver name")`.
 #[macro_export]
 macro_rules! vlog {
     ($level:expr, $($key:ident $(:$capture:tt)? = $value:expr),+ ; $($arg:tt)+) => {
@@ -259,7 +259,7 @@ impl<'kvs> log::kv::VisitSource<'kvs> for Collect {
 }
 
 /// The [`Field`] a key/value's value becomes, by the kind of value the call site passed.
-pub fn field(value: &log::kv::Value<'_>) -> Field {
+fn field(value: &log::kv::Value<'_>) -> Field {
     let mut out = FieldOf(Field::Null);
     // FieldOf never fails.
     let _ = value.visit(&mut out);

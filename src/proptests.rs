@@ -363,7 +363,7 @@ impl KvValue {
             KvValue::Bool(b) => format!("{b}"),
             KvValue::Str(s) => format!("{s:?}"),
             KvValue::Display(s) => format!("\"{s}\""),
-            KvValue::Bare(Bare(s)) => format!("{s}"),
+            KvValue::Bare(Bare(s)) => s.clone(),
         }
     }
 
