@@ -34,17 +34,46 @@ pub const TERMINATION_MESSAGE: &str = "Lost connection to CSI driver, exiting";
 #[derive(Debug)]
 pub struct Fatal {
     pub message: String,
+    /// Key/values of the log line, after the message (`err` last, as klog writes it).
+    pub fields: Vec<(&'static str, String)>,
 }
 
+impl Fatal {
+    fn new(message: impl Into<String>) -> Fatal {
+        Fatal {
+            message: message.into(),
+            fields: Vec::new(),
+        }
+    }
+
+    /// One log line: the message with the fields as key/values.
+    #[track_caller]
+    pub fn log(&self, level: log::Level) {
+        logging::log_fields(level, &self.message, &self.fields);
+    }
+}
+
+impl From<&str> for Fatal {
+    fn from(message: &str) -> Fatal {
+        Fatal::new(message)
+    }
+}
+
+/// The text line's words: `message key="value" ...`.
 impl fmt::Display for Fatal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        f.write_str(&self.message)?;
+        for (k, v) in &self.fields {
+            write!(f, " {k}=\"{v}\"")?;
+        }
+        Ok(())
     }
 }
 
 fn fatal(what: &str, err: impl fmt::Display) -> Fatal {
     Fatal {
-        message: format!("{what} err=\"{err}\""),
+        message: what.to_string(),
+        fields: vec![("err", err.to_string())],
     }
 }
 
@@ -53,7 +82,7 @@ enum AppEvent {
     Signal,
     CsiLost,
     Leader(LeaderEvent),
-    ControllerExited(Result<(), String>),
+    ControllerExited(Result<(), Fatal>),
 }
 
 /// Everything the controller (the leader's work) needs, made once at start and handed to each
@@ -98,12 +127,12 @@ pub fn main(args: &[String]) -> i32 {
                     Ok(()) => 0,
                     Err(e) if SIGNALLED_DURING_STARTUP.load(Ordering::SeqCst) => {
                         log::info!(
-                            "Received SIGTERM or SIGINT signal during start-up, stopped err=\"{e}\""
+                            err:% = e; "Received SIGTERM or SIGINT signal during start-up, stopped"
                         );
                         0
                     }
                     Err(e) => {
-                        log::error!("{e}");
+                        e.log(log::Level::Error);
                         log::logger().flush();
                         1
                     }
@@ -148,7 +177,7 @@ fn with_logging(
 }
 
 pub fn run(cfg: Config) -> Result<(), Fatal> {
-    log::info!("Version version=\"{}\"", flags::VERSION);
+    log::info!(version:% = flags::VERSION; "Version");
     let metrics = Arc::new(Metrics::new());
     let shutdown = Shutdown::new();
     let (app_tx, app_rx) = crossbeam_channel::unbounded::<AppEvent>();
@@ -195,13 +224,17 @@ pub fn run(cfg: Config) -> Result<(), Fatal> {
                     .zip(cfg.leader_election.as_ref().map(|l| l.lease_duration)),
                 ready: ready.clone(),
             };
-            let server = http::serve(h, metrics.clone(), health, shutdown.clone()).map_err(|e| Fatal {
-                message: format!(
-                    "Failed to start HTTP server at specified address and metrics path address=\"{}\" path=\"{}\" err=\"{e}\"",
-                    h.address, h.metrics_path
-                ),
-            })?;
-            log::info!("ServeMux listening address=\"{}\"", server.local_addr());
+            let server =
+                http::serve(h, metrics.clone(), health, shutdown.clone()).map_err(|e| Fatal {
+                    message: "Failed to start HTTP server at specified address and metrics path"
+                        .into(),
+                    fields: vec![
+                        ("address", h.address.to_string()),
+                        ("path", h.metrics_path.to_string()),
+                        ("err", e.to_string()),
+                    ],
+                })?;
+            log::info!(address:% = server.local_addr(); "ServeMux listening");
             Some(server)
         }
         None => None,
@@ -346,7 +379,7 @@ pub fn connect_driver(
     let driver = conn
         .driver_name()
         .map_err(|e| fatal("Failed to get the CSI driver name", e))?;
-    crate::vlog!(2, "CSI driver name driver=\"{driver}\"");
+    crate::vlog!(2, driver:% = driver; "CSI driver name");
     Ok((conn, driver))
 }
 
@@ -360,20 +393,20 @@ pub fn choose_mode(
     let caps = conn.capabilities().map_err(|e| {
         fatal("Failed to check whether the CSI driver supports the Plugin Controller Service and its ListVolumes, GetVolume and VolumeCondition capabilities", e)
     })?;
-    let selected = csi::select_mode(&caps, cfg.volume_health_api).map_err(|u| Fatal {
-        message: u.to_string(),
-    })?;
+    let selected =
+        csi::select_mode(&caps, cfg.volume_health_api).map_err(|u| Fatal::new(u.to_string()))?;
     if let Some(w) = &selected.warning {
         log::warn!("{w}");
     }
     let mode = selected.mode;
     log::info!(
-        "Monitoring mode selected driver=\"{driver}\" mode=\"{}\" generation=\"{}\"",
-        mode.name(),
-        match mode.generation() {
+        driver:% = driver,
+        mode:% = mode.name(),
+        generation:% = match mode.generation() {
             Generation::Condition => "CSI v1.12 VOLUME_CONDITION",
             Generation::Health => "CSI v1.13 volume health",
-        }
+        };
+        "Monitoring mode selected"
     );
     Ok((caps, mode))
 }
@@ -396,21 +429,19 @@ fn event_loop(
             }
             AppEvent::CsiLost => {
                 log::error!(
-                    "Lost connection address=\"{}\"",
-                    shared.cfg.csi_address.display()
+                    address:% = shared.cfg.csi_address.display();
+                    "Lost connection"
                 );
                 if let Err(e) =
                     std::fs::write(&shared.cfg.termination_log_path, TERMINATION_MESSAGE)
                 {
                     log::error!(
-                        "Failed to write termination message path=\"{}\" err=\"{e}\"",
-                        shared.cfg.termination_log_path.display()
+                        path:% = shared.cfg.termination_log_path.display(), err:% = e;
+                        "Failed to write termination message"
                     );
                 }
                 shutdown.trigger();
-                return Err(Fatal {
-                    message: TERMINATION_MESSAGE.to_string(),
-                });
+                return Err(Fatal::new(TERMINATION_MESSAGE));
             }
             AppEvent::Leader(LeaderEvent::StartedLeading) => {
                 crate::vlog!(2, "became leader, starting");
@@ -425,22 +456,18 @@ fn event_loop(
             AppEvent::Leader(LeaderEvent::StoppedLeading) => {
                 // Stop the monitor before anything else so no event is written without the lease.
                 shutdown.trigger();
-                return Err(Fatal {
-                    message: "Stopped leading".to_string(),
-                });
+                return Err(Fatal::new("Stopped leading"));
             }
             AppEvent::Leader(LeaderEvent::NewLeader(id)) => {
-                crate::vlog!(3, "New leader detected leader=\"{id}\"")
+                crate::vlog!(3, leader:% = id; "New leader detected")
             }
             AppEvent::ControllerExited(Ok(())) => {
                 if shutdown.is_triggered() {
                     return Ok(());
                 }
-                return Err(Fatal {
-                    message: "the controller stopped unexpectedly".into(),
-                });
+                return Err(Fatal::new("the controller stopped unexpectedly"));
             }
-            AppEvent::ControllerExited(Err(e)) => return Err(Fatal { message: e }),
+            AppEvent::ControllerExited(Err(e)) => return Err(e),
         }
     }
 }
@@ -458,14 +485,14 @@ fn start_controller(
 }
 
 /// The leader's work: caches, seeding, then the mode's loop until shutdown.
-fn run_controller(shared: &ControllerContext, shutdown: &Shutdown) -> Result<(), String> {
+fn run_controller(shared: &ControllerContext, shutdown: &Shutdown) -> Result<(), Fatal> {
     log::info!("Starting CSI External PV Health Monitor Controller");
     let (pvs, pv_thread) = watch::spawn_pv_reflector(
         shared.client.clone(),
         shared.driver.clone(),
         shutdown.clone(),
     )
-    .map_err(|e| format!("Cannot start the PersistentVolume watch err=\"{e}\""))?;
+    .map_err(|e| fatal("Cannot start the PersistentVolume watch", e))?;
     if !wait_synced(
         |t| pvs.wait_synced(t, shutdown),
         shutdown,
@@ -475,7 +502,7 @@ fn run_controller(shared: &ControllerContext, shutdown: &Shutdown) -> Result<(),
     }
     let (pvcs, pvc_thread) =
         watch::spawn_pvc_reflector(shared.client.clone(), pvs.clone(), shutdown.clone())
-            .map_err(|e| format!("Cannot start the PersistentVolumeClaim watch err=\"{e}\""))?;
+            .map_err(|e| fatal("Cannot start the PersistentVolumeClaim watch", e))?;
     if !wait_synced(
         |t| pvcs.wait_synced(t, shutdown),
         shutdown,
@@ -498,7 +525,7 @@ fn run_controller(shared: &ControllerContext, shutdown: &Shutdown) -> Result<(),
             monitor::nodes::DEFAULT_TICK,
             shutdown.clone(),
         )
-        .map_err(|e| format!("Cannot start the node watcher err=\"{e}\""))?
+        .map_err(|e| fatal("Cannot start the node watcher", e))?
     } else {
         Vec::new()
     };
@@ -562,7 +589,7 @@ fn run_controller(shared: &ControllerContext, shutdown: &Shutdown) -> Result<(),
             workers: shared.cfg.worker_threads,
         }
         .run(shutdown.clone())
-        .map_err(|e| format!("Cannot start the worker pool err=\"{e}\""))?,
+        .map_err(|e| fatal("Cannot start the worker pool", e))?,
     }
     log::info!("Shutting down CSI External PV Health Monitor Controller");
     // node_threads[0] is the watcher itself (stops within a tick); the rest are reflectors.
@@ -602,13 +629,13 @@ fn seed_with_retry(
         match monitor::seed_reported(client, component) {
             Ok(seed) => {
                 log::debug!(
-                    "Seeded abnormal volumes from existing events count={}",
-                    seed.len()
+                    count = seed.len();
+                    "Seeded abnormal volumes from existing events"
                 );
                 return seed;
             }
             Err(e) => {
-                log::warn!("Cannot list existing VolumeConditionAbnormal events attempt={attempt} err=\"{e}\"");
+                log::warn!(attempt = attempt, err:% = e; "Cannot list existing VolumeConditionAbnormal events");
                 if shutdown.wait_timeout(delay) {
                     break;
                 }
@@ -672,10 +699,10 @@ pub fn join_within(handle: JoinHandle<()>, timeout: Duration) {
         return;
     }
     match rx.recv_timeout(timeout) {
-        Ok(true) => log::error!("Thread panicked thread=\"{name}\""),
+        Ok(true) => log::error!(thread:% = name; "Thread panicked"),
         Ok(false) => {}
         Err(_) => {
-            log::warn!("Thread did not stop in time thread=\"{name}\" timeout=\"{timeout:?}\"")
+            log::warn!(thread:% = name, timeout:? = timeout; "Thread did not stop in time")
         }
     }
 }

@@ -34,7 +34,7 @@ pub const EXIT_USAGE: i32 = 2;
 pub enum Error {
     /// Connecting to, probing or naming the driver failed, or it cannot be monitored: the
     /// daemon's own message.
-    Driver(String),
+    Driver(app::Fatal),
     /// `--kubeconfig` was given and cannot be used.
     KubeConfig(kube::Error),
     /// A per-volume mode needs this driver's PVs and no API server is configured (no
@@ -62,7 +62,7 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Driver(m) => f.write_str(m),
+            Error::Driver(m) => m.fmt(f),
             // The daemon's words for the same failure.
             Error::KubeConfig(e) => write!(f, "Failed to build a Kubernetes config err=\"{e}\""),
             Error::NeedsApiServer { mode, why } => write!(
@@ -443,7 +443,13 @@ pub fn run(cfg: &Config, output: CheckOutput) -> i32 {
             report.exit_code()
         }
         Err(e) => {
-            log::error!("{e}");
+            match &e {
+                Error::Driver(fatal) => fatal.log(log::Level::Error),
+                Error::KubeConfig(err) => {
+                    log::error!(err:% = err; "Failed to build a Kubernetes config")
+                }
+                _ => log::error!("{e}"),
+            }
             log::logger().flush();
             if output == CheckOutput::Json {
                 print!("{}", render_json_error(&e));
@@ -495,10 +501,8 @@ fn check(cfg: &Config) -> Result<Report, Error> {
     let shutdown = Shutdown::new();
     // No metrics here: nobody scrapes a one-shot process.
     let observer: csi::CallObserver = Arc::new(|_: &str, _: &str, _: f64| {});
-    let (conn, driver) =
-        app::connect_driver(cfg, observer, &shutdown).map_err(|f| Error::Driver(f.message))?;
-    let (caps, mode) =
-        app::choose_mode(&conn, &driver, cfg).map_err(|f| Error::Driver(f.message))?;
+    let (conn, driver) = app::connect_driver(cfg, observer, &shutdown).map_err(Error::Driver)?;
+    let (caps, mode) = app::choose_mode(&conn, &driver, cfg).map_err(Error::Driver)?;
     let source = csi::Rpcs {
         conn: Arc::new(conn),
         generation: mode.generation(),
@@ -507,7 +511,7 @@ fn check(cfg: &Config) -> Result<Report, Error> {
         Ok(pvs) => Some(pvs),
         // A listing needs nothing from the API server; the names are a help, not a must.
         Err(NoPvs::Unconfigured(e)) if mode.is_list() => {
-            log::info!("No API server configured, volumes are shown without their PV and PVC names err=\"{e}\"");
+            log::info!(err:% = e; "No API server configured, volumes are shown without their PV and PVC names");
             None
         }
         Err(NoPvs::Failed(e @ Error::ListPvs { .. })) if mode.is_list() => {

@@ -39,7 +39,8 @@ pub fn install(termination_log: PathBuf) {
             .map(|l| format!("{}:{}", l.file(), l.line()))
             .unwrap_or_default();
         log::error!(
-            "A thread panicked; exiting so that kubelet restarts the container (crash-only) thread=\"{name}\" location=\"{location}\" message={message:?}"
+            thread:% = name, location:% = location, message = message.as_str();
+            "A thread panicked; exiting so that kubelet restarts the container (crash-only)"
         );
         log::logger().flush();
         if let Err(e) = std::fs::write(
@@ -47,8 +48,8 @@ pub fn install(termination_log: PathBuf) {
             termination_message(name, &location, &message),
         ) {
             log::error!(
-                "Failed to write termination message path=\"{}\" err=\"{e}\"",
-                termination_log.display()
+                path:% = termination_log.display(), err:% = e;
+                "Failed to write termination message"
             );
             log::logger().flush();
         }

@@ -237,7 +237,7 @@ fn accept_loop(listener: TcpListener, routes: Arc<Routes>, shutdown: Shutdown) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                log::warn!("Failed to accept an HTTP connection err=\"{e}\"");
+                log::warn!(err:% = e; "Failed to accept an HTTP connection");
                 shutdown.wait_timeout(ACCEPT_BACKOFF);
             }
         }
@@ -282,7 +282,7 @@ fn dispatch(
         Ok(h) => Some(h),
         Err(e) => {
             active.fetch_sub(1, Ordering::SeqCst);
-            log::warn!("Failed to start an HTTP connection thread err=\"{e}\"");
+            log::warn!(err:% = e; "Failed to start an HTTP connection thread");
             None
         }
     }

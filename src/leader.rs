@@ -688,7 +688,7 @@ impl<A: LeaseApi> Elector<A> {
     /// client-go's `acquire`: returns false when shutdown came first.
     fn acquire(&mut self, shutdown: &Shutdown) -> bool {
         let desc = self.describe();
-        log::info!("Attempting to acquire leader lease... lease=\"{desc}\"");
+        log::info!(lease:% = desc; "Attempting to acquire leader lease...");
         loop {
             if shutdown.is_triggered() {
                 return false;
@@ -698,13 +698,13 @@ impl<A: LeaseApi> Elector<A> {
             if ok {
                 break;
             }
-            crate::vlog!(4, "Failed to acquire lease lease=\"{desc}\"");
+            crate::vlog!(4, lease:% = desc; "Failed to acquire lease");
             if shutdown.wait_timeout(jitter(self.s.retry_period, JITTER_FACTOR)) {
                 return false;
             }
         }
         self.status.mark_leading(Instant::now());
-        log::info!("Successfully acquired lease lease=\"{desc}\"");
+        log::info!(lease:% = desc; "Successfully acquired lease");
         let _ = self.events.send(LeaderEvent::StartedLeading);
         self.record_event("became leader");
         true
@@ -744,10 +744,13 @@ impl<A: LeaseApi> Elector<A> {
             self.api.set_deadline(None);
             if renewed {
                 self.status.mark_renewed(Instant::now());
-                crate::vlog!(5, "Successfully renewed lease lease=\"{desc}\"");
+                crate::vlog!(5, lease:% = desc; "Successfully renewed lease");
                 continue;
             }
-            log::info!("Failed to renew lease lease=\"{desc}\" err=\"timed out waiting for the condition\"");
+            log::info!(
+                lease:% = desc, err:% = "timed out waiting for the condition";
+                "Failed to renew lease"
+            );
             self.status.mark_stopped();
             let _ = self.events.send(LeaderEvent::StoppedLeading);
             return false;
@@ -770,15 +773,19 @@ impl<A: LeaseApi> Elector<A> {
                     wall,
                 );
                 if let Some(rec) = rec {
-                    match self.api.update(&ns, &name, &lease_for_update(lease, &self.s.labels, &rec)) {
+                    match self.api.update(
+                        &ns,
+                        &name,
+                        &lease_for_update(lease, &self.s.labels, &rec),
+                    ) {
                         Ok(v) => {
                             self.wrote(v, rec, now);
                             return true;
                         }
                         Err(e) => crate::vlog!(
                             2,
-                            "Failed to update lease optimistically, falling back to slow path lease=\"{}\" err=\"{e}\"",
-                            self.describe()
+                            lease:% = self.describe(), err:% = e;
+                            "Failed to update lease optimistically, falling back to slow path"
                         ),
                     }
                 }
@@ -789,8 +796,8 @@ impl<A: LeaseApi> Elector<A> {
             Ok(c) => c,
             Err(e) => {
                 log::error!(
-                    "Error retrieving lease lock lease=\"{}\" err=\"{e}\"",
-                    self.describe()
+                    lease:% = self.describe(), err:% = e;
+                    "Error retrieving lease lock"
                 );
                 return false;
             }
@@ -815,8 +822,8 @@ impl<A: LeaseApi> Elector<A> {
                 }
                 Err(e) => {
                     log::error!(
-                        "Error initially creating lease lock lease=\"{}\" err=\"{e}\"",
-                        self.describe()
+                        lease:% = self.describe(), err:% = e;
+                        "Error initially creating lease lock"
                     );
                     false
                 }
@@ -829,11 +836,11 @@ impl<A: LeaseApi> Elector<A> {
             .is_some_and(|o| o.record.claims_more_than_honoured());
         if fresh.claims_more_than_honoured() && !was_over {
             log::warn!(
-                "Lease holder claims a longer lease than is honoured, counting {}s lease=\"{}\" holder=\"{}\" leaseDurationSeconds={}",
-                MAX_LEASE_DURATION.as_secs(),
-                self.describe(),
-                fresh.holder,
-                fresh.lease_duration_seconds
+                lease:% = self.describe(),
+                holder:% = fresh.holder,
+                leaseDurationSeconds = fresh.lease_duration_seconds;
+                "Lease holder claims a longer lease than is honoured, counting {}s",
+                MAX_LEASE_DURATION.as_secs()
             );
         }
         self.observed = Some(observe(self.observed.as_ref(), fresh, now));
@@ -845,8 +852,8 @@ impl<A: LeaseApi> Elector<A> {
             let holder = observed.map(|o| o.holder.as_str()).unwrap_or_default();
             crate::vlog!(
                 4,
-                "Lease is held by and has not yet expired holder=\"{holder}\" lease=\"{}\"",
-                self.describe()
+                holder:% = holder, lease:% = self.describe();
+                "Lease is held by and has not yet expired"
             );
             return false;
         };
@@ -863,15 +870,15 @@ impl<A: LeaseApi> Elector<A> {
                 // Someone wrote first; the next round re-reads.
                 crate::vlog!(
                     4,
-                    "Failed to update lease, it changed since it was read lease=\"{}\" err=\"{e}\"",
-                    self.describe()
+                    lease:% = self.describe(), err:% = e;
+                    "Failed to update lease, it changed since it was read"
                 );
                 false
             }
             Err(e) => {
                 log::error!(
-                    "Failed to update lease lease=\"{}\" err=\"{e}\"",
-                    self.describe()
+                    lease:% = self.describe(), err:% = e;
+                    "Failed to update lease"
                 );
                 false
             }
@@ -914,8 +921,8 @@ impl<A: LeaseApi> Elector<A> {
         );
         if let Err(e) = self.api.create_event(&self.s.namespace, &ev.create_body()) {
             log::error!(
-                "Server rejected event (will not retry!) reason=\"LeaderElection\" lease=\"{}\" err=\"{e}\"",
-                self.describe()
+                reason:% = "LeaderElection", lease:% = self.describe(), err:% = e;
+                "Server rejected event (will not retry!)"
             );
         }
     }
@@ -940,8 +947,8 @@ impl<A: LeaseApi> Elector<A> {
             Ok(None) => return,
             Err(e) => {
                 log::error!(
-                    "Error retrieving lease lock lease=\"{}\" err=\"{e}\"",
-                    self.describe()
+                    lease:% = self.describe(), err:% = e;
+                    "Error retrieving lease lock"
                 );
                 return;
             }
@@ -956,12 +963,12 @@ impl<A: LeaseApi> Elector<A> {
         {
             Ok(v) => {
                 self.wrote(v, rec, Instant::now());
-                log::info!("Released lease lease=\"{}\"", self.describe());
+                log::info!(lease:% = self.describe(); "Released lease");
                 self.record_event("stopped leading");
             }
             Err(e) => log::error!(
-                "Failed to release lease lease=\"{}\" err=\"{e}\"",
-                self.describe()
+                lease:% = self.describe(), err:% = e;
+                "Failed to release lease"
             ),
         }
     }

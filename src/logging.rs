@@ -4,9 +4,12 @@
 //!
 //! Verbosity maps onto `log` levels: 0-3 → Info, 4 → Debug, 5+ → Trace; `vlog!(n, ...)` logs
 //! at Info when `-v >= n`. Structured key/values use the `log` crate's `kv` syntax:
-//! `log::info!(address = addr.as_str(); "ServeMux listening")`, and an error as
-//! `log::error!(err:% = e; "Failed to connect to the CSI driver")` (printed as `err=...`). The
-//! key `v` is reserved: it carries a `vlog!` verbosity into the JSON `"v"` field.
+//! `log::info!(address:% = addr; "ServeMux listening")`, and an error as
+//! `log::error!(err:% = e; "Failed to connect to the CSI driver")`. The text line writes them
+//! after the message as klog does (`ServeMux listening address="[::]:8080"`), the JSON line as
+//! typed fields; neither reads anything back out of the message. What is quoted follows the
+//! kind of value passed, see [`Field`] for which capture reproduces which old format string.
+//! The key `v` is reserved: it carries a `vlog!` verbosity into the JSON `"v"` field.
 
 use std::fmt;
 use std::io::Write;
@@ -81,7 +84,7 @@ pub fn init(cfg: &LogConfig) -> Result<(), Error> {
 
 /// Logs at Info when the verbosity is at least `level`, like klog's `V(level).Info`. The level
 /// travels as the reserved key `v`, so JSON lines say `"v":level`. Key/values go before a `;`:
-/// `vlog!(2, driver = name.as_str(); "CSI driver name")`.
+/// `vlog!(2, driver:% = name; "CSI driver name")`.
 #[macro_export]
 macro_rules! vlog {
     ($level:expr, $($key:ident $(:$capture:tt)? = $value:expr),+ ; $($arg:tt)+) => {
@@ -109,10 +112,104 @@ pub struct LineParts<'a> {
     /// klog verbosity of the message: the `vlog!` level, 4 for debug, 5 for trace, else 0.
     pub v: u8,
     /// Structured key/values in call order, without the reserved `v`.
-    pub kvs: &'a [(String, serde_json::Value)],
+    pub kvs: &'a [(String, Field)],
 }
 
-fn render(format: LogFormat, record: &log::Record<'_>, now: SystemTime) -> String {
+/// One key/value's value as both formats write it. The kind comes from how the call site
+/// passed it, never from its text, and each kind is written as one shape of the old format
+/// strings wrote it, so the text line is unchanged byte for byte:
+///
+/// | old format string | call site now           | text line      | JSON   |
+/// |-------------------|------------------------|----------------|--------|
+/// | `k={}` (a number) | `k = n`                | `k=3`          | number |
+/// | `k={}` (a bool)   | `k = b`                | `k=true`       | bool   |
+/// | `k=\"{}\"`        | `k:% = v`              | `k="v"`        | string |
+/// | `k=\"{:?}\"`      | `k:? = v`              | `k="1.2ms"`    | string |
+/// | `k={:?}` (a str)  | `k = s` (`&str`)       | `k="a \"b\""`  | string |
+/// | `k={}` (a word)   | `k:% = Bare(w)`        | `k=Warning`    | string |
+///
+/// The JSON line is the exact one: its strings are the values as they were. In the text line
+/// only a `&str` value is escaped (Rust's `{:?}`); a `:%`/`:?` capture is its text between
+/// quotes, unescaped, as the old `\"{}\"` wrote it, so an error text with quotes still reads
+/// as it always did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Field {
+    /// An integer or a finite float, as its decimal text.
+    Number(String),
+    Bool(bool),
+    /// A `&str` (or `char`) value: quoted and escaped as `{:?}` writes it.
+    Str(String),
+    /// A `:%` or `:?` capture: its text between quotes, unescaped.
+    Text(String),
+    /// A value wrapped in [`Bare`]: written bare when it is a plain word ([`is_bare_word`]),
+    /// else as [`Field::Str`] (never so at today's call sites: they pass closed sets of words).
+    Bare(String),
+    /// `x = ()`: `null` in both.
+    Null,
+}
+
+impl Field {
+    /// How the text line writes the value after `key=`.
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Field::Number(n) => n.as_str().into(),
+            Field::Bool(b) => if *b { "true" } else { "false" }.into(),
+            Field::Bare(s) if is_bare_word(s) => s.as_str().into(),
+            Field::Str(s) | Field::Bare(s) => quote_text(s).into(),
+            Field::Text(s) => format!("\"{s}\"").into(),
+            Field::Null => "null".into(),
+        }
+    }
+
+    /// How the JSON line writes the value.
+    pub fn json(&self) -> String {
+        match self {
+            Field::Number(n) => n.clone(),
+            Field::Bool(b) => b.to_string(),
+            Field::Str(s) | Field::Text(s) | Field::Bare(s) => quote(s),
+            Field::Null => "null".to_string(),
+        }
+    }
+}
+
+thread_local! {
+    /// Set by [`Bare`]'s `Display`, so the key/value visitor learns that the value it is
+    /// formatting asked to be written bare (a `log::kv::Value` does not say what it wraps).
+    static BARE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks a key/value as a word the text line writes without quotes, as an old format string
+/// wrote `type={}`: `log::error!(type:% = Bare(&e.event_type); "...")`. Only for values from
+/// a closed set of words (an Event type, a drop reason); anything else is quoted anyway.
+#[derive(Debug, Clone, Copy)]
+pub struct Bare<T>(pub T);
+
+impl<T: fmt::Display> fmt::Display for Bare<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        BARE.with(|b| b.set(true));
+        self.0.fmt(f)
+    }
+}
+
+/// A word the text line can write bare without being misread: a letter or `_` first, then
+/// letters, digits, `_`, `-` and `.`, and not `true`, `false` or `null` (which read as typed).
+pub fn is_bare_word(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && !matches!(s, "true" | "false" | "null")
+}
+
+/// A `&str` value in the text line: quoted and escaped as the old `{:?}` format strings wrote
+/// it, so it reads back unambiguously whatever it holds.
+pub fn quote_text(s: &str) -> String {
+    format!("{s:?}")
+}
+
+/// One record as one line of `format`, stamped `now`.
+pub(crate) fn render(format: LogFormat, record: &log::Record<'_>, now: SystemTime) -> String {
     let mut collect = Collect::default();
     // A visitor that never fails; an error from the source only loses key/values.
     let _ = record.key_values().visit(&mut collect);
@@ -121,15 +218,7 @@ fn render(format: LogFormat, record: &log::Record<'_>, now: SystemTime) -> Strin
         Level::Trace => 5,
         _ => 0,
     });
-    let mut msg = record.args().to_string();
-    if format == LogFormat::Json {
-        // Call sites write klog's key/values into the message text; JSON carries them as
-        // fields, as component-base's JSON logger does.
-        if let Some((head, pairs)) = split_message_kvs(&msg) {
-            collect.kvs.extend(pairs);
-            msg = head.to_string();
-        }
-    }
+    let msg = record.args().to_string();
     let parts = LineParts {
         level: record.level(),
         time: now,
@@ -149,7 +238,7 @@ fn render(format: LogFormat, record: &log::Record<'_>, now: SystemTime) -> Strin
 #[derive(Default)]
 struct Collect {
     v: Option<u8>,
-    kvs: Vec<(String, serde_json::Value)>,
+    kvs: Vec<(String, Field)>,
 }
 
 impl<'kvs> log::kv::VisitSource<'kvs> for Collect {
@@ -164,27 +253,121 @@ impl<'kvs> log::kv::VisitSource<'kvs> for Collect {
                 return Ok(());
             }
         }
-        self.kvs
-            .push((key.as_str().to_string(), json_value(&value)));
+        self.kvs.push((key.as_str().to_string(), field(&value)));
         Ok(())
     }
 }
 
-/// Keeps numbers and booleans typed in JSON; everything else becomes its display string.
-fn json_value(value: &log::kv::Value<'_>) -> serde_json::Value {
-    if let Some(b) = value.to_bool() {
-        serde_json::Value::Bool(b)
-    } else if let Some(i) = value.to_i64() {
-        serde_json::Value::from(i)
-    } else if let Some(u) = value.to_u64() {
-        serde_json::Value::from(u)
-    } else if let Some(n) = value.to_f64().and_then(serde_json::Number::from_f64) {
-        serde_json::Value::Number(n)
-    } else if let Some(s) = value.to_borrowed_str() {
-        serde_json::Value::String(s.to_string())
-    } else {
-        serde_json::Value::String(value.to_string())
+/// The [`Field`] a key/value's value becomes, by the kind of value the call site passed.
+fn field(value: &log::kv::Value<'_>) -> Field {
+    let mut out = FieldOf(Field::Null);
+    // FieldOf never fails.
+    let _ = value.visit(&mut out);
+    out.0
+}
+
+struct FieldOf(Field);
+
+impl<'v> log::kv::VisitValue<'v> for FieldOf {
+    fn visit_any(&mut self, value: log::kv::Value<'_>) -> Result<(), log::kv::Error> {
+        // A `:%` or `:?` capture: its text, bare only if it went through `Bare`.
+        BARE.with(|b| b.set(false));
+        let text = value.to_string();
+        self.0 = if BARE.with(|b| b.replace(false)) {
+            Field::Bare(text)
+        } else {
+            Field::Text(text)
+        };
+        Ok(())
     }
+
+    fn visit_null(&mut self) -> Result<(), log::kv::Error> {
+        self.0 = Field::Null;
+        Ok(())
+    }
+
+    fn visit_u64(&mut self, value: u64) -> Result<(), log::kv::Error> {
+        self.0 = Field::Number(value.to_string());
+        Ok(())
+    }
+
+    fn visit_i64(&mut self, value: i64) -> Result<(), log::kv::Error> {
+        self.0 = Field::Number(value.to_string());
+        Ok(())
+    }
+
+    fn visit_u128(&mut self, value: u128) -> Result<(), log::kv::Error> {
+        self.0 = Field::Number(value.to_string());
+        Ok(())
+    }
+
+    fn visit_i128(&mut self, value: i128) -> Result<(), log::kv::Error> {
+        self.0 = Field::Number(value.to_string());
+        Ok(())
+    }
+
+    fn visit_f64(&mut self, value: f64) -> Result<(), log::kv::Error> {
+        // Rust writes a finite float as plain decimal digits, a valid JSON number; NaN and the
+        // infinities are none, so they are text.
+        self.0 = if value.is_finite() {
+            Field::Number(value.to_string())
+        } else {
+            Field::Text(value.to_string())
+        };
+        Ok(())
+    }
+
+    fn visit_bool(&mut self, value: bool) -> Result<(), log::kv::Error> {
+        self.0 = Field::Bool(value);
+        Ok(())
+    }
+
+    fn visit_str(&mut self, value: &str) -> Result<(), log::kv::Error> {
+        self.0 = Field::Str(value.to_string());
+        Ok(())
+    }
+
+    fn visit_char(&mut self, value: char) -> Result<(), log::kv::Error> {
+        self.0 = Field::Str(value.to_string());
+        Ok(())
+    }
+}
+
+/// Logs `msg` with key/values known only at run time (an error that carries its own fields,
+/// such as `app::Fatal`), as a macro at the caller's line would; every value is written as a
+/// `:%` capture (`k="v"`, unescaped).
+#[track_caller]
+pub fn log_fields(level: Level, msg: &str, fields: &[(&'static str, String)]) {
+    log_fields_to(log::logger(), level, msg, fields);
+}
+
+#[track_caller]
+fn log_fields_to(
+    logger: &dyn log::Log,
+    level: Level,
+    msg: &str,
+    fields: &[(&'static str, String)],
+) {
+    let target = module_path!();
+    let metadata = log::Metadata::builder().level(level).target(target).build();
+    if level > log::max_level() || !logger.enabled(&metadata) {
+        return;
+    }
+    let at = std::panic::Location::caller();
+    let kvs: Vec<(&str, log::kv::Value)> = fields
+        .iter()
+        .map(|(k, v)| (*k, log::kv::Value::from_display(v)))
+        .collect();
+    logger.log(
+        &log::Record::builder()
+            .metadata(metadata)
+            .module_path(Some(target))
+            .file(Some(at.file()))
+            .line(Some(at.line()))
+            .args(format_args!("{msg}"))
+            .key_values(&kvs.as_slice())
+            .build(),
+    );
 }
 
 fn base_name(path: &str) -> &str {
@@ -198,80 +381,6 @@ fn short_caller(path: &str) -> &str {
         (Some(_), Some((i, _))) => &path[i + 1..],
         _ => path,
     }
-}
-
-fn is_key_start(c: u8) -> bool {
-    c.is_ascii_alphabetic() || c == b'_'
-}
-
-fn is_key_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_'
-}
-
-/// The length of `key=` at the start of `s`, if it starts so.
-fn key_len(s: &[u8]) -> Option<usize> {
-    if !s.first().copied().is_some_and(is_key_start) {
-        return None;
-    }
-    let n = s.iter().take_while(|c| is_key_char(**c)).count();
-    (s.get(n) == Some(&b'=')).then_some(n)
-}
-
-/// Parses `k1="v 1" k2=v2 ...` to its end; None unless all of `s` is such pairs. A quoted value
-/// ends at the first `"` followed by the end or by ` key=`, so a quote inside an error text
-/// does not cut it short. Unquoted numbers and booleans stay typed.
-fn parse_kv_tail(s: &str) -> Option<Vec<(String, serde_json::Value)>> {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        let k = key_len(&b[i..])?;
-        let key = &s[i..i + k];
-        i += k + 1;
-        let (value, next) = if b.get(i) == Some(&b'"') {
-            let start = i + 1;
-            let end = (start..b.len()).find(|&j| {
-                b[j] == b'"'
-                    && (j + 1 == b.len() || (b[j + 1] == b' ' && key_len(&b[j + 2..]).is_some()))
-            })?;
-            (
-                serde_json::Value::String(s[start..end].to_string()),
-                end + 1,
-            )
-        } else {
-            let end = (i..b.len()).find(|&j| b[j] == b' ').unwrap_or(b.len());
-            let raw = &s[i..end];
-            let v = if let Ok(n) = raw.parse::<i64>() {
-                serde_json::Value::from(n)
-            } else if let Ok(t) = raw.parse::<bool>() {
-                serde_json::Value::Bool(t)
-            } else {
-                serde_json::Value::String(raw.to_string())
-            };
-            (v, end)
-        };
-        out.push((key.to_string(), value));
-        i = next;
-        if i < b.len() {
-            if b[i] != b' ' {
-                return None;
-            }
-            i += 1;
-        }
-    }
-    Some(out)
-}
-
-/// Splits `Message key="value" n=3` into the message and its key/values (the earliest split
-/// whose whole tail is pairs); None when there are none.
-pub fn split_message_kvs(msg: &str) -> Option<(&str, Vec<(String, serde_json::Value)>)> {
-    let b = msg.as_bytes();
-    (1..b.len())
-        .filter(|&i| b[i - 1] == b' ' && key_len(&b[i..]).is_some())
-        .find_map(|i| {
-            let pairs = parse_kv_tail(&msg[i..])?;
-            Some((&msg[..i - 1], pairs))
-        })
 }
 
 /// klog's header and message: `I1127 18:34:39.123456   12345 file.rs:42] message key="value"`.
@@ -301,10 +410,7 @@ pub fn format_text(p: &LineParts<'_>) -> String {
         out.push(' ');
         out.push_str(k);
         out.push('=');
-        match v {
-            serde_json::Value::String(s) => out.push_str(&quote(s)),
-            other => out.push_str(&other.to_string()),
-        }
+        out.push_str(&v.text());
     }
     out
 }
@@ -338,7 +444,7 @@ pub fn format_json(p: &LineParts<'_>) -> String {
         out.push(',');
         out.push_str(&quote(key));
         out.push(':');
-        out.push_str(&val.to_string());
+        out.push_str(&val.json());
     }
     out.push('}');
     out
@@ -402,11 +508,7 @@ mod tests {
         UNIX_EPOCH + Duration::from_micros(1_732_732_479_123_456)
     }
 
-    fn parts<'a>(
-        level: Level,
-        msg: &'a str,
-        kvs: &'a [(String, serde_json::Value)],
-    ) -> LineParts<'a> {
+    fn parts<'a>(level: Level, msg: &'a str, kvs: &'a [(String, Field)]) -> LineParts<'a> {
         LineParts {
             level,
             time: t(),
@@ -419,8 +521,14 @@ mod tests {
         }
     }
 
-    fn kv(k: &str, v: serde_json::Value) -> (String, serde_json::Value) {
-        (k.to_string(), v)
+    fn kv(k: &str, v: serde_json::Value) -> (String, Field) {
+        let f = match v {
+            serde_json::Value::String(s) => Field::Str(s),
+            serde_json::Value::Bool(b) => Field::Bool(b),
+            serde_json::Value::Number(n) => Field::Number(n.to_string()),
+            other => Field::Str(other.to_string()),
+        };
+        (k.to_string(), f)
     }
 
     #[test]
@@ -505,68 +613,196 @@ mod tests {
         );
     }
 
-    #[test]
-    fn message_key_values_are_split_for_json() {
-        type Split<'a> = Option<(&'a str, Vec<(&'a str, serde_json::Value)>)>;
-        let cases: Vec<(&str, Split)> = vec![
-            (
-                "Version version=\"0.1.0\"",
-                Some(("Version", vec![("version", serde_json::json!("0.1.0"))])),
-            ),
-            (
-                "Failed to renew lease lease=\"ns/l\" err=\"timed out waiting for the condition\"",
-                Some((
-                    "Failed to renew lease",
-                    vec![
-                        ("lease", serde_json::json!("ns/l")),
-                        (
-                            "err",
-                            serde_json::json!("timed out waiting for the condition"),
-                        ),
-                    ],
-                )),
-            ),
-            (
-                "ListVolumes sweep done pages=2 volumes=3 ok=true duration=\"1.2ms\"",
-                Some((
-                    "ListVolumes sweep done",
-                    vec![
-                        ("pages", serde_json::json!(2)),
-                        ("volumes", serde_json::json!(3)),
-                        ("ok", serde_json::json!(true)),
-                        ("duration", serde_json::json!("1.2ms")),
-                    ],
-                )),
-            ),
-            // A quote inside an error text does not end the value.
-            (
-                "Fatal err=\"GET /x: \"pv-1\" not found\" pv=\"pv-1\"",
-                Some((
-                    "Fatal",
-                    vec![
-                        ("err", serde_json::json!("GET /x: \"pv-1\" not found")),
-                        ("pv", serde_json::json!("pv-1")),
-                    ],
-                )),
-            ),
-            ("No pairs here", None),
-            ("Option --worker-threads=0 is bad", None),
-            ("x=1 at the start", None),
-            ("Unterminated err=\"oops", None),
-            ("Trailing junk a=1 b", None),
-        ];
-        for (msg, want) in cases {
-            let got = split_message_kvs(msg);
-            let want = want.map(|(m, kvs)| {
-                (
-                    m,
-                    kvs.into_iter()
-                        .map(|(k, v)| (k.to_string(), v))
-                        .collect::<Vec<_>>(),
-                )
-            });
-            assert_eq!(got, want, "{msg}");
+    /// A logger of its own: a test logs with `logger: &cap` and sees exactly its records,
+    /// rendered both ways, whatever global logger another test installed.
+    struct Capture(std::sync::Mutex<Vec<(String, serde_json::Value)>>);
+
+    impl Capture {
+        fn new() -> Capture {
+            // The macros check the global maximum first; nothing in these tests is below Info.
+            if log::max_level() < LevelFilter::Info {
+                log::set_max_level(LevelFilter::Info);
+            }
+            Capture(std::sync::Mutex::new(Vec::new()))
         }
+
+        /// Each record as (the text line after the klog header, the JSON line).
+        fn take(&self) -> Vec<(String, serde_json::Value)> {
+            std::mem::take(&mut *crate::sync::lock(&self.0))
+        }
+    }
+
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+
+        fn log(&self, record: &log::Record<'_>) {
+            let text = render(LogFormat::Text, record, t());
+            let (_, tail) = text.split_once("] ").unwrap_or_else(|| panic!("{text}"));
+            let json = render(LogFormat::Json, record, t());
+            let j = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+            crate::sync::lock(&self.0).push((tail.to_string(), j));
+        }
+
+        fn flush(&self) {}
+    }
+
+    /// The JSON line has `ts`, `caller`, `v`, this `msg` and exactly these fields.
+    fn assert_json(j: &serde_json::Value, msg: &str, fields: serde_json::Value) {
+        let mut want = fields.as_object().cloned().unwrap_or_default();
+        let got = j.as_object().cloned().unwrap_or_default();
+        for k in ["ts", "caller", "v"] {
+            assert!(got.contains_key(k), "{k} in {j}");
+            want.insert(k.to_string(), got[k].clone());
+        }
+        want.insert("msg".to_string(), msg.into());
+        assert_eq!(got, want);
+    }
+
+    /// Call-site shapes as they are written now, against the format strings they replaced:
+    /// the text line is the old one byte for byte, the JSON line has the values typed.
+    #[test]
+    fn key_values_render_as_the_old_format_strings_did() {
+        let cap = Capture::new();
+        let (n, pv, ns, name) = (3u64, "pv-1", "ns", "pvc-1");
+        let e = std::io::Error::other("GET /x: \"pvc-1\" not found");
+        log::error!(logger: &cap, errors_since_last_line = n, pv:% = pv, pvc:% = format_args!("{ns}/{name}"), err:% = e; "Get PVC error");
+        let (pages, volumes, elapsed) = (2u32, vec![1, 2, 3], Duration::from_micros(1200));
+        log::info!(logger: &cap, pages = pages, volumes = volumes.len(), checked = volumes.len(), duration:? = elapsed; "{} sweep done", "ListVolumes");
+        let (thread, location, message) = ("csi", "src/x.rs:1", "boom \"x\"\n\tdone");
+        log::error!(logger: &cap, thread:% = thread, location:% = location, message = message; "A thread panicked");
+        let (holder, seconds) = ("go-replica", 3600i32);
+        log::warn!(logger: &cap, lease:% = "ns/l", holder:% = holder, leaseDurationSeconds = seconds; "Lease holder claims a longer lease than is honoured, counting {}s", 15);
+        let (kind, event_type, count) = ("PersistentVolumeClaim", String::from("Warning"), 2i32);
+        log::info!(logger: &cap, event:% = format_args!("{ns}/e1"), kind = kind, type:% = Bare(&event_type), count = count; "Event written");
+        let ready = Some(true);
+        log::info!(logger: &cap, node:% = "n1", ready:? = ready; "Node watcher tracking node");
+        log::info!(logger: &cap, v = 2u8, driver:% = "d"; "CSI driver name");
+        log::info!(logger: &cap, "Option --x=1 is not k=\"v\"");
+
+        let lines = cap.take();
+        let want = [
+            (
+                format!("Get PVC error errors_since_last_line={n} pv=\"{pv}\" pvc=\"{ns}/{name}\" err=\"{e}\""),
+                "Get PVC error",
+                serde_json::json!({"errors_since_last_line": 3, "pv": "pv-1", "pvc": "ns/pvc-1", "err": "GET /x: \"pvc-1\" not found"}),
+            ),
+            (
+                format!("{} sweep done pages={pages} volumes={} checked={} duration=\"{:?}\"", "ListVolumes", volumes.len(), volumes.len(), elapsed),
+                "ListVolumes sweep done",
+                serde_json::json!({"pages": 2, "volumes": 3, "checked": 3, "duration": "1.2ms"}),
+            ),
+            (
+                format!("A thread panicked thread=\"{thread}\" location=\"{location}\" message={message:?}"),
+                "A thread panicked",
+                serde_json::json!({"thread": "csi", "location": "src/x.rs:1", "message": "boom \"x\"\n\tdone"}),
+            ),
+            (
+                format!("Lease holder claims a longer lease than is honoured, counting {}s lease=\"{}\" holder=\"{}\" leaseDurationSeconds={}", 15, "ns/l", holder, seconds),
+                "Lease holder claims a longer lease than is honoured, counting 15s",
+                serde_json::json!({"lease": "ns/l", "holder": "go-replica", "leaseDurationSeconds": 3600}),
+            ),
+            (
+                format!("Event written event=\"{ns}/e1\" kind={kind:?} type={event_type} count={count}"),
+                "Event written",
+                serde_json::json!({"event": "ns/e1", "kind": "PersistentVolumeClaim", "type": "Warning", "count": 2}),
+            ),
+            (
+                format!("Node watcher tracking node node=\"{}\" ready=\"{:?}\"", "n1", ready),
+                "Node watcher tracking node",
+                serde_json::json!({"node": "n1", "ready": "Some(true)"}),
+            ),
+            (
+                "CSI driver name driver=\"d\"".to_string(),
+                "CSI driver name",
+                serde_json::json!({"driver": "d"}),
+            ),
+            // Text in the message stays message text: nothing is read back out of it.
+            (
+                "Option --x=1 is not k=\"v\"".to_string(),
+                "Option --x=1 is not k=\"v\"",
+                serde_json::json!({}),
+            ),
+        ];
+        assert_eq!(lines.len(), want.len());
+        for ((text, j), (old, msg, fields)) in lines.iter().zip(want) {
+            assert_eq!(*text, old);
+            assert_json(j, msg, fields);
+        }
+        assert_eq!(
+            lines[6].1["v"], 2,
+            "vlog!'s level is the JSON v, not a field"
+        );
+    }
+
+    #[test]
+    fn each_kind_of_value_is_written_as_its_old_format_string_did() {
+        let cap = Capture::new();
+        let e = std::io::Error::other("GET /x: \"pv-1\" not found\nretrying");
+        let s = "a \"b\"\nc";
+        log::info!(logger: &cap, n = -1i64, big = u128::MAX, f = 1.5f64, nan = f64::NAN, ok = false, c = 'x', none = (), s = s, err:% = e; "m");
+        log::info!(logger: &cap, a:% = Bare("queue_full"), b:% = Bare("two words"), c:% = Bare("true"), d:% = Bare(""), e:% = Bare(3); "m");
+        let lines = cap.take();
+        // `{:?}` of a str is escaped; `\"{}\"` of an error is not, as the old strings wrote them.
+        assert_eq!(
+            lines[0].0,
+            format!(
+                "m n=-1 big={} f=1.5 nan=\"NaN\" ok=false c=\"x\" none=null s={s:?} err=\"{e}\"",
+                u128::MAX
+            )
+        );
+        assert_eq!(
+            lines[0].0,
+            format!(
+                "m n=-1 big={} f=1.5 nan=\"NaN\" ok=false c=\"x\" none=null s=\"a \\\"b\\\"\\nc\" err=\"GET /x: \"pv-1\" not found\nretrying\"",
+                u128::MAX
+            )
+        );
+        let j = &lines[0].1;
+        assert_eq!(j["n"], -1);
+        assert_eq!(j["f"], 1.5);
+        assert_eq!(j["nan"], "NaN");
+        assert_eq!(j["ok"], false);
+        assert_eq!(j["c"], "x");
+        assert!(j["none"].is_null());
+        assert_eq!(j["s"], s);
+        assert_eq!(j["err"], "GET /x: \"pv-1\" not found\nretrying");
+        // A word that would be misread bare (a space, a bool, nothing, a digit first) is quoted.
+        assert_eq!(
+            lines[1].0,
+            r#"m a=queue_full b="two words" c="true" d="" e="3""#
+        );
+        assert_json(
+            &lines[1].1,
+            "m",
+            serde_json::json!({"a": "queue_full", "b": "two words", "c": "true", "d": "", "e": "3"}),
+        );
+        // Bare applies to the value it wraps, not to the next one formatted.
+        log::info!(logger: &cap, a:% = Bare("w"), b:% = "w"; "m");
+        assert_eq!(cap.take()[0].0, r#"m a=w b="w""#);
+    }
+
+    #[test]
+    fn run_time_fields_are_text_at_the_callers_line() {
+        let cap = Capture::new();
+        let fields = [
+            ("address", "[::]:8080".to_string()),
+            ("err", "in use".to_string()),
+        ];
+        let line = line!() + 1;
+        log_fields_to(&cap, Level::Error, "Failed to start HTTP server", &fields);
+        let lines = cap.take();
+        assert_eq!(
+            lines[0].0,
+            r#"Failed to start HTTP server address="[::]:8080" err="in use""#
+        );
+        assert_json(
+            &lines[0].1,
+            "Failed to start HTTP server",
+            serde_json::json!({"address": "[::]:8080", "err": "in use"}),
+        );
+        assert_eq!(lines[0].1["caller"], format!("src/logging.rs:{line}"));
     }
 
     #[test]

@@ -390,7 +390,7 @@ impl Metrics {
             Box::new(unknown_conditions.clone()),
         ] {
             if let Err(e) = registry.register(c) {
-                log::error!("Failed to register a metric err=\"{e}\"");
+                log::error!(err:% = e; "Failed to register a metric");
             }
         }
         Metrics {
@@ -504,6 +504,15 @@ impl Metrics {
             .inc();
     }
 
+    /// Room for `n` volume series, taken while there are none yet (the first sweep knows how
+    /// many PVs it will report), so the series do not grow by doubling into spare room.
+    pub fn reserve_volumes(&self, n: usize) {
+        let mut volumes = crate::sync::lock(&self.volumes);
+        if volumes.is_empty() {
+            volumes.reserve(n);
+        }
+    }
+
     /// Keeps the series of the PVs `keep` accepts and drops the rest (deleted, or no longer
     /// ours), so a volume's series disappears with its PV.
     pub fn retain_volumes(&self, keep: impl Fn(&str) -> bool) {
@@ -561,7 +570,7 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out) {
-            log::error!("Failed to encode metrics err=\"{e}\"");
+            log::error!(err:% = e; "Failed to encode metrics");
         }
         out
     }

@@ -15,13 +15,14 @@ use proptest::prelude::*;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
+use crate::config::LogFormat;
 use crate::events::{Event, EventType, ObjectRef};
 use crate::flags;
 use crate::health::{self, Condition, PvcCondition, MAX_CONDITIONS};
 use crate::kube::client::{parse_watch_line, status_from_body, WatchEvent, MAX_SERVER_WAIT};
 use crate::kube::object::read_page;
 use crate::leader::{self, lease_valid, observe, Lease, LeaseRecord};
-use crate::logging::{format_json, split_message_kvs, LineParts};
+use crate::logging::{quote_text, render, Bare};
 use crate::monitor::decide::{self, checkable};
 use crate::monitor::nodes::{affected_claims, NodeRecord, NodeTracker, PodRecord, ReadyState};
 use crate::timeutil::{parse_rfc3339, rfc3339, rfc3339_micros};
@@ -315,21 +316,140 @@ fn rank(status: &str) -> u8 {
     }
 }
 
-/// A value the log key/value splitter must read back.
+/// A key/value's value as a call site passes it.
 #[derive(Debug, Clone)]
 enum KvValue {
     Int(i64),
+    UInt(u64),
     Bool(bool),
-    /// Written quoted; any text without a double quote.
+    /// `k = s.as_str()`, which replaced `k={:?}`: any text.
     Str(String),
+    /// `k:% = e`, which replaced `k=\"{}\"`: any text through `Display`.
+    Display(String),
+    /// `k:% = Bare(w)`, which replaced `k={}` for a word.
+    Bare(Bare<String>),
 }
 
 fn kv_value() -> impl Strategy<Value = KvValue> {
     prop_oneof![
         any::<i64>().prop_map(KvValue::Int),
+        any::<u64>().prop_map(KvValue::UInt),
         any::<bool>().prop_map(KvValue::Bool),
-        "[^\"]{0,16}".prop_map(KvValue::Str),
+        text().prop_map(KvValue::Str),
+        prop_oneof![text(), "[a-z0-9 =/:.-]{0,12}"].prop_map(KvValue::Display),
+        "[a-zA-Z_][a-zA-Z0-9_.-]{0,12}"
+            .prop_filter("a word", |s| crate::logging::is_bare_word(s))
+            .prop_map(|s| KvValue::Bare(Bare(s))),
     ]
+}
+
+impl KvValue {
+    fn to_value(&self) -> log::kv::Value<'_> {
+        match self {
+            KvValue::Int(n) => log::kv::Value::from(*n),
+            KvValue::UInt(n) => log::kv::Value::from(*n),
+            KvValue::Bool(b) => log::kv::Value::from(*b),
+            KvValue::Str(s) => log::kv::Value::from(s.as_str()),
+            KvValue::Display(s) => log::kv::Value::from_display(s),
+            KvValue::Bare(b) => log::kv::Value::from_display(b),
+        }
+    }
+
+    /// What the format string this call site replaced wrote after `k=`.
+    fn old_text(&self) -> String {
+        match self {
+            KvValue::Int(n) => format!("{n}"),
+            KvValue::UInt(n) => format!("{n}"),
+            KvValue::Bool(b) => format!("{b}"),
+            KvValue::Str(s) => format!("{s:?}"),
+            KvValue::Display(s) => format!("\"{s}\""),
+            KvValue::Bare(Bare(s)) => s.clone(),
+        }
+    }
+
+    /// Whether the text line is unambiguous for this value: all but a `Display` value holding
+    /// a quote, a backslash or a control character, which the old format wrote raw.
+    fn reads_back(&self) -> bool {
+        match self {
+            KvValue::Display(s) => !s.chars().any(|c| c == '"' || c == '\\' || c.is_control()),
+            _ => true,
+        }
+    }
+
+    /// The value as the JSON line has it, and as the text line reads back.
+    fn json(&self) -> Value {
+        match self {
+            KvValue::Int(n) => json!(n),
+            KvValue::UInt(n) => json!(n),
+            KvValue::Bool(b) => json!(b),
+            KvValue::Str(s) | KvValue::Display(s) | KvValue::Bare(Bare(s)) => json!(s),
+        }
+    }
+}
+
+/// Reads the key/values back out of a text line's tail (` k=v k2="v 2"`) as a reader of the
+/// log would: a quoted value ends at the first unescaped quote and is unescaped as Rust
+/// escapes it; a bare one ends at the next space and reads as a number, a boolean or a word.
+fn read_text_pairs(mut s: &str) -> Result<Vec<(String, Value)>, String> {
+    let mut out = Vec::new();
+    while !s.is_empty() {
+        let rest = s
+            .strip_prefix(' ')
+            .ok_or(format!("no space before {s:?}"))?;
+        let (key, rest) = rest.split_once('=').ok_or(format!("no = in {rest:?}"))?;
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let (value, after) = unescape(quoted)?;
+            out.push((key.to_string(), json!(value)));
+            s = after;
+        } else {
+            let end = rest.find(' ').unwrap_or(rest.len());
+            let word = &rest[..end];
+            let value = if let Ok(n) = word.parse::<i64>() {
+                json!(n)
+            } else if let Ok(n) = word.parse::<u64>() {
+                json!(n)
+            } else if let Ok(b) = word.parse::<bool>() {
+                json!(b)
+            } else {
+                json!(word)
+            };
+            out.push((key.to_string(), value));
+            s = &rest[end..];
+        }
+    }
+    Ok(out)
+}
+
+/// The text of a quoted value up to its closing quote, and what follows that quote.
+fn unescape(s: &str) -> Result<(String, &str), String> {
+    let mut out = String::new();
+    let mut chars = s.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Ok((out, &s[i + 1..])),
+            '\\' => match chars.next().map(|(_, c)| c) {
+                Some('n') => out.push('\n'),
+                Some('r') => out.push('\r'),
+                Some('t') => out.push('\t'),
+                Some('0') => out.push('\0'),
+                Some(c @ ('\\' | '"' | '\'')) => out.push(c),
+                Some('u') => {
+                    let hex: String = chars
+                        .by_ref()
+                        .map(|(_, c)| c)
+                        .skip(1)
+                        .take_while(|c| *c != '}')
+                        .collect();
+                    let code = u32::from_str_radix(&hex, 16).map_err(|e| format!("{e}: {hex}"))?;
+                    out.push(char::from_u32(code).ok_or(format!("not a char: {code}"))?);
+                }
+                other => return Err(format!("unknown escape {other:?}")),
+            },
+            c if c.is_control() => return Err(format!("raw control character {c:?}")),
+            c => out.push(c),
+        }
+    }
+    Err(format!("unterminated: {s:?}"))
 }
 
 proptest! {
@@ -700,62 +820,79 @@ proptest! {
         }
     }
 
-    /// The JSON log's key/value splitter cuts the message by byte index: any message, however
-    /// its quotes, `=` and multi-byte characters fall, splits without a panic into a head that
-    /// is a prefix of it, and the line stays one valid JSON object.
+    /// Any record, whatever its message and key/values: the JSON line is one object whose
+    /// `msg` is the message and whose fields are exactly the key/values, typed (nothing is
+    /// read out of the message); the text line is the message followed by the key/values
+    /// byte for byte as the format strings they replaced wrote them, and it reads back to the
+    /// JSON line's fields wherever the old format was unambiguous (every value but a `:%`
+    /// capture holding a quote, a backslash or a control character).
     #[test]
-    fn log_messages_of_any_text_split_without_a_panic(
-        parts in prop::collection::vec(prop_oneof![
-            text(),
-            Just(" ".to_string()), Just("=".to_string()), Just("\"".to_string()),
-            Just(" k=".to_string()), Just(" k=\"".to_string()), Just("\" ".to_string()),
-            Just("é".to_string()), Just("😀".to_string()),
-            "[a-z_]{1,4}=[\"0-9a-zé ]{0,4}",
-        ], 0..10),
+    fn log_text_and_json_lines_carry_the_same_fields(
+        msg in prop_oneof![text(), "[a-z ]{0,8}( [a-z]{1,3}=(\"[a-z ]{0,3}\"|[0-9]{1,3})){1,3}"],
+        pairs in prop::collection::vec(("[a-zA-Z_][a-zA-Z0-9_]{0,8}", kv_value()), 0..5),
     ) {
-        let msg: String = parts.concat();
-        let mut kvs = Vec::new();
-        let mut head = msg.as_str();
-        if let Some((h, pairs)) = split_message_kvs(&msg) {
-            prop_assert!(msg.starts_with(h));
-            prop_assert!(!pairs.is_empty());
-            head = h;
-            kvs = pairs;
+        // `v` is the reserved verbosity key and `error` is written as `err` in JSON; keys are
+        // distinct, as at a call site.
+        let mut seen = std::collections::HashSet::new();
+        let pairs: Vec<_> = pairs
+            .into_iter()
+            .filter(|(k, _)| k != "v" && k != "error" && seen.insert(k.clone()))
+            .collect();
+        let kvs: Vec<(&str, log::kv::Value)> =
+            pairs.iter().map(|(k, v)| (k.as_str(), v.to_value())).collect();
+        let kvs = kvs.as_slice();
+        let now = SystemTime::now();
+        let line = |format| {
+            render(
+                format,
+                &log::Record::builder()
+                    .level(log::Level::Warn)
+                    .args(format_args!("{msg}"))
+                    .file(Some("src/x.rs"))
+                    .line(Some(1))
+                    .key_values(&kvs)
+                    .build(),
+                now,
+            )
+        };
+        let want: Vec<(String, Value)> = pairs.iter().map(|(k, v)| (k.clone(), v.json())).collect();
+
+        let json_line = line(LogFormat::Json);
+        prop_assert!(!json_line.contains('\n'));
+        let j: Value = serde_json::from_str(&json_line)
+            .map_err(|e| TestCaseError::fail(format!("{e}: {json_line}")))?;
+        let mut got = j.as_object().cloned().unwrap_or_default();
+        prop_assert_eq!(got.remove("msg"), Some(json!(msg)));
+        for k in ["ts", "caller", "v"] {
+            prop_assert!(got.remove(k).is_some(), "{} in {}", k, json_line);
         }
-        let line = format_json(&LineParts {
-            level: log::Level::Info,
-            time: SystemTime::now(),
-            pid: 1,
-            file: "src/x.rs",
-            line: 1,
-            msg: head,
-            v: 0,
-            kvs: &kvs,
-        });
-        prop_assert!(!line.contains('\n'));
-        let v: Value = serde_json::from_str(&line).map_err(|e| TestCaseError::fail(format!("{e}: {line}")))?;
-        prop_assert_eq!(v["msg"].as_str(), Some(head));
+        let want_map: serde_json::Map<String, Value> = want.iter().cloned().collect();
+        prop_assert_eq!(&got, &want_map, "{}", json_line);
+
+        let text_line = line(LogFormat::Text);
+        let tail = text_line
+            .split_once("] ")
+            .and_then(|(_, t)| t.strip_prefix(msg.as_str()))
+            .ok_or_else(|| TestCaseError::fail(format!("no message in {text_line:?}")))?;
+        let old: String = pairs.iter().map(|(k, v)| format!(" {k}={}", v.old_text())).collect();
+        prop_assert_eq!(tail, old.as_str());
+        if pairs.iter().all(|(_, v)| v.reads_back()) {
+            prop_assert!(!tail.contains('\n'), "{:?}", tail);
+            let read = read_text_pairs(tail)
+                .map_err(|e| TestCaseError::fail(format!("{e}: {tail:?}")))?;
+            prop_assert_eq!(read, want, "{:?}", tail);
+        }
     }
 
-    /// What call sites write, `Message key=value key="text" ...`, splits back into the message
-    /// and exactly those pairs, numbers and booleans typed.
+    /// Any `&str` value quotes to one line that reads back to it: the only raw quotes are the
+    /// two that delimit it, and no control character is left raw.
     #[test]
-    fn log_key_values_round_trip(
-        head in "[^=]{0,24}",
-        pairs in prop::collection::vec(("[a-zA-Z_][a-zA-Z0-9_]{0,8}", kv_value()), 1..5),
-    ) {
-        let mut msg = head.clone();
-        let mut want = Vec::new();
-        for (k, v) in &pairs {
-            let (text, value) = match v {
-                KvValue::Int(n) => (n.to_string(), json!(n)),
-                KvValue::Bool(b) => (b.to_string(), json!(b)),
-                KvValue::Str(s) => (format!("\"{s}\""), json!(s)),
-            };
-            msg.push_str(&format!(" {k}={text}"));
-            want.push((k.clone(), value));
-        }
-        prop_assert_eq!(split_message_kvs(&msg), Some((head.as_str(), want)), "{}", msg);
+    fn quoted_log_values_read_back(s in text()) {
+        let q = quote_text(&s);
+        prop_assert!(q.starts_with('"'));
+        let (back, after) = unescape(&q[1..]).map_err(|e| TestCaseError::fail(format!("{e}: {q:?}")))?;
+        prop_assert_eq!(back, s);
+        prop_assert_eq!(after, "");
     }
 
     #[test]

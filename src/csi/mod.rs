@@ -382,7 +382,7 @@ impl Connection {
             builder = builder.raw_cfg_int(key, i32::MAX);
         }
         let target = format!("unix:{}", address.display());
-        log::debug!("Connecting address=\"{}\"", address.display());
+        log::debug!(address:% = address.display(); "Connecting");
         let channel = builder.connect(&target);
         let started = Instant::now();
         let mut next_log = started + CONNECT_LOG_INTERVAL;
@@ -398,7 +398,10 @@ impl Connection {
                 });
             }
             if now >= next_log {
-                log::info!("Still connecting address=\"unix://{}\"", address.display());
+                log::info!(
+                    address:% = format_args!("unix://{}", address.display());
+                    "Still connecting"
+                );
                 next_log += CONNECT_LOG_INTERVAL;
             }
             // grpcio's state-change wait is a future; polling keeps us free of an executor.
@@ -424,7 +427,7 @@ impl Connection {
         method: &'static str,
         f: impl FnOnce() -> grpcio::Result<T>,
     ) -> Result<T, Error> {
-        log::trace!("GRPC call method=\"{method}\"");
+        log::trace!(method:% = method; "GRPC call");
         let start = Instant::now();
         let result = f();
         let secs = start.elapsed().as_secs_f64();
@@ -451,7 +454,7 @@ impl Connection {
             }
         };
         if let Err(e) = &outcome {
-            log::trace!("GRPC response method=\"{method}\" err=\"{e}\"");
+            log::trace!(method:% = method, err:% = e; "GRPC response");
         }
         outcome
     }

@@ -24,6 +24,7 @@ pub use event::{
 };
 
 use crate::kube;
+use crate::logging::Bare;
 use crate::shutdown::Shutdown;
 use crate::timeutil::{self, Clock, SystemClock};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -31,6 +32,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// Logs at `$level` with an Event's key/values (`event="ns/name" object="ns/name" kind="Pod"
+/// type=Warning reason="..." message="..." count=1`, as the recorder's lines always read)
+/// between the key/values in the first and the second brackets.
+macro_rules! log_event {
+    ($level:ident, $event:expr, [$($before:tt)*], [$($after:tt)*], $($msg:tt)+) => {{
+        let e: &Event = $event;
+        log::$level!(
+            $($before)*
+            event:% = format_args!("{}/{}", e.namespace, e.name),
+            object:% = format_args!("{}/{}", e.involved.namespace, e.involved.name),
+            kind = e.involved.kind.as_str(),
+            type:% = Bare(&e.event_type),
+            reason = e.reason.as_str(),
+            message = e.message.as_str(),
+            count = e.count
+            $($after)*;
+            $($msg)+
+        )
+    }};
+}
 
 /// Events waiting for the recorder thread (client-go `maxQueuedEvents`).
 pub const QUEUE_CAPACITY: usize = 1000;
@@ -303,10 +325,15 @@ impl Recorder {
     fn note_dropped(&self, reason: DropReason, event: &Event) {
         self.pending.dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
         if let Some(n) = self.pending.drop_log.hit(Instant::now()) {
-            log::error!(
-                "{DROPPED_MESSAGE} dropped_since_last_line={n} reason={} last {}",
-                reason.as_str(),
-                describe(event)
+            // The word "last" between the pairs keeps the count and the reason in the message,
+            // as the text line has always had them (and the JSON line had them too).
+            log_event!(
+                error,
+                event,
+                [],
+                [],
+                "{DROPPED_MESSAGE} dropped_since_last_line={n} reason={} last",
+                reason.as_str()
             );
         }
     }
@@ -321,9 +348,12 @@ impl Recorder {
             let mut s = crate::sync::lock(&self.pending.state);
             if s.closed {
                 drop(s);
-                log::debug!(
-                    "Event recorder has stopped, dropped event {}",
-                    describe(&event)
+                log_event!(
+                    debug,
+                    &event,
+                    [],
+                    [],
+                    "Event recorder has stopped, dropped event"
                 );
                 return false;
             }
@@ -363,9 +393,12 @@ impl Recorder {
             }
             Err(TrySendError::Disconnected(event)) => {
                 self.pending.done(1);
-                log::debug!(
-                    "Event recorder has stopped, dropped event {}",
-                    describe(&event)
+                log_event!(
+                    debug,
+                    &event,
+                    [],
+                    [],
+                    "Event recorder has stopped, dropped event"
                 );
                 false
             }
@@ -580,9 +613,12 @@ impl<S: EventSink> Writer<S> {
             tries += 1;
             if tries >= self.max_tries {
                 if let Some(n) = self.failed_log.hit(Instant::now()) {
-                    log::error!(
-                        "Unable to write event (retry limit exceeded!) failures_since_last_line={n} {}",
-                        describe(&event)
+                    log_event!(
+                        error,
+                        &event,
+                        [failures_since_last_line = n,],
+                        [],
+                        "Unable to write event (retry limit exceeded!)"
                     );
                 }
                 return Outcome::GaveUp;
@@ -595,9 +631,12 @@ impl<S: EventSink> Writer<S> {
                 self.retry_interval
             };
             if (self.sleep)(delay, &self.shutdown) {
-                log::error!(
-                    "Unable to write event (broadcaster is shut down) {}",
-                    describe(&event)
+                log_event!(
+                    error,
+                    &event,
+                    [],
+                    [],
+                    "Unable to write event (broadcaster is shut down)"
                 );
                 return Outcome::ShutDown;
             }
@@ -618,37 +657,37 @@ impl<S: EventSink> Writer<S> {
         let err = match result {
             Ok(answer) => {
                 self.correlator.update_state(&answer);
-                log::debug!("Event written {}", describe(event));
+                log_event!(debug, event, [], [], "Event written");
                 return Some(Outcome::Written);
             }
             Err(err) => err,
         };
         match &err {
             kube::Error::Config { .. } => {
-                log::error!(
-                    "Unable to construct event (will not retry!) {} err=\"{err}\"",
-                    describe(event)
+                log_event!(
+                    error, event, [], [, err:% = err],
+                    "Unable to construct event (will not retry!)"
                 );
                 Some(Outcome::Rejected)
             }
             kube::Error::Api { status, .. } => {
                 if err.is_already_exists() || is_namespace_terminating(status) {
-                    log::trace!(
-                        "Server rejected event (will not retry!) {} err=\"{err}\"",
-                        describe(event)
+                    log_event!(
+                        trace, event, [], [, err:% = err],
+                        "Server rejected event (will not retry!)"
                     );
                 } else if let Some(n) = self.failed_log.hit(Instant::now()) {
-                    log::error!(
-                        "Server rejected event (will not retry!) failures_since_last_line={n} {} err=\"{err}\"",
-                        describe(event)
+                    log_event!(
+                        error, event, [failures_since_last_line = n,], [, err:% = err],
+                        "Server rejected event (will not retry!)"
                     );
                 }
                 Some(Outcome::Rejected)
             }
             kube::Error::Transport { .. } | kube::Error::Decode { .. } => {
-                log::warn!(
-                    "Unable to write event (may retry after sleeping) {} err=\"{err}\"",
-                    describe(event)
+                log_event!(
+                    warn, event, [], [, err:% = err],
+                    "Unable to write event (may retry after sleeping)"
                 );
                 None
             }
@@ -665,21 +704,6 @@ impl<S: EventSink> Writer<S> {
 /// so recognise the API server's message for it.
 fn is_namespace_terminating(status: &kube::Status) -> bool {
     status.code == 403 && status.message.contains("because it is being terminated")
-}
-
-fn describe(e: &Event) -> String {
-    format!(
-        "event=\"{}/{}\" object=\"{}/{}\" kind={:?} type={} reason={:?} message={:?} count={}",
-        e.namespace,
-        e.name,
-        e.involved.namespace,
-        e.involved.name,
-        e.involved.kind,
-        e.event_type,
-        e.reason,
-        e.message,
-        e.count
-    )
 }
 
 #[cfg(test)]

@@ -1222,9 +1222,8 @@ pub(crate) fn run_exec(
         // The kill closed the pipe's last writers: what they wrote is still in it.
         out = output.recv_timeout(EXEC_OUTPUT_GRACE).ok();
         log::warn!(
-            "Exec credential plugin exited but left a process holding its output; killed its process group command=\"{}\" source=\"{}\"",
-            e.command,
-            e.source
+            command:% = e.command, source:% = e.source;
+            "Exec credential plugin exited but left a process holding its output; killed its process group"
         );
     }
     match ended {

@@ -301,9 +301,9 @@ impl Engine {
         let mut s = self.lock();
         s.reconcile(names.into_iter(), Instant::now());
         log::debug!(
-            "Reconciled volumes tracked={} in_flight={}",
-            s.tracked(),
-            s.in_flight()
+            tracked = s.tracked(),
+            in_flight = s.in_flight();
+            "Reconciled volumes"
         );
         drop(s);
         self.core.work.notify_all();
@@ -357,8 +357,8 @@ impl Engine {
             let now = Instant::now();
             if now >= deadline {
                 log::warn!(
-                    "Checks still running at shutdown; not waiting for them in_flight={}",
-                    s.in_flight()
+                    in_flight = s.in_flight();
+                    "Checks still running at shutdown; not waiting for them"
                 );
                 break;
             }
@@ -447,7 +447,7 @@ impl Core {
         let pv = &pv;
         checkable(pv).ok()?;
         if log::log_enabled!(log::Level::Trace) {
-            log::trace!("Started PV processing pv=\"{}\"", pv.name());
+            log::trace!(pv:% = pv.name(); "Started PV processing");
         }
         crate::crash::fault_point("worker");
         let finding = ask(&self.monitor, self.source.as_ref(), pv)?;
@@ -494,8 +494,8 @@ pub fn ask(monitor: &Monitor, source: &dyn HealthSource, pv: &PvRecord) -> Optio
             monitor.metrics().observe_probe(method, "error", secs);
             if let Some(n) = monitor.rpc_errors.hit(Instant::now()) {
                 log::error!(
-                    "Check controller volume status error errors_since_last_line={n} pv=\"{}\" err=\"{e}\"",
-                    pv.name()
+                    errors_since_last_line = n, pv:% = pv.name(), err:% = e;
+                    "Check controller volume status error"
                 );
             }
             None

@@ -153,10 +153,10 @@ impl Monitor {
             Ok(None) => {
                 if let Some(n) = self.pvc_errors.hit(Instant::now()) {
                     log::error!(
-                        "Get PVC error errors_since_last_line={n} pv=\"{}\" pvc=\"{}/{}\" err=\"persistentvolumeclaim not found\"",
-                        pv.name(),
-                        claim.namespace,
-                        claim.name
+                        errors_since_last_line = n, pv:% = pv.name(),
+                        pvc:% = format_args!("{}/{}", claim.namespace, claim.name),
+                        err:% = "persistentvolumeclaim not found";
+                        "Get PVC error"
                     );
                 }
                 None
@@ -164,10 +164,10 @@ impl Monitor {
             Err(e) => {
                 if let Some(n) = self.pvc_errors.hit(Instant::now()) {
                     log::error!(
-                        "Get PVC error errors_since_last_line={n} pv=\"{}\" pvc=\"{}/{}\" err=\"{e}\"",
-                        pv.name(),
-                        claim.namespace,
-                        claim.name
+                        errors_since_last_line = n, pv:% = pv.name(),
+                        pvc:% = format_args!("{}/{}", claim.namespace, claim.name),
+                        err:% = e;
+                        "Get PVC error"
                     );
                 }
                 None
@@ -302,9 +302,8 @@ impl Monitor {
         }
         if seen.get(pv.name()) != Some(mended) {
             log::warn!(
-                "CSI driver sent a volume health answer that breaks the CSI spec or the Kubernetes API's limits; mended it pv=\"{}\" volume=\"{}\" mended=\"{mended}\"",
-                pv.name(),
-                pv.volume_handle()
+                pv:% = pv.name(), volume:% = pv.volume_handle(), mended:% = mended;
+                "CSI driver sent a volume health answer that breaks the CSI spec or the Kubernetes API's limits; mended it"
             );
             seen.insert(pv.name_arc().clone(), mended.clone());
         }
@@ -317,8 +316,8 @@ impl Monitor {
         let mut said = lock(&self.malformed);
         if said.get(pv.name()) != Some(&text) {
             log::error!(
-                "Check controller volume status error pv=\"{}\" err=\"{text}\"",
-                pv.name()
+                pv:% = pv.name(), err:% = text;
+                "Check controller volume status error"
             );
             said.insert(pv.name_arc().clone(), text);
         }

@@ -317,8 +317,8 @@ impl NodeTracker {
                 // tells an operator (and the end-to-end tests) from when a node is covered.
                 crate::vlog!(
                     4,
-                    "Node watcher tracking node node=\"{name}\" ready=\"{:?}\"",
-                    rec.ready
+                    node:% = name, ready:? = rec.ready;
+                    "Node watcher tracking node"
                 );
             }
             let st = self.nodes.entry(name.clone()).or_default();
@@ -502,13 +502,13 @@ impl NodeWatcher {
             match t {
                 Transition::Failed { node, deleted } => {
                     if deleted {
-                        log::info!("Node is deleted, so mark the PVs on the node node=\"{node}\"");
+                        log::info!(node:% = node; "Node is deleted, so mark the PVs on the node");
                     } else {
-                        log::info!("Node is broken node=\"{node}\"");
+                        log::info!(node:% = node; "Node is broken");
                     }
                     let claims = affected_claims(&node, pods, pvs);
                     if claims.is_empty() {
-                        log::debug!("No PVCs of this driver on the failed node node=\"{node}\"");
+                        log::debug!(node:% = node; "No PVCs of this driver on the failed node");
                     }
                     for ((namespace, pvc), pod_names) in &claims {
                         out.push(Emission {
@@ -525,7 +525,7 @@ impl NodeWatcher {
                     }
                 }
                 Transition::Recovered { node } => {
-                    log::info!("Node recovered node=\"{node}\"");
+                    log::info!(node:% = node; "Node recovered");
                     for (namespace, pvc) in
                         self.episodes.remove(&node).unwrap_or_default().into_keys()
                     {
@@ -583,26 +583,25 @@ impl NodeWatcher {
                     emit(&ObjectRef::pvc(&pvc), e.kind, e.reason, &e.message);
                 }
                 Ok(None) => log::info!(
-                    "PVC is gone, not reporting reason=\"{}\" pvc=\"{}/{}\"",
-                    e.reason,
-                    e.namespace,
-                    e.pvc
+                    reason:% = e.reason,
+                    pvc:% = format_args!("{}/{}", e.namespace, e.pvc);
+                    "PVC is gone, not reporting"
                 ),
                 Err(err) => {
                     p.tries += 1;
                     if p.tries >= MAX_LOOKUP_TRIES {
                         log::error!(
-                            "Get PVC error, event dropped reason=\"{}\" pvc=\"{}/{}\" err=\"{err}\"",
-                            e.reason,
-                            e.namespace,
-                            e.pvc
+                            reason:% = e.reason,
+                            pvc:% = format_args!("{}/{}", e.namespace, e.pvc),
+                            err:% = err;
+                            "Get PVC error, event dropped"
                         );
                     } else {
                         log::warn!(
-                            "Get PVC error, will retry reason=\"{}\" pvc=\"{}/{}\" err=\"{err}\"",
-                            e.reason,
-                            e.namespace,
-                            e.pvc
+                            reason:% = e.reason,
+                            pvc:% = format_args!("{}/{}", e.namespace, e.pvc),
+                            err:% = err;
+                            "Get PVC error, will retry"
                         );
                         blocked.insert(key);
                         keep.push_back(p);
@@ -669,9 +668,9 @@ impl NodeWatcher {
             return;
         }
         log::info!(
-            "Node watcher started timeout=\"{:?}\" tick=\"{:?}\"",
-            self.timeout,
-            tick
+            timeout:? = self.timeout,
+            tick:? = tick;
+            "Node watcher started"
         );
         let lookup = |ns: &str, name: &str| caches.pvcs.get_or_fetch(client, ns, name);
         let mut emit = |o: &ObjectRef, kind: EventType, reason: &str, message: &str| {

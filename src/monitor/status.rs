@@ -151,9 +151,9 @@ impl StatusWriter {
                 (Err(e), Some(wait)) if transient(e) => {
                     crate::vlog!(
                         2,
-                        "Status write failed, sending it again pvc=\"{}/{}\" wait=\"{wait:?}\" err=\"{e}\"",
-                        pvc.namespace(),
-                        pvc.name()
+                        pvc:% = format_args!("{}/{}", pvc.namespace(), pvc.name()),
+                        wait:? = wait, err:% = e;
+                        "Status write failed, sending it again"
                     );
                     if self.shutdown.wait_timeout(*wait) {
                         break answer;
@@ -185,7 +185,7 @@ impl StatusWriter {
             Err(e) if e.code() == Some(403) => {
                 if !self.warned_forbidden.swap(true, Ordering::SeqCst) {
                     log::error!(
-                        "Not allowed to write status.healthStatus of PVC {}/{}: the RBAC role lacks the rule apiGroups=[\"\"] resources=[\"persistentvolumeclaims/status\"] verbs=[\"patch\"] (upstream v0.18's role does not have it). Volume health is still reported as Events and metrics; each PVC's write is retried every {:?} err=\"{e}\"",
+                        err:% = e; "Not allowed to write status.healthStatus of PVC {}/{}: the RBAC role lacks the rule apiGroups=[\"\"] resources=[\"persistentvolumeclaims/status\"] verbs=[\"patch\"] (upstream v0.18's role does not have it). Volume health is still reported as Events and metrics; each PVC's write is retried every {:?}",
                         pvc.namespace(),
                         pvc.name(),
                         self.backoff
@@ -196,9 +196,8 @@ impl StatusWriter {
             Err(e) if e.is_not_found() => {
                 crate::vlog!(
                     2,
-                    "PVC is gone, its health status is not written pvc=\"{}/{}\"",
-                    pvc.namespace(),
-                    pvc.name()
+                    pvc:% = format_args!("{}/{}", pvc.namespace(), pvc.name());
+                    "PVC is gone, its health status is not written"
                 );
                 Written::Gone
             }
@@ -230,9 +229,9 @@ impl StatusWriter {
     fn failed(&self, pvc: &PvcRecord, err: &dyn std::fmt::Display) {
         if let Some(n) = self.failed_log.hit(Instant::now()) {
             log::error!(
-                "Failed to write status.healthStatus failures_since_last_line={n} pvc=\"{}/{}\" err=\"{err}\"",
-                pvc.namespace(),
-                pvc.name()
+                failures_since_last_line = n,
+                pvc:% = format_args!("{}/{}", pvc.namespace(), pvc.name()), err:% = err;
+                "Failed to write status.healthStatus"
             );
         }
     }
