@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::{DRIVER, LEASE_NS, NOISE_NS, VOL_NS};
+use super::{ModeArg, DRIVER, LEASE_NS, NOISE_NS, VOL_NS};
 use crate::apiserver::FakeApiServer;
 use crate::csidriver::{self, MockDriver};
 use crate::fixtures;
@@ -90,4 +90,37 @@ pub(super) fn populate(
             );
         }
     });
+}
+
+/// What the driver advertises and reports in `mode`: ListVolumes (the default), no listing
+/// (the per-volume modes), or the v1.13 capabilities with the same abnormal volumes as v1.13
+/// conditions. `healthy`: no volume abnormal, so in the health listing nothing is listed and a
+/// sweep after the first changes nothing.
+pub(super) fn set_mode(driver: &MockDriver, mode: ModeArg, healthy: bool) {
+    if healthy {
+        driver.with(|s| {
+            for v in s.volumes.values_mut() {
+                v.abnormal = false;
+                v.message.clear();
+            }
+        });
+    }
+    match mode {
+        ModeArg::List => {}
+        ModeArg::Get => driver.with(|s| s.list_volumes = false),
+        ModeArg::HealthList | ModeArg::HealthGet => {
+            driver.set_generation(csidriver::Generation::V113);
+            driver.with(|s| {
+                s.list_volume_health = mode == ModeArg::HealthList;
+                for (id, v) in &s.volumes {
+                    if v.abnormal {
+                        s.health.insert(
+                            id.clone(),
+                            vec![csidriver::HealthEntry::degraded("BadBlocks", &v.message)],
+                        );
+                    }
+                }
+            });
+        }
+    }
 }

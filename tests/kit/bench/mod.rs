@@ -21,11 +21,13 @@
 //!
 //! The parts: `cluster` (what the fake server and driver hold), `process` (spawning the sidecar
 //! and reading `/proc`), `logs` (the doubles' call and request logs), `volumes` (one run of the
-//! volume-count table), `report` (its tables), `concurrency`, `footprint`, `storms`, `percheck`.
+//! volume-count table), `report` (its tables), `concurrency`, `footprint`, `storms`, `percheck`,
+//! `hold` (one sidecar kept running for a profiler).
 
 mod cluster;
 mod concurrency;
 mod footprint;
+mod hold;
 mod logs;
 mod percheck;
 mod process;
@@ -108,6 +110,17 @@ struct Opts {
     storms: bool,
     /// Run issue #24's CPU-per-check rows instead (both per-volume modes at a fixed rate).
     per_check: bool,
+    /// No volume abnormal: a sweep after the first changes nothing (and the v1.13 health
+    /// listing is empty).
+    healthy: bool,
+    /// `--hold SECS`: keep one sidecar running that long for a profiler instead.
+    hold: Option<Duration>,
+    /// `--interval`: the listing interval in `--hold` (10 s unless given).
+    interval: Option<Duration>,
+    /// `--churn`: PVs modified a second in `--hold`.
+    churn: f64,
+    /// `--relist-every`: in `--hold`, compact and end the watches this often (410, relist).
+    relist_every: Option<Duration>,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
@@ -127,6 +140,11 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         footprint: false,
         storms: false,
         per_check: false,
+        healthy: false,
+        hold: None,
+        interval: None,
+        churn: 0.0,
+        relist_every: None,
     };
     let mut idle_given = false;
     let mut volumes_given = false;
@@ -204,6 +222,23 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--footprint" => o.footprint = true,
             "--storms" => o.storms = true,
             "--per-check" => o.per_check = true,
+            "--healthy" => o.healthy = true,
+            "--hold" => {
+                o.hold = Some(Duration::from_secs_f64(
+                    val()?.parse().map_err(|e| format!("--hold: {e}"))?,
+                ))
+            }
+            "--churn" => o.churn = val()?.parse().map_err(|e| format!("--churn: {e}"))?,
+            "--relist-every" => {
+                o.relist_every = Some(Duration::from_secs_f64(
+                    val()?.parse().map_err(|e| format!("--relist-every: {e}"))?,
+                ))
+            }
+            "--interval" => {
+                o.interval = Some(Duration::from_secs_f64(
+                    val()?.parse().map_err(|e| format!("--interval: {e}"))?,
+                ))
+            }
             other => return Err(format!("bench: unknown flag {other:?}")),
         }
         i += 1;
@@ -239,7 +274,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
 }
 
 pub fn usage() -> &'static str {
-    "bench [--volumes 1000,10000,100000] [--modes list,get,health-list,health-get] [--noise off|on|both] [--noise-objects 50000] [--idle-secs 60] [--qps 1000 --burst 2000] [--page-size 1000] [--get-rate 1000] [--malloc-arena-max 1|unset] [--no-concurrency] [--quick] | bench --footprint [--idle-secs 60] | bench --storms [--volumes 10000] [--qps 5 --burst 10] | bench --per-check [--volumes 5000] [--idle-secs 30]"
+    "bench [--volumes 1000,10000,100000] [--modes list,get,health-list,health-get] [--noise off|on|both] [--noise-objects 50000] [--idle-secs 60] [--qps 1000 --burst 2000] [--page-size 1000] [--get-rate 1000] [--malloc-arena-max 1|unset] [--no-concurrency] [--quick] | bench --footprint [--idle-secs 60] | bench --storms [--volumes 10000] [--qps 5 --burst 10] | bench --per-check [--volumes 5000] [--idle-secs 30] | bench --hold SECS --volumes N --modes list|health-list [--healthy] [--interval SECS] [--churn PER_SEC] [--relist-every SECS]"
 }
 
 pub fn run(args: &[String]) -> Result<(), String> {
@@ -262,6 +297,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     if o.per_check {
         return percheck::per_check(&o);
+    }
+    if let Some(secs) = o.hold {
+        return hold::hold(&o, secs);
     }
     let started = Instant::now();
     let mut rows = Vec::new();

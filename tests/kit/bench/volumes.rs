@@ -6,7 +6,7 @@ use std::fs::File;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use super::cluster::populate;
+use super::cluster::{populate, set_mode};
 use super::logs::{
     finished, last_finished, nth_sweep_start, print_failure, starts, traffic, wait_driver,
     wait_event_writes,
@@ -31,25 +31,7 @@ pub(super) fn run_one(o: &Opts, n: usize, mode: ModeArg, noise: bool) -> Result<
         if noise { o.noise_objects } else { 0 },
         o.page_size,
     );
-    match mode {
-        ModeArg::List => {}
-        ModeArg::Get => driver.with(|s| s.list_volumes = false),
-        ModeArg::HealthList | ModeArg::HealthGet => {
-            driver.set_generation(csidriver::Generation::V113);
-            driver.with(|s| {
-                s.list_volume_health = mode == ModeArg::HealthList;
-                // The same 1% abnormal, as v1.13 conditions.
-                for (id, v) in &s.volumes {
-                    if v.abnormal {
-                        s.health.insert(
-                            id.clone(),
-                            vec![csidriver::HealthEntry::degraded("BadBlocks", &v.message)],
-                        );
-                    }
-                }
-            });
-        }
-    }
+    set_mode(&driver, mode, o.healthy);
     let populate_time = t.elapsed();
     eprintln!("   populated in {:.1} s", populate_time.as_secs_f64());
     let abnormal = n.div_ceil(100);
