@@ -10,7 +10,7 @@ use crate::fixtures;
 
 /// `n` Bound PVs of the driver with their PVCs (1% abnormal in the driver), and `noise` Pods
 /// plus `noise` Events that have nothing to do with the driver.
-pub(super) fn populate(
+pub(crate) fn populate(
     api: &FakeApiServer,
     driver: &MockDriver,
     n: usize,
@@ -20,18 +20,18 @@ pub(super) fn populate(
     for ns in [VOL_NS, NOISE_NS, LEASE_NS] {
         fixtures::namespace(api, ns);
     }
-    let mut objects = Vec::with_capacity(2 * n + 2 * noise);
-    for i in 0..n {
+    // Streamed into the store as text: a million PVs and PVCs as JSON trees would not fit.
+    let volumes = (0..n).flat_map(|i| {
         let pvc_uid = format!("00000000-0000-4000-8000-{i:012}");
-        objects.push(json!({
+        [json!({
             "apiVersion": "v1", "kind": "PersistentVolumeClaim",
             "metadata": {"name": format!("pvc-{i:06}"), "namespace": VOL_NS, "uid": pvc_uid},
             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
                      "storageClassName": "bench", "volumeMode": "Filesystem",
                      "volumeName": format!("pv-{i:06}")},
             "status": {"phase": "Bound", "accessModes": ["ReadWriteOnce"], "capacity": {"storage": "1Gi"}}
-        }));
-        objects.push(json!({
+        }),
+        json!({
             "apiVersion": "v1", "kind": "PersistentVolume",
             "metadata": {"name": format!("pv-{i:06}"),
                          "annotations": {"pv.kubernetes.io/provisioned-by": DRIVER}},
@@ -46,10 +46,10 @@ pub(super) fn populate(
                              "name": format!("pvc-{i:06}"), "uid": pvc_uid, "apiVersion": "v1"}
             },
             "status": {"phase": "Bound"}
-        }));
-    }
-    for i in 0..noise {
-        objects.push(json!({
+        })]
+    });
+    let noise = (0..noise).flat_map(|i| {
+        [json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": format!("app-{i:06}"), "namespace": NOISE_NS,
                          "labels": {"app": "noise", "pod-template-hash": "5d8f7c9b6d"}},
@@ -58,8 +58,8 @@ pub(super) fn populate(
                                      "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}],
                      "restartPolicy": "Always", "serviceAccountName": "default"},
             "status": {"phase": "Running", "podIP": format!("10.{}.{}.{}", i / 65536 % 256, i / 256 % 256, i % 256)}
-        }));
-        objects.push(json!({
+        }),
+        json!({
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"name": format!("app-{i:06}.17a3c0d2e4f5a6b7"), "namespace": NOISE_NS},
             "involvedObject": {"kind": "Pod", "namespace": NOISE_NS, "name": format!("app-{i:06}"),
@@ -68,9 +68,9 @@ pub(super) fn populate(
             "message": format!("Successfully assigned {NOISE_NS}/app-{i:06} to node-{:03}", i % 500),
             "source": {"component": "default-scheduler"}, "count": 1,
             "firstTimestamp": "2026-11-27T10:00:00Z", "lastTimestamp": "2026-11-27T10:00:00Z"
-        }));
-    }
-    api.create_many(objects);
+        })]
+    });
+    api.create_many_compact(volumes.chain(noise));
     driver.with(|s| {
         s.page_size = page_size;
         for i in 0..n {

@@ -24,7 +24,7 @@
 //! volume-count table), `report` (its tables), `concurrency`, `footprint`, `storms`, `percheck`,
 //! `hold` (one sidecar kept running for a profiler).
 
-mod cluster;
+pub(crate) mod cluster;
 mod concurrency;
 mod footprint;
 mod hold;
@@ -41,7 +41,7 @@ use crate::csidriver;
 use crate::fixtures;
 use process::loadavg;
 
-const DRIVER: &str = "bench.csi.example.com";
+pub(crate) const DRIVER: &str = "bench.csi.example.com";
 /// Namespace of the PVCs: event writes about volumes are the writes under it.
 const VOL_NS: &str = "vols";
 const NOISE_NS: &str = "noise";
@@ -274,7 +274,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
 }
 
 pub fn usage() -> &'static str {
-    "bench [--volumes 1000,10000,100000] [--modes list,get,health-list,health-get] [--noise off|on|both] [--noise-objects 50000] [--idle-secs 60] [--qps 1000 --burst 2000] [--page-size 1000] [--get-rate 1000] [--malloc-arena-max 1|unset] [--no-concurrency] [--quick] | bench --footprint [--idle-secs 60] | bench --storms [--volumes 10000] [--qps 5 --burst 10] | bench --per-check [--volumes 5000] [--idle-secs 30] | bench --hold SECS --volumes N --modes list|health-list [--healthy] [--interval SECS] [--churn PER_SEC] [--relist-every SECS]"
+    "bench [--volumes 1000,10000,100000] [--modes list,get,health-list,health-get] [--noise off|on|both] [--noise-objects 50000] [--idle-secs 60] [--qps 1000 --burst 2000] [--page-size 1000] [--get-rate 1000] [--malloc-arena-max 1|unset] [--healthy] [--no-concurrency] [--quick] | bench --footprint [--idle-secs 60] | bench --storms [--volumes 10000] [--qps 5 --burst 10] | bench --per-check [--volumes 5000] [--idle-secs 30] | bench --hold SECS --volumes N --modes list|health-list [--healthy] [--interval SECS] [--churn PER_SEC] [--relist-every SECS]"
 }
 
 pub fn run(args: &[String]) -> Result<(), String> {
@@ -302,6 +302,14 @@ pub fn run(args: &[String]) -> Result<(), String> {
         return hold::hold(&o, secs);
     }
     let started = Instant::now();
+    // The fixed part of the process, per mode, for the figures per volume.
+    let mut empty = Vec::new();
+    for &mode in &o.modes {
+        eprintln!("== empty cluster, {}", mode.name());
+        let m = volumes::empty_cluster(&o, mode)?;
+        eprintln!("   VmRSS, VmHWM KiB: {m:?}");
+        empty.push((mode, m));
+    }
     let mut rows = Vec::new();
     for &n in &o.volumes {
         for &mode in &o.modes {
@@ -325,7 +333,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "total benchmark time: {:.0} s\n",
         started.elapsed().as_secs_f64()
     );
-    report::print_report(&o, &rows, concurrency.as_ref(), size);
+    report::print_report(&o, &rows, &empty, concurrency.as_ref(), size);
 
     if o.quick {
         let mut bad = Vec::new();

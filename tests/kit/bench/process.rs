@@ -173,6 +173,28 @@ impl Sampler {
     pub(super) fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
     }
+
+    /// The end of a burst of work that leaves no mark in the logs (a sweep in which nothing
+    /// changed writes nothing): waits until the CPU time has not moved for `quiet` after
+    /// `after`, and returns when it last moved (`after` if it never did).
+    pub(super) fn settled(&self, after: Instant, quiet: Duration, timeout: Duration) -> Instant {
+        let deadline = Instant::now() + timeout;
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = Instant::now();
+            let last_move = {
+                let s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+                s.windows(2)
+                    .rev()
+                    .take_while(|w| w[1].0 >= after)
+                    .find(|w| w[1].1 != w[0].1)
+                    .map_or(after, |w| w[1].0)
+            };
+            if now.saturating_duration_since(last_move) >= quiet || now >= deadline {
+                return last_move;
+            }
+        }
+    }
 }
 
 impl Drop for Sampler {

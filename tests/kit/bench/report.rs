@@ -1,5 +1,6 @@
-//! The volume-count bench's report: three Markdown tables (memory and start-up, one full
-//! sweep, idle), memory per volume, GetVolume concurrency and the binary's size.
+//! The volume-count bench's report: four Markdown tables (memory and start-up, one full
+//! sweep, idle, per volume above an empty cluster), the VmRSS slope per volume, GetVolume
+//! concurrency and the binary's size.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,15 +26,17 @@ pub(super) fn per_hour(count: usize, window: Duration) -> String {
 pub(super) fn print_report(
     o: &Opts,
     rows: &[Row],
+    empty: &[(ModeArg, (u64, u64))],
     conc: Option<&Concurrency>,
     size: (u64, Option<u64>),
 ) {
     println!(
-        "Sidecar flags: --leader-election, --kube-api-qps={} --kube-api-burst={}; environment MALLOC_ARENA_MAX={}; driver page size {}; 1% of volumes abnormal; GetVolume mode at {} checks/s (--monitor-interval = volumes / rate, at least 2 s).",
+        "Sidecar flags: --leader-election, --kube-api-qps={} --kube-api-burst={}; environment MALLOC_ARENA_MAX={}; driver page size {}; {}; GetVolume mode at {} checks/s (--monitor-interval = volumes / rate, at least 2 s).",
         o.qps,
         o.burst,
         o.arena_max.as_deref().unwrap_or("(unset)"),
         if o.page_size == 0 { "unlimited".to_string() } else { o.page_size.to_string() },
+        if o.healthy { "no volume abnormal (--healthy: a sweep after the first changes nothing)" } else { "1% of volumes abnormal" },
         o.get_rate
     );
     println!(
@@ -117,6 +120,26 @@ pub(super) fn print_report(
                 "\nMemory per volume (PV + PVC + state + metric series), ListVolumes mode: {per:.0} bytes (VmRSS slope between {n0} and {n1} volumes)"
             );
         }
+    }
+    println!("\n### Per volume: memory above the same binary in an empty cluster (same mode, same run), and sweep CPU\n");
+    println!("| volumes | mode | noise | empty cluster VmRSS / VmHWM MiB | steady VmRSS per volume, bytes | VmHWM per volume, bytes | sweep CPU µs per volume |");
+    println!("|---:|---|---|---:|---:|---:|---:|");
+    for r in rows {
+        let Some((_, (e_rss, e_hwm))) = empty.iter().find(|(m, _)| *m == r.mode) else {
+            continue;
+        };
+        let per = |kib: u64, base: u64| (kib as f64 - base as f64) * 1024.0 / r.volumes as f64;
+        println!(
+            "| {} | {} | {} | {} / {} | {:.0} | {:.0} | {:.2} |",
+            r.volumes,
+            r.mode.name(),
+            if r.noise { "yes" } else { "no" },
+            mib(*e_rss),
+            mib(*e_hwm),
+            per(r.rss_kib, *e_rss),
+            per(r.hwm_kib, *e_hwm),
+            r.sweep_cpu.as_secs_f64() * 1e6 / r.volumes as f64
+        );
     }
     if let Some(c) = conc {
         println!(

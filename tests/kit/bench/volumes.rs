@@ -34,17 +34,18 @@ pub(super) fn run_one(o: &Opts, n: usize, mode: ModeArg, noise: bool) -> Result<
     set_mode(&driver, mode, o.healthy);
     let populate_time = t.elapsed();
     eprintln!("   populated in {:.1} s", populate_time.as_secs_f64());
-    let abnormal = n.div_ceil(100);
+    let abnormal = if o.healthy { 0 } else { n.div_ceil(100) };
     // The health listing leaves healthy volumes out.
     let listed = if mode == ModeArg::HealthList {
         abnormal
     } else {
         n
     };
+    // An empty listing is still one (empty) page.
     let pages = if o.page_size == 0 {
         1
     } else {
-        listed.div_ceil(o.page_size)
+        listed.div_ceil(o.page_size).max(1)
     };
 
     let dir = csidriver::temp_dir("bench");
@@ -113,8 +114,10 @@ pub(super) fn measure(
     pid: u32,
     interval: Duration,
 ) -> Result<Row, String> {
-    let long = Duration::from_secs(600);
-    // sweep/round 1, ends with its last event accepted
+    // A million volumes take minutes to list at start-up.
+    let long = Duration::from_secs(600).max(Duration::from_millis(n as u64));
+    // sweep/round 1, ends with its last event accepted (or, when there is none, when the
+    // sidecar's CPU time stops moving after the last call)
     let method = mode.method();
     if mode.is_list() {
         wait_driver(driver, long, "the first sweep", |s| {
@@ -125,7 +128,7 @@ pub(super) fn measure(
             finished(s, method) >= n
         })?;
     }
-    let first_done = wait_event_writes(api, abnormal, long)?;
+    let first_done = done(api, driver, sampler, method, abnormal, long)?;
     let startup = first_done.saturating_duration_since(spawned);
     let (rss_after_first_kib, _) = memory(pid)?;
 
@@ -176,8 +179,7 @@ pub(super) fn measure(
             finished(s, method) >= 2 * pages
         })?;
         let start = nth_sweep_start(driver, method, 2).ok_or("no second sweep start")?;
-        let end = wait_event_writes(api, 2 * abnormal, long)?;
-        let end = end.max(last_finished(driver, method));
+        let end = done(api, driver, sampler, method, 2 * abnormal, long)?;
         row.sweep_wall = end.saturating_duration_since(start);
         row.sweep_cpu = sampler.cpu_between(start, end);
         row.sweep_traffic = traffic(&api.requests(), start, end);
@@ -193,7 +195,7 @@ pub(super) fn measure(
             fin.sort();
             (start, fin[2 * n - 1])
         };
-        let end = wait_event_writes(api, 2 * abnormal, long)?.max(last);
+        let end = done(api, driver, sampler, method, 2 * abnormal, long)?.max(last);
         row.sweep_wall = end.saturating_duration_since(start);
         row.sweep_cpu = sampler.cpu_between(start, end);
         row.sweep_traffic = traffic(&api.requests(), start, end);
@@ -210,4 +212,71 @@ pub(super) fn measure(
     row.rss_kib = rss;
     row.hwm_kib = hwm;
     Ok(row)
+}
+
+/// How long the CPU time must stand still after a sweep that leaves no mark in the logs.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// When the work of a sweep (or round) was done: its `events`-th event write accepted and its
+/// last driver call finished; with no event to wait for, when the sidecar's CPU time stopped
+/// moving after that call.
+fn done(
+    api: &FakeApiServer,
+    driver: &MockDriver,
+    sampler: &Sampler,
+    method: &str,
+    events: usize,
+    timeout: Duration,
+) -> Result<Instant, String> {
+    let last = last_finished(driver, method);
+    if events == 0 {
+        return Ok(sampler.settled(last, SETTLE, timeout));
+    }
+    Ok(wait_event_writes(api, events, timeout)?.max(last))
+}
+
+/// The same binary in the same mode in an empty cluster (no PV, no PVC): the fixed part of
+/// its memory, read after its first two sweeps (or a few seconds of the per-volume modes).
+/// Returns (VmRSS, VmHWM) in KiB.
+pub(super) fn empty_cluster(o: &Opts, mode: ModeArg) -> Result<(u64, u64), String> {
+    let api = FakeApiServer::start_with(crate::apiserver::Options {
+        pvc_health_status: mode.is_health(),
+        ..Default::default()
+    })
+    .map_err(|e| format!("start the fake API server: {e}"))?;
+    let driver = MockDriver::start(DRIVER);
+    populate(&api, &driver, 0, 0, o.page_size);
+    set_mode(&driver, mode, o.healthy);
+    let dir = csidriver::temp_dir("bench-empty");
+    let kubeconfig = dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig)
+        .map_err(|e| format!("write kubeconfig: {e}"))?;
+    let flags = vec![
+        "--leader-election".to_string(),
+        format!("--leader-election-namespace={LEASE_NS}"),
+        format!("--kube-api-qps={}", o.qps),
+        format!("--kube-api-burst={}", o.burst),
+        if mode.is_list() {
+            "--list-volumes-interval=2s".to_string()
+        } else {
+            "--monitor-interval=2s".to_string()
+        },
+    ];
+    let guard = spawn(o, &kubeconfig, driver.socket(), &flags, Stdio::null())?;
+    let pid = guard.pid();
+    let method = mode.method();
+    let measured = if mode.is_list() {
+        wait_driver(&driver, Duration::from_secs(60), "two empty sweeps", |s| {
+            finished(s, method) >= 2
+        })
+    } else {
+        Ok(())
+    }
+    .and_then(|()| {
+        std::thread::sleep(Duration::from_secs(3));
+        memory(pid)
+    });
+    guard.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+    measured
 }
