@@ -692,7 +692,8 @@ impl Store {
         filter: &Filter,
     ) -> Vec<Arc<Obj>> {
         self.entries(def, ns)
-            .filter(|(_, e)| filter.matches(&e.obj))
+            // No selector: the objects are not read (a bulk-loaded one stays text).
+            .filter(|(_, e)| filter.is_empty() || filter.matches(&e.obj))
             .map(|(_, e)| e.obj.clone())
             .collect()
     }
