@@ -97,6 +97,17 @@ impl State {
         State::HealthListOmitted,
     ];
 
+    /// The `--state` spelling.
+    fn flag(self) -> &'static str {
+        match self {
+            State::ListedHealthy => "listed",
+            State::AbsentReportOff => "absent",
+            State::ReportedAbnormal => "abnormal",
+            State::ReportedMissing => "missing",
+            State::HealthListOmitted => "health-omitted",
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             State::ListedHealthy => "listed healthy (ListVolumes)",
@@ -156,12 +167,14 @@ impl State {
 }
 
 pub fn usage() -> &'static str {
-    "bench-sweep [--volumes 100000] [--rounds 5]"
+    "bench-sweep [--volumes 100000] [--rounds 5] [--state listed|absent|abnormal|missing|health-omitted]..."
 }
 
 pub fn run(args: &[String]) -> Result<(), String> {
     let mut volumes = 100_000usize;
     let mut rounds = 5usize;
+    // `--state`, repeatable: only these rows (all by default), e.g. to profile one.
+    let mut states = Vec::new();
     let mut i = 0;
     while i < args.len() {
         let flag = args[i].as_str();
@@ -173,14 +186,23 @@ pub fn run(args: &[String]) -> Result<(), String> {
         match flag {
             "--volumes" => volumes = v.parse().map_err(|e| format!("--volumes: {e}"))?,
             "--rounds" => rounds = v.parse().map_err(|e| format!("--rounds: {e}"))?,
+            "--state" => states.push(
+                State::ALL
+                    .into_iter()
+                    .find(|s| s.flag() == v)
+                    .ok_or_else(|| format!("--state: unknown state {v:?}"))?,
+            ),
             other => return Err(format!("bench-sweep: unknown flag {other:?}")),
         }
         i += 1;
     }
+    if states.is_empty() {
+        states = State::ALL.to_vec();
+    }
     if volumes == 0 || rounds == 0 {
         return Err("bench-sweep: --volumes and --rounds must be positive".into());
     }
-    println!("# csi-hm-testkit bench-sweep --volumes {volumes} --rounds {rounds}");
+    println!("# csi-hm-testkit bench-sweep {}", args.join(" "));
     let bench = Bench::start(volumes)?;
     println!(
         "{volumes} Bound PVs and PVCs listed into the stores by the sidecar's reflectors in {:.1} s; a sweep in which nothing changed, every volume in the row's state; minimum and median over {rounds} sweeps after {WARMUP}.\n",
@@ -188,7 +210,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     );
     println!("| volume state | listing | pages | sweep ms (min) | µs per PV (min) | µs per PV (median) |");
     println!("|---|---|---:|---:|---:|---:|");
-    for state in State::ALL {
+    for state in states {
         eprintln!("== {state:?}");
         let times = bench.measure(state, rounds);
         let (min, median) = (times[0], times[times.len() / 2]);
