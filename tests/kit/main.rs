@@ -8,7 +8,8 @@
 //!   only the mock driver. `--generation` picks the capabilities it advertises (default v1.12);
 //!   `=health:` adds one v1.13 condition to the volume (repeat the flag for more), STATUS being
 //!   DEGRADED, INACCESSIBLE, DATA_LOSS (or Degraded, Inaccessible, DataLoss) or a raw number.
-//! - `bench [...]`: the footprint and speed benchmark (bench.rs; BENCHMARKS.md has the figures).
+//! - `bench [...]`: the footprint and speed benchmark (bench/, split by concern; BENCHMARKS.md has the figures).
+//! - `bench-sweep [...]`: one no-change sweep per volume state, in process (sweepbench.rs).
 //! - `faulty-sidecar [SIDECAR FLAGS]...`: the sidecar itself (the same `app::main` as the shipped
 //!   binary) with a panic at the fault point named by `HM_FAULT_PANIC` (`controller`, `worker`,
 //!   `leader`), for the crash-only tests; the panicking code exists only here.

@@ -4,10 +4,13 @@
 //! compaction forgets.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use healthmon::kube::config::{base64_decode, base64_encode};
@@ -20,8 +23,53 @@ use super::watch::{event_line, Sub, WatchMsg};
 
 pub(super) type Key = (String, String);
 
+/// A stored object, read as a JSON tree. Objects stored by a bulk load
+/// ([`Store::compact_writes`]) keep only their serialized text until a reader needs the tree
+/// (a GET, a write, a selector, a watch event) and are listed by copying that text: a million
+/// PVs as trees take ~7 KB each (a `BTreeMap` node per nested object), as text ~1 KB.
+pub(super) struct Obj {
+    tree: OnceLock<Value>,
+    text: Option<Box<RawValue>>,
+}
+
+impl Obj {
+    pub(super) fn tree(v: Value) -> Obj {
+        Obj {
+            tree: OnceLock::from(v),
+            text: None,
+        }
+    }
+
+    fn text(v: &Value) -> Obj {
+        Obj {
+            tree: OnceLock::new(),
+            text: Some(serde_json::value::to_raw_value(v).expect("a JSON tree serializes")),
+        }
+    }
+}
+
+impl Deref for Obj {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        self.tree.get_or_init(|| {
+            let text = self.text.as_ref().map_or("null", |t| t.get());
+            serde_json::from_str(text).expect("stored JSON text parses")
+        })
+    }
+}
+
+impl Serialize for Obj {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.text {
+            Some(t) => t.serialize(s),
+            None => (**self).serialize(s),
+        }
+    }
+}
+
 pub(super) struct Entry {
-    pub(super) obj: Arc<Value>,
+    pub(super) obj: Arc<Obj>,
     /// creation order, for `events()`
     pub(super) seq: u64,
 }
@@ -48,8 +96,8 @@ pub(super) struct Change {
     pub(super) res: &'static str,
     pub(super) ns: String,
     pub(super) ty: EventType,
-    pub(super) obj: Arc<Value>,
-    pub(super) prev: Option<Arc<Value>>,
+    pub(super) obj: Arc<Obj>,
+    pub(super) prev: Option<Arc<Obj>>,
     /// the serialized event line, shared by every watcher that sends it unchanged
     line: OnceLock<Vec<u8>>,
 }
@@ -64,7 +112,7 @@ impl Change {
 struct Snapshot {
     id: u64,
     rv: u64,
-    items: Arc<Vec<Arc<Value>>>,
+    items: Arc<Vec<Arc<Obj>>>,
 }
 
 /// Snapshots kept for continue tokens; older tokens get 410 unless nothing changed since.
@@ -98,11 +146,13 @@ pub(super) struct Store {
     next_snap: u64,
     /// [`Options::pvc_health_status`]
     pub(super) health_gate: bool,
+    /// Store what is written from now on as text ([`Obj`]): set for a bulk load only.
+    pub(super) compact_writes: bool,
 }
 
 pub(super) struct ListResult {
     pub(super) rv: u64,
-    pub(super) items: Arc<Vec<Arc<Value>>>,
+    pub(super) items: Arc<Vec<Arc<Obj>>>,
     pub(super) start: usize,
     pub(super) end: usize,
     pub(super) cont: Option<String>,
@@ -122,6 +172,7 @@ impl Store {
             snapshots: VecDeque::new(),
             next_snap: 1,
             health_gate,
+            compact_writes: false,
         }
     }
 
@@ -155,8 +206,8 @@ impl Store {
         def: &'static ResDef,
         ns: &str,
         ty: EventType,
-        obj: Arc<Value>,
-        prev: Option<Arc<Value>>,
+        obj: Arc<Obj>,
+        prev: Option<Arc<Obj>>,
     ) {
         let change = Arc::new(Change {
             rv: self.rv,
@@ -186,10 +237,14 @@ impl Store {
     }
 
     /// Stores `obj` with a new resourceVersion and tells watchers.
-    fn put(&mut self, def: &'static ResDef, key: Key, mut obj: Value, ty: EventType) -> Arc<Value> {
+    fn put(&mut self, def: &'static ResDef, key: Key, mut obj: Value, ty: EventType) -> Arc<Obj> {
         self.rv += 1;
         set_meta(&mut obj, "resourceVersion", json!(self.rv.to_string()));
-        let obj = Arc::new(obj);
+        let obj = Arc::new(if self.compact_writes {
+            Obj::text(&obj)
+        } else {
+            Obj::tree(obj)
+        });
         let seq = match self.tables.get(def.plural).and_then(|t| t.get(&key)) {
             Some(e) => e.seq,
             None => {
@@ -219,7 +274,7 @@ impl Store {
         def: &'static ResDef,
         ns: Option<&str>,
         name: &str,
-    ) -> Option<Arc<Value>> {
+    ) -> Option<Arc<Obj>> {
         let key = Store::key(ns, name);
         let entry = self.tables.get_mut(def.plural)?.remove(&key)?;
         if def.plural == "namespaces" {
@@ -234,9 +289,9 @@ impl Store {
             }
         }
         self.rv += 1;
-        let mut obj = (*entry.obj).clone();
+        let mut obj = Value::clone(&entry.obj);
         set_meta(&mut obj, "resourceVersion", json!(self.rv.to_string()));
-        let obj = Arc::new(obj);
+        let obj = Arc::new(Obj::tree(obj));
         self.record(
             def,
             &key.0,
@@ -253,7 +308,7 @@ impl Store {
         ns: Option<&str>,
         body: Value,
         mode: Mode,
-    ) -> Result<(u16, Arc<Value>), Failure> {
+    ) -> Result<(u16, Arc<Obj>), Failure> {
         let mut obj = check_body(def, body)?;
         let meta = obj.get_mut("metadata").and_then(Value::as_object_mut);
         let Some(meta) = meta else {
@@ -378,7 +433,7 @@ impl Store {
         name: &str,
         body: Value,
         mode: Mode,
-    ) -> Result<(u16, Arc<Value>), Failure> {
+    ) -> Result<(u16, Arc<Obj>), Failure> {
         let Some(old) = self.get(def, ns, name).map(|e| e.obj.clone()) else {
             // observed on real servers: events are created by PUT (AllowCreateOnUpdate)
             if def.plural == "events" && mode == Mode::Main {
@@ -478,7 +533,7 @@ impl Store {
             let gone = self.remove(def, ns, name);
             return Ok((200, gone.unwrap_or(old)));
         }
-        if new == *old {
+        if new == **old {
             // a no-op write keeps the resourceVersion, as etcd3's store does
             return Ok((200, old));
         }
@@ -492,7 +547,7 @@ impl Store {
         ns: Option<&str>,
         name: &str,
         opts: &Value,
-    ) -> Result<Arc<Value>, Failure> {
+    ) -> Result<Arc<Obj>, Failure> {
         let Some(old) = self.get(def, ns, name).map(|e| e.obj.clone()) else {
             return Err(Failure::not_found(def, name));
         };
@@ -635,9 +690,10 @@ impl Store {
         def: &ResDef,
         ns: Option<&str>,
         filter: &Filter,
-    ) -> Vec<Arc<Value>> {
+    ) -> Vec<Arc<Obj>> {
         self.entries(def, ns)
-            .filter(|(_, e)| filter.matches(&e.obj))
+            // No selector: the objects are not read (a bulk-loaded one stays text).
+            .filter(|(_, e)| filter.is_empty() || filter.matches(&e.obj))
             .map(|(_, e)| e.obj.clone())
             .collect()
     }
@@ -1012,6 +1068,43 @@ mod tests {
             MERGE,
         );
         assert_eq!(c, 404);
+    }
+
+    #[test]
+    fn bulk_loaded_objects_read_as_created_ones() {
+        let trees = FakeApiServer::start();
+        let texts = FakeApiServer::start();
+        let objs: Vec<Value> = (0..5)
+            .map(|i| pv(&format!("pv-{i}"), json!({"app": format!("a{i}")})))
+            .collect();
+        trees.create_many(objs.clone());
+        texts.create_many_compact(objs);
+        // Same bodies, byte for byte, in a list (uids and timestamps aside).
+        let strip = |mut b: Value| {
+            for o in b["items"].as_array_mut().expect("items") {
+                let m = o["metadata"].as_object_mut().expect("metadata");
+                m.remove("uid");
+                m.remove("creationTimestamp");
+            }
+            b
+        };
+        let (_, a) = get_json(&trees, "/api/v1/persistentvolumes?limit=3");
+        let (_, b) = get_json(&texts, "/api/v1/persistentvolumes?limit=3");
+        assert_eq!(strip(a), strip(b));
+        // A selector, a GET and an update read the stored text as a tree.
+        let (_, f) = get_json(&texts, "/api/v1/persistentvolumes?labelSelector=app%3Da3");
+        assert_eq!(f["items"].as_array().map(Vec::len), Some(1));
+        let got = texts.get("persistentvolumes", None, "pv-2").expect("pv-2");
+        assert_eq!(got["metadata"]["labels"]["app"], "a2");
+        let mut changed = got.clone();
+        changed["metadata"]["labels"]["app"] = json!("b2");
+        texts.update(changed);
+        let (_, g) = get_json(&texts, "/api/v1/persistentvolumes/pv-2");
+        assert_eq!(g["metadata"]["labels"]["app"], "b2");
+        assert_ne!(
+            g["metadata"]["resourceVersion"],
+            got["metadata"]["resourceVersion"]
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::http::{write_chunk, write_reply, Conn, Next, Params, Reply};
 use super::resources::{Failure, ResDef};
 use super::routes::Target;
 use super::selectors::Filter;
-use super::store::{set_meta, Change, EventType, Store};
+use super::store::{set_meta, Change, EventType, Obj, Store};
 use super::{lock, Inner, RequestRecord};
 
 /// What a watch stream receives: a change, or the order to end cleanly.
@@ -37,7 +37,7 @@ pub(super) struct WatchStart {
     sub: u64,
     rv: u64,
     /// ADDED events for existing objects (watch from "now")
-    initial: Vec<Arc<Value>>,
+    initial: Vec<Arc<Obj>>,
     replay: Vec<Arc<Change>>,
 }
 
@@ -296,7 +296,11 @@ fn send_change(w: &mut Conn, filter: &Filter, c: &Change) -> io::Result<()> {
             (true, true) => write_chunk(w, c.line())?,
             (false, true) => write_chunk(w, &event_line("ADDED", &c.obj))?,
             (true, false) => {
-                let mut gone = c.prev.as_deref().cloned().unwrap_or(Value::Null);
+                let mut gone = c
+                    .prev
+                    .as_deref()
+                    .map(|o| Value::clone(o))
+                    .unwrap_or(Value::Null);
                 set_meta(&mut gone, "resourceVersion", json!(c.rv.to_string()));
                 write_chunk(w, &event_line("DELETED", &gone))?
             }
