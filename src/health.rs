@@ -16,7 +16,7 @@ pub enum Severity {
 }
 
 /// One adverse condition of a volume, as the driver reported it. A volume with none is healthy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Condition {
     pub severity: Severity,
     pub reason: String,

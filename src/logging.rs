@@ -492,6 +492,21 @@ impl Throttle {
     }
 }
 
+impl Throttle {
+    /// Count one occurrence at `now` only if no line is due for it (true); when one is due,
+    /// nothing is counted (false) and the caller goes the way that writes it, through `hit`.
+    pub fn hit_quiet(&self, now: std::time::Instant) -> bool {
+        let mut s = crate::sync::lock(&self.state);
+        let quiet = s
+            .last_line
+            .is_some_and(|t| now.saturating_duration_since(t) < self.period);
+        if quiet {
+            s.since += 1;
+        }
+        quiet
+    }
+}
+
 impl Default for Throttle {
     fn default() -> Throttle {
         Throttle::new(THROTTLE_PERIOD)

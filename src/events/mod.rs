@@ -311,6 +311,25 @@ impl Recorder {
         self.dropped_by_reason().iter().map(|(_, n)| n).sum()
     }
 
+    /// A repeat (a count bump of an existing Event) the queue has no room for, refused before
+    /// anything of it is built: counted as a `queue_full` drop, as `event_with` would count
+    /// it. False when the queue has room, or when the drop line is due now: the caller then
+    /// sends the repeat the usual way, and its refusal is logged naming its Event. A sweep
+    /// over many volumes standing abnormal costs a lock per volume, not an Event (issue #23).
+    pub fn refuse_repeat(&self) -> bool {
+        {
+            let s = crate::sync::lock(&self.pending.state);
+            if s.closed || s.count < self.capacity {
+                return false;
+            }
+        }
+        if !self.pending.drop_log.hit_quiet(Instant::now()) {
+            return false;
+        }
+        self.pending.dropped[DropReason::QueueFull as usize].fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
     /// Events dropped so far, per reason.
     pub fn dropped_by_reason(&self) -> Vec<(&'static str, u64)> {
         DropReason::ALL

@@ -76,10 +76,19 @@ pub struct Schedule {
     /// one only when the next job is due before this call is likely to end.
     call_time: Duration,
     stopping: bool,
+    /// Where the grid of due times starts (the first time anything was scheduled).
+    origin: Option<Instant>,
 }
 
 /// Until calls were timed, assume they are slow: hand the clock over at every call.
 const FIRST_CALL_TIME: Duration = Duration::from_secs(1);
+
+/// Calls are due on a grid of this step: the checks that fall due within one step leave
+/// together, so one wake-up from idle serves them all (issue #24: at 500 checks a second a
+/// wake-up per call cost more CPU than the call; in steps of 100 ms a check costs less than
+/// half). The spread over the interval stays even at this grain; short intervals get a
+/// finer one (at most 1/100 of the interval).
+const GRAIN: Duration = Duration::from_millis(100);
 
 impl Schedule {
     pub fn new(interval: Duration) -> Schedule {
@@ -88,6 +97,24 @@ impl Schedule {
             call_time: FIRST_CALL_TIME,
             ..Schedule::default()
         }
+    }
+
+    fn grain(&self) -> Duration {
+        (self.interval / 100).min(GRAIN)
+    }
+
+    /// `t` moved to the grid: the first grid point at or after it (`up`) or at or before it,
+    /// but never before the grid's origin.
+    fn on_grid(&mut self, t: Instant, up: bool) -> Instant {
+        let origin = *self.origin.get_or_insert(t);
+        let g = self.grain().as_nanos();
+        let off = t.saturating_duration_since(origin).as_nanos();
+        if g == 0 {
+            return t;
+        }
+        let steps = if up { off.div_ceil(g) } else { off / g };
+        let nanos = u64::try_from(steps.saturating_mul(g)).unwrap_or(u64::MAX);
+        origin + Duration::from_nanos(nanos)
     }
 
     /// A call took `took`: a smoothed mean (weight 1/8), so one outlier moves it little.
@@ -140,7 +167,7 @@ impl Schedule {
         for (i, name) in new.into_iter().enumerate() {
             // Shared with the PV record: no copy of the name per tracked volume.
             let name: Name = name.clone();
-            let at = now + step * i as u32;
+            let at = self.on_grid(now + step * i as u32, false);
             self.due.insert(name.clone(), at);
             // A volume whose call is running is queued when that call ends.
             if !self.in_flight.contains(&name) {
@@ -161,8 +188,8 @@ impl Schedule {
             .checked_div(names.len().max(1) as u32)
             .unwrap_or_default();
         for (i, name) in names.iter().enumerate() {
-            self.confirms
-                .push_back((now + step * i as u32, self.batch, name.clone()));
+            let at = self.on_grid(now + step * i as u32, false);
+            self.confirms.push_back((at, self.batch, name.clone()));
         }
         self.batch
     }
@@ -215,9 +242,11 @@ impl Schedule {
         self.in_flight.remove(job.name());
         match job {
             Job::Check(name) => {
-                if let Some(prev) = self.due.get_mut(&name) {
-                    *prev = (*prev + self.interval).max(now);
-                    self.queue.insert((*prev, name));
+                if let Some(&prev) = self.due.get(&name) {
+                    // A check that ended late rejoins the grid, not a time of its own.
+                    let next = self.on_grid((prev + self.interval).max(now), true);
+                    self.due.insert(name.clone(), next);
+                    self.queue.insert((next, name));
                 }
             }
             Job::Confirm(batch, name) => {
@@ -546,6 +575,32 @@ mod tests {
             Err(Some(t0 + Duration::from_secs(10))),
             "the next call waits for its time"
         );
+    }
+
+    /// Issue #24: due times sit on a grid (100 ms, or 1/100 of a short interval), so the
+    /// checks falling due within one step leave on one wake-up; a check that ended late
+    /// rejoins the grid.
+    #[test]
+    fn due_times_sit_on_a_grid() {
+        let t0 = Instant::now();
+        let iv = Duration::from_secs(60);
+        // 1,000 volumes over 60 s: one every 60 ms, on a 100 ms grid.
+        let s = schedule(1000, t0, iv);
+        let mut offsets: Vec<u128> = s.due.values().map(|at| (*at - t0).as_millis()).collect();
+        offsets.sort();
+        assert!(offsets.iter().all(|ms| ms % 100 == 0), "{offsets:?}");
+        offsets.dedup();
+        assert_eq!(offsets.len(), 600, "every grid step of the interval is used");
+        // A short interval keeps a finer grain: 4 volumes over 2 s stay 500 ms apart.
+        let s = schedule(4, t0, Duration::from_secs(2));
+        let mut due: Vec<Duration> = s.due.values().map(|at| *at - t0).collect();
+        due.sort();
+        assert_eq!(due, [0, 500, 1000, 1500].map(Duration::from_millis).to_vec());
+        // Late: it ended 1,234 ms after its next due time; it is due on the next grid point.
+        let mut s = schedule(1, t0, iv);
+        let job = s.take(t0).unwrap();
+        s.finished(job, None, t0 + iv + Duration::from_millis(1234));
+        assert_eq!(s.due.values().next(), Some(&(t0 + iv + Duration::from_millis(1300))));
     }
 
     #[test]

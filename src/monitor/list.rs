@@ -40,6 +40,20 @@ enum Settle {
     /// Absent from ListVolumes with the missing-volume report off: nothing is told, the
     /// metric says `not_found`.
     Unreported,
+    /// v1.12: reported abnormal with these conditions (a fingerprint): observing the same
+    /// again only repeats the Warning, which a full event queue refuses.
+    Abnormal(u32),
+    /// v1.12: reported missing; likewise only a repeat.
+    Missing,
+}
+
+/// A fingerprint of a volume's conditions: equal conditions, equal fingerprints (a collision
+/// costs nothing worse than a refused repeat carrying a changed message).
+fn fingerprint(conditions: &[Condition]) -> u32 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    conditions.hash(&mut h);
+    h.finish() as u32
 }
 
 impl Keyed for Settled {
@@ -373,13 +387,32 @@ impl ListLoop {
         self.is_settled(pv, Settle::Healthy)
     }
 
-    /// Report, and remember whether the volume is now settled.
-    fn observe(&mut self, pv: &PvRecord, observation: Finding) {
-        let settle = match &observation {
+    /// A volume standing reported (abnormal or missing) with the same finding, whose repeated
+    /// Warning the full event queue refuses: nothing else to do (the refusal is counted).
+    fn repeat_refused(&mut self, pv: &PvRecord, how: Settle) -> bool {
+        if self.is_settled(pv, how) && self.monitor.refuse_repeat() {
+            self.abnormal_seen += 1;
+            return true;
+        }
+        false
+    }
+
+    /// What settles a volume after `observation` if it is reported as expected.
+    fn settles(&self, observation: &Finding) -> Option<Settle> {
+        let v12 = self.monitor.generation() == Generation::Condition;
+        match observation {
             Finding::Conditions(c) if c.is_empty() => Some(Settle::Healthy),
             Finding::Missing if !self.monitor.reports_missing() => Some(Settle::Unreported),
+            // v1.13 may owe a status write; a confirmed-missing volume is asked about again.
+            Finding::Conditions(c) if v12 => Some(Settle::Abnormal(fingerprint(c))),
+            Finding::Missing if v12 && !self.confirm_missing => Some(Settle::Missing),
             _ => None,
-        };
+        }
+    }
+
+    /// Report, and remember whether the volume is now settled.
+    fn observe(&mut self, pv: &PvRecord, observation: Finding) {
+        let settle = self.settles(&observation);
         if settle != Some(Settle::Healthy) {
             self.abnormal_seen += 1;
         }
@@ -388,6 +421,10 @@ impl ListLoop {
             (Some(Settle::Healthy), Some(Reported::Healthy)) => Some(Settle::Healthy),
             // Nothing was told and nothing changed: the same answer changes nothing again.
             (Some(Settle::Unreported), Some(_)) => Some(Settle::Unreported),
+            // Told (or owed): the same finding again is a repeat.
+            (Some(s @ (Settle::Abnormal(_) | Settle::Missing)), Some(Reported::Abnormal)) => {
+                Some(s)
+            }
             _ => None,
         };
         match settled {
@@ -479,6 +516,11 @@ impl ListLoop {
                     if conds.is_empty() && self.is_quiet(pv) {
                         continue;
                     }
+                    if !conds.is_empty()
+                        && self.repeat_refused(pv, Settle::Abnormal(fingerprint(conds)))
+                    {
+                        continue;
+                    }
                     self.observe(pv, Finding::Conditions(conds.clone()));
                 }
                 // Listed without a condition: it exists, its health is unknown. A driver
@@ -490,6 +532,7 @@ impl ListLoop {
                 }
                 None => match generation {
                     Generation::Condition if self.is_settled(pv, Settle::Unreported) => {}
+                    Generation::Condition if self.repeat_refused(pv, Settle::Missing) => {}
                     Generation::Condition => {
                         if self.absent_from_list_volumes(pv) {
                             missing.push(pv);
@@ -1392,6 +1435,61 @@ mod tests {
             lp.sweep();
             assert_eq!(h.asked().len(), 3, "recovered: quiet, not asked again");
             assert_eq!(h.told(REASON_NORMAL).len(), 1);
+        }
+
+        /// Issue #23: a volume standing reported (abnormal, then missing) with the same
+        /// finding, whose repeat the full event queue refuses, costs no Event: the refusal is
+        /// counted and nothing of the repeat is built (here: its PVC is not even looked up).
+        /// Once the queue has room, the repeat goes out again.
+        #[test]
+        fn a_repeat_the_full_queue_refuses_is_not_built() {
+            use crate::monitor::tests::observe::rig;
+            let r = rig(Generation::Condition, false, None, 1, vec![]);
+            let monitor = Arc::new(r.monitor);
+            let driver = Arc::new(Driver::default());
+            driver
+                .listed
+                .lock()
+                .unwrap()
+                .insert("v1".into(), abnormal("broken"));
+            let mut lp = ListLoop::new(monitor.clone(), driver.clone(), INTERVAL, 0);
+            lp.sweep();
+            assert_eq!(monitor.recorder.dropped(), 0, "the first report fills the queue");
+            // The first refusal is logged, naming its Event: built the usual way.
+            lp.sweep();
+            assert_eq!(monitor.recorder.dropped(), 1);
+            // Without its PVC in the cache, building the repeat would need a GET.
+            let pvc = monitor.pvcs.get("ns", "pvc-v1").unwrap();
+            monitor.pvcs.store().remove(pvc.key());
+            lp.sweep();
+            lp.sweep();
+            assert_eq!(monitor.recorder.dropped(), 3);
+            assert!(r.api.requests().is_empty(), "{:?}", r.api.requests());
+            // Room again: the repeat is sent.
+            monitor.pvcs.store().apply(pvc.clone());
+            let warning = |m: &str| {
+                (
+                    "Warning".to_string(),
+                    crate::monitor::decide::REASON_ABNORMAL.to_string(),
+                    m.to_string(),
+                )
+            };
+            assert_eq!(r.events.take(), vec![warning("broken")]);
+            lp.sweep();
+            assert_eq!(r.events.take(), vec![warning("broken")]);
+            // Missing after two sweeps without it; then its repeats are refused alike.
+            driver.listed.lock().unwrap().clear();
+            lp.sweep();
+            lp.sweep();
+            let missing = missing_message("v1", "d.example.com");
+            assert_eq!(r.events.take(), vec![warning(&missing)]);
+            lp.sweep();
+            let before = monitor.recorder.dropped();
+            monitor.pvcs.store().remove(pvc.key());
+            lp.sweep();
+            lp.sweep();
+            assert_eq!(monitor.recorder.dropped(), before + 2);
+            assert!(r.api.requests().is_empty(), "{:?}", r.api.requests());
         }
 
         /// A mass recovery in the health listing: the abnormal volumes absent from it are

@@ -133,6 +133,13 @@ impl Monitor {
         self.generation
     }
 
+    /// A repeated Warning the event queue has no room for, refused without building it
+    /// (`Recorder::refuse_repeat`): for a volume standing reported with the same finding, an
+    /// observation would do nothing else.
+    pub(crate) fn refuse_repeat(&self) -> bool {
+        self.recorder.refuse_repeat()
+    }
+
     /// `--report-missing-volumes`.
     pub fn reports_missing(&self) -> bool {
         self.report_missing
