@@ -13,6 +13,8 @@
 //! - `faulty-sidecar [SIDECAR FLAGS]...`: the sidecar itself (the same `app::main` as the shipped
 //!   binary) with a panic at the fault point named by `HM_FAULT_PANIC` (`controller`, `worker`,
 //!   `leader`), for the crash-only tests; the panicking code exists only here.
+//! - `grpc-floor [...]`: the CPU floor of a blocking gRPC call at a fixed rate, with nothing of
+//!   the sidecar around it (grpcfloor.rs, issue #24).
 
 #[allow(dead_code)]
 mod apiserver;
@@ -22,6 +24,7 @@ mod bench;
 mod csidriver;
 #[allow(dead_code)]
 mod fixtures;
+mod grpcfloor;
 mod sweepbench;
 
 use std::process::{ExitCode, Stdio};
@@ -40,9 +43,10 @@ fn main() -> ExitCode {
         Some("csi-driver") => run_driver(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("bench-sweep") => sweepbench::run(&args[1..]),
+        Some("grpc-floor") => grpcfloor::run(&args[1..]),
         Some("faulty-sidecar") => faulty_sidecar(&args[1..]),
         Some("-h") | Some("--help") | Some("help") => {
-            println!("usage: csi-hm-testkit [sandbox | apiserver [--port N] [--token T] [--tls-cert F --tls-key F] [--pvc-health-status] | csi-driver --socket PATH [--name NAME] [--generation v1.12|v1.13|both] [--list-healthy] [--no-list] [--volume ID[=abnormal:MESSAGE|=health:STATUS:REASON[:MESSAGE]]]... | {} | {}]", bench::usage(), sweepbench::usage());
+            println!("usage: csi-hm-testkit [sandbox | apiserver [--port N] [--token T] [--tls-cert F --tls-key F] [--pvc-health-status] | csi-driver --socket PATH [--name NAME] [--generation v1.12|v1.13|both] [--list-healthy] [--no-list] [--volume ID[=abnormal:MESSAGE|=health:STATUS:REASON[:MESSAGE]]]... | {} | {} | {}]", bench::usage(), sweepbench::usage(), grpcfloor::usage());
             Ok(())
         }
         Some(other) => Err(format!("unknown command {other:?}; try --help")),
