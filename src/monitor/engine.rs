@@ -590,17 +590,27 @@ mod tests {
         offsets.sort();
         assert!(offsets.iter().all(|ms| ms % 100 == 0), "{offsets:?}");
         offsets.dedup();
-        assert_eq!(offsets.len(), 600, "every grid step of the interval is used");
+        assert_eq!(
+            offsets.len(),
+            600,
+            "every grid step of the interval is used"
+        );
         // A short interval keeps a finer grain: 4 volumes over 2 s stay 500 ms apart.
         let s = schedule(4, t0, Duration::from_secs(2));
         let mut due: Vec<Duration> = s.due.values().map(|at| *at - t0).collect();
         due.sort();
-        assert_eq!(due, [0, 500, 1000, 1500].map(Duration::from_millis).to_vec());
+        assert_eq!(
+            due,
+            [0, 500, 1000, 1500].map(Duration::from_millis).to_vec()
+        );
         // Late: it ended 1,234 ms after its next due time; it is due on the next grid point.
         let mut s = schedule(1, t0, iv);
         let job = s.take(t0).unwrap();
         s.finished(job, None, t0 + iv + Duration::from_millis(1234));
-        assert_eq!(s.due.values().next(), Some(&(t0 + iv + Duration::from_millis(1300))));
+        assert_eq!(
+            s.due.values().next(),
+            Some(&(t0 + iv + Duration::from_millis(1300)))
+        );
     }
 
     #[test]

@@ -1454,7 +1454,11 @@ mod tests {
                 .insert("v1".into(), abnormal("broken"));
             let mut lp = ListLoop::new(monitor.clone(), driver.clone(), INTERVAL, 0);
             lp.sweep();
-            assert_eq!(monitor.recorder.dropped(), 0, "the first report fills the queue");
+            assert_eq!(
+                monitor.recorder.dropped(),
+                0,
+                "the first report fills the queue"
+            );
             // The first refusal is logged, naming its Event: built the usual way.
             lp.sweep();
             assert_eq!(monitor.recorder.dropped(), 1);
