@@ -544,7 +544,12 @@ fn check(cfg: &Config) -> Result<Report, Error> {
         cfg.timeout,
         pvs.as_ref().map_or(0, Vec::len),
     );
-    let listed = match list::collect(&source, cfg.list_volumes_max_entries, bound) {
+    let listed = match list::collect(
+        &source,
+        cfg.list_volumes_max_entries,
+        bound,
+        list::Listed::named(),
+    ) {
         Ok(listing) => listing,
         Err(e) => {
             return Ok(Report::new(
@@ -587,7 +592,12 @@ fn check(cfg: &Config) -> Result<Report, Error> {
             ),
         }
     };
-    let lines = listing_lines(listed.volumes, pvs.as_deref(), &driver, absent);
+    let lines = listing_lines(
+        listed.volumes.into_named().unwrap_or_default(),
+        pvs.as_deref(),
+        &driver,
+        absent,
+    );
     Ok(Report::new(&driver, mode, pvs_known, None, lines))
 }
 

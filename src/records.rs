@@ -124,6 +124,41 @@ impl From<&str> for Token {
     }
 }
 
+/// A `Token` kept inside a record: the 16 bytes of a UUID or a number in place, any other
+/// text appended to the record's string (`Packed::Text`: its length is what is left after
+/// the record's other parts). 16 bytes and a tag, where a `Token` takes 24.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Packed {
+    Uuid,
+    Num,
+    Text,
+}
+
+/// `t` split into its inline bytes, its kind, and the text to append (empty unless text).
+fn pack(t: &str) -> ([u8; 16], Packed) {
+    match Token::new(t) {
+        Token::Uuid(u) => (u, Packed::Uuid),
+        Token::Num(n) => {
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&n.to_le_bytes());
+            (b, Packed::Num)
+        }
+        Token::Text(_) => ([0u8; 16], Packed::Text),
+    }
+}
+
+fn unpack(bytes: &[u8; 16], kind: Packed, text: &str) -> Token {
+    match kind {
+        Packed::Uuid => Token::Uuid(*bytes),
+        Packed::Num => {
+            let mut n = [0u8; 8];
+            n.copy_from_slice(&bytes[..8]);
+            Token::Num(u64::from_le_bytes(n))
+        }
+        Packed::Text => Token::Text(Box::from(text)),
+    }
+}
+
 /// Values that repeat across records (the namespaces of claims) are stored once.
 struct Interned {
     set: HashSet<Arc<str>>,
@@ -188,27 +223,65 @@ impl PvPhase {
 }
 
 /// The claim a PV points at (`spec.claimRef`), borrowed from its record.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Claim<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
-    pub uid: &'a Token,
+    pub uid: Token,
 }
 
-/// What the monitor needs of one PV of our driver: 80 bytes and two allocations (the name,
-/// shared with the per-volume state keyed by it; the handle and claim name together).
+/// What the monitor needs of one PV of our driver: 72 bytes and two allocations (the name,
+/// shared with the per-volume state keyed by it; the handle, claim name and an unusual claim
+/// uid together).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PvRecord {
     name: Arc<str>,
-    /// The volume handle, then the claim's name.
+    /// The volume handle, the claim's name, then its uid if that is not a UUID or number.
     text: Box<str>,
     handle_len: u32,
+    /// The claim's name: at most 253 bytes, as the API server validates object names.
+    claim_len: u16,
     /// `None`: no claim.
     claim_namespace: Option<Arc<str>>,
-    claim_uid: Token,
-    phase: PvPhase,
-    /// `metadata.deletionTimestamp` is set.
-    deleting: bool,
+    claim_uid: [u8; 16],
+    /// The phase, whether `metadata.deletionTimestamp` is set, and the claim uid's kind, in
+    /// one byte (the record fits 72 bytes only so).
+    flags: Flags,
+}
+
+/// `PvRecord`'s small fields in one byte: bits 0-2 the phase, bit 3 deleting, bits 4-5 the
+/// claim uid's `Packed` kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Flags(u8);
+
+const PHASES: [PvPhase; 6] = [
+    PvPhase::Pending,
+    PvPhase::Available,
+    PvPhase::Bound,
+    PvPhase::Released,
+    PvPhase::Failed,
+    PvPhase::Unknown,
+];
+const KINDS: [Packed; 3] = [Packed::Uuid, Packed::Num, Packed::Text];
+
+impl Flags {
+    fn new(phase: PvPhase, deleting: bool, kind: Packed) -> Flags {
+        let p = PHASES.iter().position(|x| *x == phase).unwrap_or(5) as u8;
+        let k = KINDS.iter().position(|x| *x == kind).unwrap_or(2) as u8;
+        Flags(p | (u8::from(deleting) << 3) | (k << 4))
+    }
+
+    fn phase(self) -> PvPhase {
+        PHASES[usize::from(self.0 & 7).min(5)]
+    }
+
+    fn deleting(self) -> bool {
+        self.0 & 8 != 0
+    }
+
+    fn kind(self) -> Packed {
+        KINDS[usize::from((self.0 >> 4) & 3).min(2)]
+    }
 }
 
 impl Keyed for PvRecord {
@@ -272,15 +345,22 @@ impl PvRecord {
     ) -> Option<PvRecord> {
         let (ns, claim_name, uid) = claim.unwrap_or_default();
         let handle_len = len32(volume_handle)?;
-        len32(claim_name)?;
+        let claim_len = u16::try_from(claim_name.len()).ok()?;
+        let (claim_uid, kind) = pack(uid);
+        let uid_text = if kind == Packed::Text { uid } else { "" };
+        handle_len
+            .checked_add(u32::from(claim_len))?
+            .checked_add(len32(uid_text)?)?;
         Some(PvRecord {
             name: Arc::from(name),
-            text: [volume_handle, claim_name].concat().into_boxed_str(),
+            text: [volume_handle, claim_name, uid_text]
+                .concat()
+                .into_boxed_str(),
             handle_len,
+            claim_len,
             claim_namespace: claim.map(|_| intern(ns)),
-            claim_uid: Token::new(uid),
-            phase,
-            deleting,
+            claim_uid,
+            flags: Flags::new(phase, deleting, kind),
         })
     }
 
@@ -299,24 +379,26 @@ impl PvRecord {
 
     pub fn claim(&self) -> Option<Claim<'_>> {
         let namespace = self.claim_namespace.as_deref()?;
+        let start = self.handle_len as usize;
+        let end = start + usize::from(self.claim_len);
         Some(Claim {
             namespace,
-            name: &self.text[self.handle_len as usize..],
-            uid: &self.claim_uid,
+            name: &self.text[start..end],
+            uid: unpack(&self.claim_uid, self.flags.kind(), &self.text[end..]),
         })
     }
 
     pub fn phase(&self) -> PvPhase {
-        self.phase
+        self.flags.phase()
     }
 
     pub fn deleting(&self) -> bool {
-        self.deleting
+        self.flags.deleting()
     }
 
     /// Bound (upstream checks `status.phase == Bound`) and pointing at a claim.
     pub fn is_bound(&self) -> bool {
-        self.phase == PvPhase::Bound && self.claim_namespace.is_some()
+        self.phase() == PvPhase::Bound && self.claim_namespace.is_some()
     }
 
     /// `None` unless this is a CSI PV of `driver` with a name and a volume handle.
@@ -361,14 +443,14 @@ impl PvRecord {
     /// This record in another phase (tests).
     #[cfg(test)]
     pub fn with_phase(mut self, phase: PvPhase) -> PvRecord {
-        self.phase = phase;
+        self.flags = Flags::new(phase, self.deleting(), self.flags.kind());
         self
     }
 
     /// This record marked deleting (tests).
     #[cfg(test)]
     pub fn with_deleting(mut self, deleting: bool) -> PvRecord {
-        self.deleting = deleting;
+        self.flags = Flags::new(self.phase(), deleting, self.flags.kind());
         self
     }
 }
@@ -376,17 +458,23 @@ impl PvRecord {
 // ---------------------------------------------------------------------------------------------
 // PersistentVolumeClaims
 
-/// What an Event about a PVC needs (the involved object) and what ties it to its PV: 80 bytes
-/// and one allocation (`namespace/name` and `spec.volumeName` together), plus the health
-/// status when one is set.
+/// What an Event about a PVC needs (the involved object) and what ties it to its PV: 64 bytes
+/// and one allocation (`namespace/name`, `spec.volumeName` and an unusual uid or
+/// resourceVersion together), plus the health status when one is set. Object names are at
+/// most 253 bytes (the API server's validation), so the lengths are 16-bit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PvcRecord {
-    /// `namespace/name`, then `spec.volumeName`.
+    /// `namespace/name`, `spec.volumeName`, then the uid and the resourceVersion when either
+    /// is text.
     text: Box<str>,
-    namespace_len: u32,
-    key_len: u32,
-    uid: Token,
-    resource_version: Token,
+    namespace_len: u16,
+    key_len: u16,
+    volume_end: u16,
+    uid_end: u16,
+    uid: [u8; 16],
+    resource_version: u64,
+    uid_kind: Packed,
+    resource_version_kind: Packed,
     /// `status.healthStatus` (Kubernetes 1.37, gate `CSIVolumeHealth`): the baseline the
     /// health modes compare against, so a restart or a new leader rewrites nothing unchanged.
     health: Option<Box<PvcHealth>>,
@@ -471,17 +559,40 @@ impl PvcRecord {
         volume_name: &str,
         health: Option<PvcHealth>,
     ) -> Option<PvcRecord> {
-        let namespace_len = len32(namespace)?;
-        let key_len = namespace_len.checked_add(1)?.checked_add(len32(name)?)?;
-        key_len.checked_add(len32(volume_name)?)?;
+        let len16 = |s: &str| u16::try_from(s.len()).ok();
+        let namespace_len = len16(namespace)?;
+        let key_len = namespace_len.checked_add(1)?.checked_add(len16(name)?)?;
+        let volume_end = key_len.checked_add(len16(volume_name)?)?;
+        let (uid_bytes, uid_kind) = pack(uid);
+        let uid_text = if uid_kind == Packed::Text { uid } else { "" };
+        let uid_end = volume_end.checked_add(len16(uid_text)?)?;
+        // Only a number goes inline; any other resourceVersion is kept as text.
+        let rv_number = match Token::new(resource_version) {
+            Token::Num(n) => Some(n),
+            _ => None,
+        };
+        let rv_text = if rv_number.is_some() {
+            ""
+        } else {
+            resource_version
+        };
+        uid_end.checked_add(len16(rv_text)?)?;
         Some(PvcRecord {
-            text: [namespace, "/", name, volume_name]
+            text: [namespace, "/", name, volume_name, uid_text, rv_text]
                 .concat()
                 .into_boxed_str(),
             namespace_len,
             key_len,
-            uid: Token::new(uid),
-            resource_version: Token::new(resource_version),
+            volume_end,
+            uid_end,
+            uid: uid_bytes,
+            resource_version: rv_number.unwrap_or(0),
+            uid_kind,
+            resource_version_kind: if rv_number.is_some() {
+                Packed::Num
+            } else {
+                Packed::Text
+            },
             health: health.map(Box::new),
         })
     }
@@ -525,15 +636,19 @@ impl PvcRecord {
 
     /// `spec.volumeName`; empty while unbound.
     pub fn volume_name(&self) -> &str {
-        &self.text[self.key_len as usize..]
+        &self.text[self.key_len as usize..self.volume_end as usize]
     }
 
-    pub fn uid(&self) -> &Token {
-        &self.uid
+    pub fn uid(&self) -> Token {
+        let text = &self.text[self.volume_end as usize..self.uid_end as usize];
+        unpack(&self.uid, self.uid_kind, text)
     }
 
-    pub fn resource_version(&self) -> &Token {
-        &self.resource_version
+    pub fn resource_version(&self) -> Token {
+        match self.resource_version_kind {
+            Packed::Num => Token::Num(self.resource_version),
+            _ => Token::Text(Box::from(&self.text[self.uid_end as usize..])),
+        }
     }
 
     pub fn health(&self) -> Option<&PvcHealth> {
@@ -578,10 +693,48 @@ mod tests {
         assert_eq!(std::mem::size_of::<Token>(), 24);
     }
 
+    /// Every phase, deletion mark and kind of uid or resourceVersion reads back exactly from
+    /// the packed fields.
+    #[test]
+    fn packed_fields_read_back() {
+        let uuid = "00000000-0000-4000-8000-000000000001";
+        for phase in PHASES {
+            for deleting in [false, true] {
+                for uid in ["", "u1", "42", uuid, "0042"] {
+                    let pv =
+                        PvRecord::new("pv", "h", phase, Some(("ns", "c", uid)), deleting).unwrap();
+                    assert_eq!((pv.phase(), pv.deleting()), (phase, deleting));
+                    let c = pv.claim().unwrap();
+                    assert_eq!((c.namespace, c.name), ("ns", "c"));
+                    assert_eq!(c.uid.to_string(), uid);
+                    assert_eq!(pv.volume_handle(), "h");
+                }
+            }
+        }
+        for (uid, rv) in [
+            ("u", "7"),
+            (uuid, "abc"),
+            ("", ""),
+            ("42", uuid),
+            (uuid, "007"),
+        ] {
+            let pvc = PvcRecord::new("ns", "c", uid, rv, "pv", None).unwrap();
+            assert_eq!(pvc.uid().to_string(), uid);
+            assert_eq!(pvc.resource_version().to_string(), rv);
+            assert_eq!((pvc.key(), pvc.volume_name()), ("ns/c", "pv"));
+        }
+        let long = "x".repeat(70_000);
+        assert!(
+            PvcRecord::new("ns", &long, "", "", "", None).is_none(),
+            "names over 64 KiB"
+        );
+        assert!(PvRecord::new("pv", "h", PvPhase::Bound, Some(("ns", &long, "")), false).is_none());
+    }
+
     #[test]
     fn record_sizes() {
-        assert_eq!(std::mem::size_of::<PvRecord>(), 80);
-        assert_eq!(std::mem::size_of::<PvcRecord>(), 80);
+        assert_eq!(std::mem::size_of::<PvRecord>(), 72);
+        assert_eq!(std::mem::size_of::<PvcRecord>(), 64);
     }
 
     #[test]
@@ -621,7 +774,7 @@ mod tests {
             Some(Claim {
                 namespace: "ns",
                 name: "c-a",
-                uid: &Token::new("cu")
+                uid: Token::new("cu")
             })
         );
         assert!(!ours.deleting());

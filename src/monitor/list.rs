@@ -11,7 +11,9 @@
 //! A sweep in which nothing changed costs a hash lookup per PV: volumes last seen healthy are
 //! remembered ("quiet") and not reported again while they stay so.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -146,24 +148,117 @@ impl std::fmt::Display for SweepError {
     }
 }
 
+/// The volumes of one listing with their conditions (none: healthy). A sweep asks only "is
+/// this handle listed, and with what": entries are keyed by a 128-bit keyed hash of the handle
+/// (two SipHashes with secret keys, so two handles collide with a chance of about 2^-128 and
+/// cannot be made to), not by a copy of it: a ListVolumes listing of 100,000 volumes held as
+/// many handle strings, the largest transient of a sweep (issue #23). Check-once, which prints
+/// every listed volume, keeps the handles (`Listed::named`).
+#[derive(Debug)]
+pub enum Listed {
+    Hashed {
+        keys: (RandomState, RandomState),
+        entries: HashMap<u128, Box<[Condition]>>,
+    },
+    Named(HashMap<String, Vec<Condition>>),
+}
+
+impl Listed {
+    pub fn hashed() -> Listed {
+        Listed::Hashed {
+            keys: (RandomState::new(), RandomState::new()),
+            entries: HashMap::new(),
+        }
+    }
+
+    pub fn named() -> Listed {
+        Listed::Named(HashMap::new())
+    }
+
+    fn key(keys: &(RandomState, RandomState), id: &str) -> u128 {
+        (u128::from(keys.0.hash_one(id)) << 64) | u128::from(keys.1.hash_one(id))
+    }
+
+    pub fn get(&self, id: &str) -> Option<&[Condition]> {
+        match self {
+            Listed::Hashed { keys, entries } => entries.get(&Self::key(keys, id)).map(|c| &**c),
+            Listed::Named(m) => m.get(id).map(|c| c.as_slice()),
+        }
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.get(id).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Listed::Hashed { entries, .. } => entries.len(),
+            Listed::Named(m) => m.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn reserve(&mut self, n: usize) {
+        match self {
+            Listed::Hashed { entries, .. } => entries.reserve(n),
+            Listed::Named(m) => m.reserve(n),
+        }
+    }
+
+    /// The later entry of a volume listed twice wins.
+    fn insert(&mut self, id: String, conditions: Vec<Condition>) {
+        match self {
+            Listed::Hashed { keys, entries } => {
+                entries.insert(Self::key(keys, &id), conditions.into_boxed_slice());
+            }
+            Listed::Named(m) => {
+                m.insert(id, conditions);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        match self {
+            Listed::Hashed { keys, entries } => {
+                entries.remove(&Self::key(keys, id));
+            }
+            Listed::Named(m) => {
+                m.remove(id);
+            }
+        }
+    }
+
+    /// The handles and their conditions, when kept (`named`).
+    pub fn into_named(self) -> Option<HashMap<String, Vec<Condition>>> {
+        match self {
+            Listed::Named(m) => Some(m),
+            Listed::Hashed { .. } => None,
+        }
+    }
+}
+
 /// One complete listing.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Listing {
     /// Every volume listed with its conditions (none: healthy).
-    pub volumes: HashMap<String, Vec<Condition>>,
+    pub volumes: Listed,
     /// Volumes listed without the condition the spec requires: present, health unknown.
     pub unjudged: HashSet<String>,
     pub pages: usize,
 }
 
-/// Every volume the driver returned in one complete listing; a volume listed twice (pages are
-/// no consistent view) takes its later entry. Past `bound` the listing is an error.
+/// Every volume the driver returned in one complete listing, into `out` (`Listed::hashed` for
+/// a sweep, `Listed::named` to keep the handles); a volume listed twice (pages are no
+/// consistent view) takes its later entry. Past `bound` the listing is an error.
 pub fn collect(
     source: &dyn HealthSource,
     max_entries: i32,
     bound: ListingBound,
+    mut out: Listed,
 ) -> Result<Listing, SweepError> {
-    let mut out = HashMap::new();
     let mut unjudged = HashSet::new();
     let mut guard = PageGuard::new(MAX_PAGES);
     let mut token = String::new();
@@ -449,7 +544,12 @@ impl ListLoop {
             self.call_timeout,
             self.monitor.pvs.len(),
         );
-        let result = collect(self.source.as_ref(), self.max_entries, bound);
+        let result = collect(
+            self.source.as_ref(),
+            self.max_entries,
+            bound,
+            Listed::hashed(),
+        );
         // In this mode the probe is the whole (paged) listing: one observation per sweep.
         self.monitor.metrics().observe_probe(
             self.source.list_method(),
@@ -521,7 +621,7 @@ impl ListLoop {
                     {
                         continue;
                     }
-                    self.observe(pv, Finding::Conditions(conds.clone()));
+                    self.observe(pv, Finding::Conditions(conds.to_vec()));
                 }
                 // Listed without a condition: it exists, its health is unknown. A driver
                 // error (said once per volume), never a recovery, never missing.
@@ -797,7 +897,7 @@ mod tests {
             deadline: t0,
             entries: 10,
         };
-        let err = collect(&src, 0, late).unwrap_err();
+        let err = collect(&src, 0, late, Listed::named()).unwrap_err();
         assert!(matches!(err, SweepError::TooLong { pages: 1 }), "{err:?}");
         assert!(err.to_string().contains("after 1 pages"), "{err}");
         assert_eq!(
@@ -815,14 +915,20 @@ mod tests {
             deadline: t0 + Duration::from_secs(60),
             entries: 3,
         };
-        let err = collect(&src, 0, small).unwrap_err();
+        let err = collect(&src, 0, small, Listed::named()).unwrap_err();
         assert!(matches!(err, SweepError::TooMany { entries: 3 }), "{err:?}");
         // Exactly at the bound is fine.
         let src = Pages(
             Mutex::new(vec![page(&["a", "b"], "t1"), page(&["c"], "")]),
             Mutex::new(vec![]),
         );
-        assert_eq!(collect(&src, 0, small).unwrap().volumes.len(), 3);
+        assert_eq!(
+            collect(&src, 0, small, Listed::named())
+                .unwrap()
+                .volumes
+                .len(),
+            3
+        );
     }
 
     #[test]
@@ -849,7 +955,7 @@ mod tests {
             volumes: vols,
             pages,
             ..
-        } = collect(&src, 0, unbounded()).unwrap();
+        } = collect(&src, 0, unbounded(), Listed::named()).unwrap();
         assert_eq!(pages, 3);
         assert_eq!(vols.len(), 3);
         assert_eq!(*src.1.lock().unwrap(), vec!["", "t1", "t2"]);
@@ -859,14 +965,23 @@ mod tests {
     fn a_repeated_volume_takes_its_later_entry() {
         let mut second = page(&["b"], "").unwrap();
         second.entries.push(("a".into(), vec![]));
-        let src = Pages(
-            Mutex::new(vec![page(&["a"], "t1"), Ok(second)]),
-            Mutex::new(vec![]),
-        );
-        let vols = collect(&src, 0, unbounded()).unwrap().volumes;
-        assert_eq!(vols["a"], vec![], "the later (healthy) entry wins");
-        assert_eq!(vols["b"].len(), 1);
-        assert_eq!(*src.1.lock().unwrap(), vec!["", "t1"]);
+        let src = Pages(Mutex::new(vec![]), Mutex::new(vec![]));
+        for out in [Listed::named(), Listed::hashed()] {
+            src.0
+                .lock()
+                .unwrap()
+                .extend([page(&["a"], "t1"), Ok(second.clone())]);
+            let vols = collect(&src, 0, unbounded(), out).unwrap().volumes;
+            assert_eq!(
+                vols.get("a"),
+                Some(&[][..]),
+                "the later (healthy) entry wins"
+            );
+            assert_eq!(vols.get("b").map(<[_]>::len), Some(1));
+            assert_eq!(vols.get("c"), None);
+            assert_eq!(vols.len(), 2);
+        }
+        assert_eq!(*src.1.lock().unwrap(), vec!["", "t1", "", "t1"]);
     }
 
     /// Issue #25: an entry listed without its condition is set aside, not read as healthy;
@@ -878,8 +993,9 @@ mod tests {
         let mut second = page(&["c"], "").unwrap();
         second.unjudged = vec!["a".into()];
         let src = Pages(Mutex::new(vec![Ok(first), Ok(second)]), Mutex::new(vec![]));
-        let l = collect(&src, 0, unbounded()).unwrap();
-        let mut listed: Vec<&String> = l.volumes.keys().collect();
+        let l = collect(&src, 0, unbounded(), Listed::named()).unwrap();
+        let named = l.volumes.into_named().unwrap();
+        let mut listed: Vec<&String> = named.keys().collect();
         listed.sort();
         assert_eq!(listed, ["b", "c"]);
         assert_eq!(l.unjudged, HashSet::from(["a".to_string()]));
@@ -892,7 +1008,7 @@ mod tests {
             entries: 1,
         };
         assert!(matches!(
-            collect(&src, 0, small),
+            collect(&src, 0, small, Listed::named()),
             Err(SweepError::TooMany { entries: 1 })
         ));
     }
@@ -904,7 +1020,7 @@ mod tests {
             Mutex::new(vec![]),
         );
         assert!(
-            matches!(collect(&src, 0, unbounded()), Err(SweepError::Paging(PageLoop::Repeated(t))) if t == "t1")
+            matches!(collect(&src, 0, unbounded(), Listed::named()), Err(SweepError::Paging(PageLoop::Repeated(t))) if t == "t1")
         );
     }
 
@@ -920,7 +1036,7 @@ mod tests {
             Mutex::new(vec![]),
         );
         assert!(matches!(
-            collect(&src, 0, unbounded()),
+            collect(&src, 0, unbounded(), Listed::named()),
             Err(SweepError::Rpc(_))
         ));
     }

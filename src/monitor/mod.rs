@@ -192,7 +192,7 @@ impl Monitor {
         };
         let pvc = self.pvcs.get(claim.namespace, claim.name);
         let uid = pvc.as_ref().map_or(claim.uid, |p| p.uid());
-        match lock(&self.reported).get(uid) {
+        match lock(&self.reported).get(&uid) {
             Some(Reported::Abnormal) => true,
             Some(Reported::Recovered) => false,
             Some(Reported::Healthy) | None => pvc.as_ref().is_some_and(|p| p.health().is_some()),
@@ -211,7 +211,7 @@ impl Monitor {
         let (decision, previous) = {
             let mut reported = lock(&self.reported);
             let previous = reported
-                .get(pvc.uid())
+                .get(&pvc.uid())
                 .copied()
                 .unwrap_or(Reported::Healthy);
             let d = decide(
@@ -226,7 +226,7 @@ impl Monitor {
                 },
                 observation,
             );
-            remember(&mut reported, pvc.uid(), d.next);
+            remember(&mut reported, &pvc.uid(), d.next);
             (d, previous)
         };
         self.metrics
@@ -267,7 +267,7 @@ impl Monitor {
                     EventType::Warning => previous,
                     EventType::Normal => Reported::Abnormal,
                 };
-                remember(&mut lock(&self.reported), pvc.uid(), next);
+                remember(&mut lock(&self.reported), &pvc.uid(), next);
             }
         }
         if let (Some(out), Some(desired)) = (&self.health, &decision.desired) {
@@ -280,12 +280,12 @@ impl Monitor {
                         // The clear landed: the recovery is complete.
                         if clean && next == Reported::Recovered {
                             next = Reported::Healthy;
-                            remember(&mut lock(&self.reported), pvc.uid(), next);
+                            remember(&mut lock(&self.reported), &pvc.uid(), next);
                         }
                     }
                     Written::Gone => {
                         // 404: the PVC is gone, and with it this volume's state.
-                        lock(&self.reported).remove(pvc.uid());
+                        lock(&self.reported).remove(&pvc.uid());
                         next = Reported::Healthy;
                     }
                     Written::Dropped | Written::Forbidden | Written::Failed | Written::Deferred => {
@@ -360,7 +360,7 @@ impl Monitor {
             return;
         }
         // Borrowed from the snapshot: one set of references, no copies.
-        let live: HashSet<&Token> = pvs
+        let live: HashSet<Token> = pvs
             .iter()
             .filter_map(|pv| pv.claim().map(|c| c.uid))
             .collect();

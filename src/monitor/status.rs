@@ -128,10 +128,10 @@ impl StatusWriter {
         let now = Instant::now();
         {
             let mut deferred = super::lock(&self.deferred);
-            match deferred.get(pvc.uid()) {
+            match deferred.get(&pvc.uid()) {
                 Some(until) if now < *until => return Written::Deferred,
                 Some(_) => {
-                    deferred.remove(pvc.uid());
+                    deferred.remove(&pvc.uid());
                 }
                 None => {}
             }
@@ -214,7 +214,7 @@ impl StatusWriter {
         };
         self.metrics.observe_status_write(result);
         if matches!(outcome, Written::Dropped | Written::Forbidden) {
-            super::lock(&self.deferred).insert(pvc.uid().clone(), now + self.backoff);
+            super::lock(&self.deferred).insert(pvc.uid(), now + self.backoff);
         }
         outcome
     }
