@@ -149,25 +149,34 @@ impl std::fmt::Display for SweepError {
 }
 
 /// The volumes of one listing with their conditions (none: healthy). A sweep asks only "is
-/// this handle listed, and with what": entries are keyed by a 128-bit keyed hash of the handle
-/// (two SipHashes with secret keys, so two handles collide with a chance of about 2^-128 and
-/// cannot be made to), not by a copy of it: a ListVolumes listing of 100,000 volumes held as
-/// many handle strings, the largest transient of a sweep (issue #23). Check-once, which prints
-/// every listed volume, keeps the handles (`Listed::named`).
+/// this handle listed, and with what": entries are keyed by a keyed hash of the handle, 64
+/// bits as the key and 32 more as a check (two SipHashes with secret keys: two handles of a
+/// million-volume listing collide with a chance of about 2^-57, and cannot be made to), 16
+/// bytes each, with the conditions of the few abnormal volumes aside. A ListVolumes listing
+/// of 1,000,000 volumes held as many handle strings and condition vectors, the largest
+/// transient of a sweep (issue #23). Check-once, which prints every listed volume, keeps the
+/// handles (`Listed::named`).
 #[derive(Debug)]
 pub enum Listed {
     Hashed {
         keys: (RandomState, RandomState),
-        entries: HashMap<u128, Box<[Condition]>>,
+        /// Key hash -> (check hash, index into `abnormal`, or `HEALTHY`).
+        entries: HashMap<u64, (u32, u32)>,
+        abnormal: Vec<Box<[Condition]>>,
     },
     Named(HashMap<String, Vec<Condition>>),
 }
 
+/// The index of a listed volume without conditions.
+const HEALTHY: u32 = u32::MAX;
+
 impl Listed {
-    pub fn hashed() -> Listed {
+    /// Room for `expected` volumes (the PVs of the driver): no doubling while pages come in.
+    pub fn hashed(expected: usize) -> Listed {
         Listed::Hashed {
             keys: (RandomState::new(), RandomState::new()),
-            entries: HashMap::new(),
+            entries: HashMap::with_capacity(expected),
+            abnormal: Vec::new(),
         }
     }
 
@@ -175,13 +184,24 @@ impl Listed {
         Listed::Named(HashMap::new())
     }
 
-    fn key(keys: &(RandomState, RandomState), id: &str) -> u128 {
-        (u128::from(keys.0.hash_one(id)) << 64) | u128::from(keys.1.hash_one(id))
+    fn key(keys: &(RandomState, RandomState), id: &str) -> (u64, u32) {
+        (keys.0.hash_one(id), keys.1.hash_one(id) as u32)
     }
 
     pub fn get(&self, id: &str) -> Option<&[Condition]> {
         match self {
-            Listed::Hashed { keys, entries } => entries.get(&Self::key(keys, id)).map(|c| &**c),
+            Listed::Hashed {
+                keys,
+                entries,
+                abnormal,
+            } => {
+                let (key, check) = Self::key(keys, id);
+                match entries.get(&key) {
+                    Some((c, HEALTHY)) if *c == check => Some(&[]),
+                    Some((c, i)) if *c == check => abnormal.get(*i as usize).map(|c| &**c),
+                    _ => None,
+                }
+            }
             Listed::Named(m) => m.get(id).map(|c| c.as_slice()),
         }
     }
@@ -211,8 +231,21 @@ impl Listed {
     /// The later entry of a volume listed twice wins.
     fn insert(&mut self, id: String, conditions: Vec<Condition>) {
         match self {
-            Listed::Hashed { keys, entries } => {
-                entries.insert(Self::key(keys, &id), conditions.into_boxed_slice());
+            Listed::Hashed {
+                keys,
+                entries,
+                abnormal,
+            } => {
+                let (key, check) = Self::key(keys, &id);
+                let index = if conditions.is_empty() {
+                    HEALTHY
+                } else {
+                    // Past 4 billion abnormal entries the listing is long over its bound.
+                    let i = u32::try_from(abnormal.len()).unwrap_or(HEALTHY - 1);
+                    abnormal.push(conditions.into_boxed_slice());
+                    i
+                };
+                entries.insert(key, (check, index));
             }
             Listed::Named(m) => {
                 m.insert(id, conditions);
@@ -222,8 +255,8 @@ impl Listed {
 
     fn remove(&mut self, id: &str) {
         match self {
-            Listed::Hashed { keys, entries } => {
-                entries.remove(&Self::key(keys, id));
+            Listed::Hashed { keys, entries, .. } => {
+                entries.remove(&Self::key(keys, id).0);
             }
             Listed::Named(m) => {
                 m.remove(id);
@@ -548,7 +581,7 @@ impl ListLoop {
             self.source.as_ref(),
             self.max_entries,
             bound,
-            Listed::hashed(),
+            Listed::hashed(self.monitor.pvs.len()),
         );
         // In this mode the probe is the whole (paged) listing: one observation per sweep.
         self.monitor.metrics().observe_probe(
@@ -966,7 +999,7 @@ mod tests {
         let mut second = page(&["b"], "").unwrap();
         second.entries.push(("a".into(), vec![]));
         let src = Pages(Mutex::new(vec![]), Mutex::new(vec![]));
-        for out in [Listed::named(), Listed::hashed()] {
+        for out in [Listed::named(), Listed::hashed(0)] {
             src.0
                 .lock()
                 .unwrap()
