@@ -118,12 +118,6 @@ impl fmt::Debug for Token {
     }
 }
 
-impl From<&str> for Token {
-    fn from(s: &str) -> Token {
-        Token::new(s)
-    }
-}
-
 /// A `Token` kept inside a record: the 16 bytes of a UUID or a number in place, any other
 /// text appended to the record's string (`Packed::Text`: its length is what is left after
 /// the record's other parts). 16 bytes and a tag, where a `Token` takes 24.

@@ -206,10 +206,6 @@ impl Listed {
         }
     }
 
-    pub fn contains(&self, id: &str) -> bool {
-        self.get(id).is_some()
-    }
-
     pub fn len(&self) -> usize {
         match self {
             Listed::Hashed { entries, .. } => entries.len(),
