@@ -14,7 +14,7 @@
 //! thread starting `*_async` calls whose answers are read by futures spawned on grpcio's own
 //! completion queue.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use grpcio::{CallOption, ChannelBuilder, ConnectivityState, EnvBuilder, Resource
 use healthmon::csi::proto::csi::ControllerGetVolumeRequest;
 use healthmon::csi::proto::csi_grpc::ControllerClient;
 
+use crate::bench::process;
 use crate::csidriver;
 
 const VOLUME: &str = "vol-000000";
@@ -275,32 +276,11 @@ fn parent(o: &Opts) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
     let dir = csidriver::temp_dir("grpc-floor");
     let socket = dir.join("driver.sock");
-    let driver = Guard(
-        Command::new(&exe)
-            .arg("csi-driver")
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--generation")
-            .arg("v1.12")
-            .arg("--no-list")
-            .arg("--volume")
-            .arg(VOLUME)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("spawn the mock driver: {e}"))?,
-    );
-    let up = Instant::now() + Duration::from_secs(30);
-    while !socket.exists() {
-        if Instant::now() > up {
-            return Err("the mock driver did not listen within 30 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let driver = process::spawn_driver(&socket, "v1.12", [VOLUME.to_string()], &[])?;
     println!(
         "gRPC call floor: blocking ControllerGetVolume at {} calls/s, mock driver (pid {}) in its own process, {}s warm-up, {}s window, caller's user+sys from /proc/self/stat\n",
         o.rate,
-        driver.0.id(),
+        driver.pid(),
         o.warmup.as_secs(),
         o.window.as_secs()
     );
@@ -383,16 +363,6 @@ fn parent(o: &Opts) -> Result<(), String> {
     drop(driver);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
-}
-
-/// Kills and reaps the driver however the run ends.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn builder(env: Arc<grpcio::Environment>, args: Args) -> ChannelBuilder {
@@ -576,7 +546,7 @@ fn measure(v: &Variant, socket: &str, o: &Opts) -> Result<Measured, String> {
     for t in threads {
         let _ = t.join();
     }
-    let tick_ms = 1000.0 / clock_ticks();
+    let tick_ms = 1000.0 / process::clock_ticks();
     Ok(Measured {
         calls: n1 - n0,
         errors: e1 - e0,
@@ -607,7 +577,7 @@ struct Sample {
 fn sample() -> Result<Sample, String> {
     let stat = std::fs::read_to_string("/proc/self/stat")
         .map_err(|e| format!("read /proc/self/stat: {e}"))?;
-    let total = ticks(&stat).ok_or("malformed /proc/self/stat")?;
+    let total = process::stat_ticks(&stat).ok_or("malformed /proc/self/stat")?;
     let (mut cq, mut switches) = (0, 0);
     let tasks =
         std::fs::read_dir("/proc/self/task").map_err(|e| format!("read /proc/self/task: {e}"))?;
@@ -621,7 +591,7 @@ fn sample() -> Result<Sample, String> {
                 .map(|(a, b)| &s[a + 1..b])
                 .unwrap_or("");
             if comm.starts_with("grpc-") {
-                cq += ticks(&s).unwrap_or(0);
+                cq += process::stat_ticks(&s).unwrap_or(0);
             }
         }
         if let Ok(s) = std::fs::read_to_string(path.join("status")) {
@@ -637,20 +607,4 @@ fn sample() -> Result<Sample, String> {
         cq,
         switches,
     })
-}
-
-/// utime + stime from a `stat` line; fields start after the last ')' (the name may hold one).
-fn ticks(stat: &str) -> Option<u64> {
-    let f: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }

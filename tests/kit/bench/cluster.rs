@@ -5,6 +5,16 @@ use serde_json::json;
 
 use super::{ModeArg, DRIVER, LEASE_NS, NOISE_NS, VOL_NS};
 use crate::apiserver::FakeApiServer;
+
+/// The fake API server a mode needs: with `status.healthStatus` (the `CSIVolumeHealth` gate)
+/// for the v1.13 modes.
+pub(super) fn api_server(mode: ModeArg) -> Result<FakeApiServer, String> {
+    FakeApiServer::start_with(crate::apiserver::Options {
+        pvc_health_status: mode.is_health(),
+        ..Default::default()
+    })
+    .map_err(|e| format!("start the fake API server: {e}"))
+}
 use crate::csidriver::{self, MockDriver};
 use crate::fixtures;
 

@@ -14,6 +14,7 @@ use super::logs::{print_failure, wait_event_writes};
 use super::process::{
     binary_size, loadavg, memory, spawn_env, switches_between, voluntary_switches, Sampler,
 };
+use super::report::print_binary_size;
 use super::report::{mib, secs};
 use super::{Opts, DRIVER, LEASE_NS, NOISE_NS, VOL_NS};
 use crate::apiserver::FakeApiServer;
@@ -288,14 +289,6 @@ pub(super) fn footprint(o: &Opts, bin: &Path) -> Result<(), String> {
             threads.join(", ")
         );
     }
-    println!(
-        "\nBinary: {} bytes as built ({:.1} MiB); stripped copy: {}",
-        size.0,
-        size.0 as f64 / 1048576.0,
-        match size.1 {
-            Some(s) => format!("{s} bytes ({:.1} MiB)", s as f64 / 1048576.0),
-            None => "strip failed".into(),
-        }
-    );
+    print_binary_size(size);
     Ok(())
 }

@@ -14,7 +14,7 @@ use std::io::Write;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use super::cluster::{populate, set_mode};
+use super::cluster::{api_server, populate, set_mode};
 use super::logs::{finished, print_failure, starts, wait_driver};
 use super::process::{clock_ticks, cpu_ticks, memory, spawn};
 use super::{Opts, DRIVER, LEASE_NS};
@@ -27,11 +27,7 @@ pub(super) fn hold(o: &Opts, secs: Duration) -> Result<(), String> {
     if !mode.is_list() {
         return Err("bench --hold: a listing mode (list or health-list)".into());
     }
-    let api = FakeApiServer::start_with(crate::apiserver::Options {
-        pvc_health_status: mode.is_health(),
-        ..Default::default()
-    })
-    .map_err(|e| format!("start the fake API server: {e}"))?;
+    let api = api_server(mode)?;
     let driver = MockDriver::start(DRIVER);
     let t = Instant::now();
     populate(&api, &driver, n, 0, o.page_size);

@@ -30,7 +30,7 @@ mod footprint;
 mod hold;
 mod logs;
 mod percheck;
-mod process;
+pub(crate) mod process;
 mod report;
 mod storms;
 mod volumes;

@@ -1,13 +1,13 @@
 //! `bench --per-check` (issue #24): CPU per check of the real sidecar in both per-volume modes
 //! at a fixed rate, against a trivial mock driver in its own process so its CPU is not counted.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use super::cluster::api_server;
 use super::cluster::populate;
-use super::process::{clock_ticks, cpu_ticks, http_get_text, loadavg, spawn, ChildGuard};
+use super::process::{self, clock_ticks, cpu_ticks, http_get_text, loadavg, spawn};
 use super::{ModeArg, Opts, DRIVER};
-use crate::apiserver::FakeApiServer;
 use crate::csidriver::{self, MockDriver};
 
 /// Checks a second asked of the sidecar in `--per-check`: about the Go sidecar's pace in
@@ -71,11 +71,7 @@ pub(super) fn per_check_run(
     workers: usize,
     window: Duration,
 ) -> Result<(f64, f64, f64), String> {
-    let api = FakeApiServer::start_with(crate::apiserver::Options {
-        pvc_health_status: mode.is_health(),
-        ..Default::default()
-    })
-    .map_err(|e| format!("start the fake API server: {e}"))?;
+    let api = api_server(mode)?;
     // The PVs and PVCs; this in-process driver only takes populate's volumes and is not used.
     let unused = MockDriver::start(DRIVER);
     populate(&api, &unused, n, 0, o.page_size);
@@ -84,32 +80,13 @@ pub(super) fn per_check_run(
     api.write_kubeconfig(&kubeconfig)
         .map_err(|e| format!("write kubeconfig: {e}"))?;
     let socket = dir.join("driver.sock");
-    let mut cmd = Command::new(std::env::current_exe().map_err(|e| format!("current exe: {e}"))?);
-    cmd.arg("csi-driver")
-        .arg("--name")
-        .arg(DRIVER)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--generation")
-        .arg(if mode.is_health() { "v1.13" } else { "v1.12" })
-        .arg("--no-list");
     // Every volume known and healthy.
-    for i in 0..n {
-        cmd.arg("--volume").arg(format!("vol-{i:06}"));
-    }
-    let driver = ChildGuard(Some(
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("spawn the mock driver: {e}"))?,
-    ));
-    let up = Instant::now() + Duration::from_secs(30);
-    while !socket.exists() {
-        if Instant::now() > up {
-            return Err("the mock driver did not listen within 30 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let driver = process::spawn_driver(
+        &socket,
+        if mode.is_health() { "v1.13" } else { "v1.12" },
+        (0..n).map(|i| format!("vol-{i:06}")),
+        &["--name", DRIVER],
+    )?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("pick a port: {e}"))?

@@ -52,15 +52,15 @@ pub(super) fn spawn_env(
 }
 
 /// Kills (TERM, then KILL) the sidecar when the benchmark ends, even on an error path.
-pub(super) struct ChildGuard(pub(super) Option<Child>);
+pub(crate) struct ChildGuard(pub(crate) Option<Child>);
 
 impl ChildGuard {
-    pub(super) fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.0.as_ref().map(Child::id).unwrap_or(0)
     }
 
     /// SIGTERM and wait up to 20 s; true when it exited by itself.
-    pub(super) fn terminate(mut self) -> bool {
+    pub(crate) fn terminate(mut self) -> bool {
         let Some(mut child) = self.0.take() else {
             return true;
         };
@@ -87,7 +87,44 @@ impl Drop for ChildGuard {
     }
 }
 
-pub(super) fn clock_ticks() -> f64 {
+/// The trivial mock driver (`csi-driver --no-list`, every call answered at once, these
+/// volumes known and healthy) in a process of its own, so its CPU is not the measured one's;
+/// returns once it listens on `socket`.
+pub(crate) fn spawn_driver(
+    socket: &Path,
+    generation: &str,
+    volumes: impl IntoIterator<Item = String>,
+    extra: &[&str],
+) -> Result<ChildGuard, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("csi-driver")
+        .arg("--socket")
+        .arg(socket)
+        .arg("--generation")
+        .arg(generation)
+        .arg("--no-list")
+        .args(extra);
+    for v in volumes {
+        cmd.arg("--volume").arg(v);
+    }
+    let driver = ChildGuard(Some(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("spawn the mock driver: {e}"))?,
+    ));
+    let up = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        if Instant::now() > up {
+            return Err("the mock driver did not listen within 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(driver)
+}
+
+pub(crate) fn clock_ticks() -> f64 {
     static TCK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *TCK.get_or_init(|| {
         Command::new("getconf")
@@ -102,7 +139,11 @@ pub(super) fn clock_ticks() -> f64 {
 
 /// utime + stime of `pid` in clock ticks.
 pub(super) fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// utime + stime from a `/proc/.../stat` line, in clock ticks.
+pub(crate) fn stat_ticks(stat: &str) -> Option<u64> {
     // The command name may hold spaces and parentheses: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();

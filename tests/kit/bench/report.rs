@@ -147,6 +147,11 @@ pub(super) fn print_report(
             c.volumes, c.workers, c.latency, c.max_in_flight, c.mean_in_flight, c.window, c.calls
         );
     }
+    print_binary_size(size);
+}
+
+/// The binary's size as built and stripped.
+pub(super) fn print_binary_size(size: (u64, Option<u64>)) {
     println!(
         "\nBinary: {} bytes as built ({:.1} MiB); stripped copy: {}",
         size.0,

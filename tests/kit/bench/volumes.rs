@@ -6,7 +6,7 @@ use std::fs::File;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use super::cluster::{populate, set_mode};
+use super::cluster::{api_server, populate, set_mode};
 use super::logs::{
     finished, last_finished, nth_sweep_start, print_failure, starts, traffic, wait_driver,
     wait_event_writes,
@@ -17,11 +17,7 @@ use crate::apiserver::FakeApiServer;
 use crate::csidriver::{self, MockDriver};
 
 pub(super) fn run_one(o: &Opts, n: usize, mode: ModeArg, noise: bool) -> Result<Row, String> {
-    let api = FakeApiServer::start_with(crate::apiserver::Options {
-        pvc_health_status: mode.is_health(),
-        ..Default::default()
-    })
-    .map_err(|e| format!("start the fake API server: {e}"))?;
+    let api = api_server(mode)?;
     let driver = MockDriver::start(DRIVER);
     let t = Instant::now();
     populate(
@@ -239,11 +235,7 @@ fn done(
 /// its memory, read after its first two sweeps (or a few seconds of the per-volume modes).
 /// Returns (VmRSS, VmHWM) in KiB.
 pub(super) fn empty_cluster(o: &Opts, mode: ModeArg) -> Result<(u64, u64), String> {
-    let api = FakeApiServer::start_with(crate::apiserver::Options {
-        pvc_health_status: mode.is_health(),
-        ..Default::default()
-    })
-    .map_err(|e| format!("start the fake API server: {e}"))?;
+    let api = api_server(mode)?;
     let driver = MockDriver::start(DRIVER);
     populate(&api, &driver, 0, 0, o.page_size);
     set_mode(&driver, mode, o.healthy);
