@@ -490,9 +490,7 @@ impl Throttle {
         s.last_line = Some(now);
         Some(std::mem::take(&mut s.since))
     }
-}
 
-impl Throttle {
     /// Count one occurrence at `now` only if no line is due for it (true); when one is due,
     /// nothing is counted (false) and the caller goes the way that writes it, through `hit`.
     pub fn hit_quiet(&self, now: std::time::Instant) -> bool {
@@ -917,5 +915,13 @@ mod tests {
         assert_eq!(t.hit(t0 + Duration::from_secs(10)), Some(1001));
         assert_eq!(t.hit(t0 + Duration::from_secs(11)), None);
         assert_eq!(t.hit(t0 + Duration::from_secs(25)), Some(2));
+        // Counting quietly: only while no line is due, and the next line includes it.
+        let q = Throttle::new(Duration::from_secs(10));
+        assert!(!q.hit_quiet(t0), "a line is due: nothing counted");
+        assert_eq!(q.hit(t0), Some(1));
+        assert!(q.hit_quiet(t0 + Duration::from_secs(1)));
+        assert!(q.hit_quiet(t0 + Duration::from_secs(2)));
+        assert!(!q.hit_quiet(t0 + Duration::from_secs(10)));
+        assert_eq!(q.hit(t0 + Duration::from_secs(10)), Some(3));
     }
 }
